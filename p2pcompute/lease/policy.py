@@ -1,0 +1,50 @@
+"""Where a request that does not run here should go: power of two choices over the gossiped views.
+
+A peer's *load* is the share of its CPUs in use plus its queue per CPU; among the peers where the shape fits,
+`choices` are sampled at random and the least loaded wins. Sampling a few rather than scanning all keeps the
+choice O(1) and, with stale views, avoids every peer herding onto the one that looked emptiest.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from p2pcompute.lease import resources
+
+
+@dataclass(slots=True)
+class PeerView:
+    """What this peer believes about another: from gossip, so possibly stale."""
+
+    peer_id: str
+    addr: str
+    total: dict
+    available: dict
+    queued: int = 0
+
+
+def load_of(view: PeerView) -> float:
+    cpus = view.total.get(resources.CPU, 0)
+    if cpus <= 0:
+        return float(view.queued)
+    used = cpus - view.available.get(resources.CPU, 0)
+    return used / cpus + view.queued * resources.UNIT / cpus
+
+
+def feasible(views: list[PeerView], shape: dict) -> list[PeerView]:
+    return [v for v in views if resources.fits(shape, v.total)]
+
+
+def available_now(views: list[PeerView], shape: dict) -> list[PeerView]:
+    return [v for v in views if resources.fits(shape, v.available)]
+
+
+def pick(candidates: list[PeerView], rng: random.Random, choices: int = 2) -> PeerView | None:
+    if not candidates:
+        return None
+    if len(candidates) <= choices:
+        sample = candidates
+    else:
+        sample = rng.sample(candidates, choices)
+    return min(sample, key=load_of)

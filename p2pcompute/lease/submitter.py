@@ -1,0 +1,427 @@
+"""The submitter core: a process's queue of ready tasks, the leases it holds, and what to push where.
+
+Theory of operation
+-------------------
+Tasks wait here, grouped by *scheduling key* (resource shape, function, where their large arguments live),
+until a lease for their key is granted; then they are pushed straight to the leased worker. A submitter that
+has a million tasks keeps them itself: it asks for more leases only while its queue outgrows the pipelines
+of the leases it holds, and never has more requests in flight per key than `max_pending_requests`, so no
+peer's memory grows with someone else's backlog.
+
+A lease is reused for the same key while tasks remain (up to `pipeline_depth` pushed at once, adapted to
+how long tasks take), then kept `lease_linger_ms` in case more arrive — a tight `get(f.remote())` loop then
+pays for one lease, not one per call — and returned. A peer that has waiting requests sends `LeaseWanted`;
+the lease then goes back as soon as it is idle, and a lease older than `lease_reuse_ms` is returned after its
+current tasks so others get their turn.
+
+The first request for a key goes to the peer holding most bytes of its arguments, else the local peer;
+a spillback sends it (once) to the named peer; a rejection or a spilled target that vanished retries at the
+local peer after a short backoff.
+
+Pure: no I/O. Effects: `Send`, `Timer`, `Push` (the runtime sends the task), `Granted`/`Released`
+(observability, actor placement).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from p2pcompute.lease.messages import (CancelLeaseRequest, LeaseGranted, LeaseRejected, LeaseRevoked,
+                                       LeaseSpillback, LeaseWanted, RequestLease, ReturnLease)
+from p2pcompute.net.effects import Send, Timer
+
+
+@dataclass(frozen=True)
+class SubmitterConfig:
+    lease_linger_ms: int = 200
+    lease_reuse_ms: int = 2_000
+    max_pending_requests: int = 4
+    pipeline_depth_max: int = 32
+    # Tasks shorter than this are pipelined deeper, so the round trip hides behind queued work.
+    pipeline_target_ms: float = 2.0
+    retry_backoff_ms: int = 50
+    request_timeout_ms: int = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Effect: send task `task_id` to the worker of `lease`."""
+
+    task_id: str
+    lease: "Held"
+
+
+@dataclass(frozen=True, slots=True)
+class ActorPlaced:
+    """Effect: the actor-creation task `task_id` was pushed on `lease`, which now belongs to the actor."""
+
+    task_id: str
+    lease: "Held"
+
+
+@dataclass(slots=True)
+class Held:
+    lease_id: str
+    worker_id: str
+    worker_addr: str
+    worker_ctl_addr: str
+    peer_id: str
+    peer_addr: str
+    key: tuple
+    granted_ns: int
+    inflight: dict = field(default_factory=dict)  # task_id -> pushed_ns
+    idle_since_ns: int = 0
+    wanted: bool = False
+    draining: bool = False  # no new pushes; return when inflight is empty
+
+
+@dataclass(slots=True)
+class TaskInfo:
+    task_id: str
+    key: tuple
+    shape: dict
+    strategy: str = "DEFAULT"
+    affinity: str | None = None
+    soft: bool = True
+    locality: dict = field(default_factory=dict)  # peer_id -> bytes of arguments there
+    first_target: str | None = None  # peer address to ask first
+    actor: bool = False
+
+
+@dataclass(slots=True)
+class _Request:
+    request_id: str
+    key: tuple
+    target_addr: str
+    sent_ns: int
+    spilled: int
+
+
+class _KeyState:
+    __slots__ = ("queue", "leases", "requests", "template", "exec_ns_avg", "retry_at_ns")
+
+    def __init__(self, template: TaskInfo):
+        self.queue: deque[str] = deque()
+        self.leases: list[Held] = []
+        self.requests: dict[str, _Request] = {}
+        self.template = template
+        self.exec_ns_avg = 0.0
+        self.retry_at_ns = 0
+
+
+class SubmitterCore:
+    def __init__(self, self_id: str, self_addr: str, job_id: str, local_peer_addr: str, *,
+                 config: SubmitterConfig | None = None):
+        self.self_id = self_id
+        self.self_addr = self_addr
+        self.job_id = job_id
+        self.local_peer_addr = local_peer_addr
+        self.config = config or SubmitterConfig()
+        self.keys: dict[tuple, _KeyState] = {}
+        self.tasks: dict[str, TaskInfo] = {}
+        self._lease_of_task: dict[str, Held] = {}
+        self._requests: dict[str, _Request] = {}
+        self._leases: dict[str, Held] = {}
+        self._seq = 0
+        self.peers_that_fit = 1  # set by the runtime from membership; bounds pipelined lease requests
+
+    # ---- submission ---------------------------------------------------------------------------------
+
+    def submit(self, now_ns: int, task: TaskInfo) -> list:
+        self.tasks[task.task_id] = task
+        state = self.keys.get(task.key)
+        if state is None:
+            state = self.keys[task.key] = _KeyState(task)
+        state.queue.append(task.task_id)
+        return self._pump(now_ns, state)
+
+    def queued(self) -> int:
+        return sum(len(s.queue) for s in self.keys.values())
+
+    def cancel(self, now_ns: int, task_id: str) -> tuple[bool, list]:
+        """Remove a task that is still queued here. Returns (removed, effects)."""
+        task = self.tasks.get(task_id)
+        if task is None or task_id in self._lease_of_task:
+            return False, []
+        state = self.keys.get(task.key)
+        if state is not None:
+            try:
+                state.queue.remove(task_id)
+            except ValueError:
+                return False, []
+        del self.tasks[task_id]
+        return True, self._pump(now_ns, state) if state is not None else []
+
+    # ---- pushing ------------------------------------------------------------------------------------
+
+    def _depth(self, state: _KeyState) -> int:
+        if state.template.actor:
+            return 1
+        avg_ms = state.exec_ns_avg / 1e6
+        if avg_ms <= 0:
+            return 2
+        depth = int(self.config.pipeline_target_ms / avg_ms) + 1
+        return max(1, min(self.config.pipeline_depth_max, depth))
+
+    def _pump(self, now_ns: int, state: _KeyState) -> list:
+        effects: list = []
+        depth = self._depth(state)
+        if state.queue:
+            for held in state.leases:
+                if held.draining:
+                    continue
+                while state.queue and len(held.inflight) < depth:
+                    task_id = state.queue.popleft()
+                    held.inflight[task_id] = now_ns
+                    self._lease_of_task[task_id] = held
+                    if state.template.actor:
+                        # The lease now belongs to the actor; it leaves this key's pool.
+                        state.leases.remove(held)
+                        self._leases.pop(held.lease_id, None)
+                        held.inflight.clear()
+                        self._lease_of_task.pop(task_id, None)
+                        self.tasks.pop(task_id, None)
+                        effects.append(ActorPlaced(task_id, held))
+                        break
+                    effects.append(Push(task_id, held))
+                if not state.queue:
+                    break
+        effects += self._request_more(now_ns, state)
+        return effects
+
+    def _request_more(self, now_ns: int, state: _KeyState) -> list:
+        effects: list = []
+        if not state.queue:
+            # Nothing waits: outstanding requests would only grab workers we do not need.
+            for req in list(state.requests.values()):
+                effects.append(Send(req.target_addr, CancelLeaseRequest(req.request_id)))
+                self._drop_request(state, req)
+            return effects
+        if now_ns < state.retry_at_ns:
+            return [Timer(state.retry_at_ns)]
+        limit = max(1, min(self.config.max_pending_requests, max(1, self.peers_that_fit)))
+        want = min(len(state.queue), limit) - len(state.requests)
+        task = self.tasks.get(state.queue[0]) or state.template
+        for _ in range(max(0, want)):
+            target = task.first_target or self.local_peer_addr
+            effects.append(self._send_request(now_ns, state, target, 0, task))
+        return effects
+
+    def _send_request(self, now_ns: int, state: _KeyState, target: str, spilled: int, task: TaskInfo) -> Send:
+        self._seq += 1
+        request_id = f"{self.self_id}:r{self._seq}"
+        req = _Request(request_id, state.template.key, target, now_ns, spilled)
+        state.requests[request_id] = req
+        self._requests[request_id] = req
+        return Send(target, RequestLease(request_id, self.self_id, self.self_addr, self.job_id, dict(task.shape),
+                                         spilled, task.strategy, task.affinity, task.soft, task.actor,
+                                         dict(task.locality)))
+
+    def _drop_request(self, state: _KeyState | None, req: _Request) -> None:
+        self._requests.pop(req.request_id, None)
+        if state is not None:
+            state.requests.pop(req.request_id, None)
+
+    # ---- replies from peers -------------------------------------------------------------------------
+
+    def on_message(self, now_ns: int, msg) -> list:
+        if isinstance(msg, LeaseGranted):
+            return self.on_granted(now_ns, msg)
+        if isinstance(msg, LeaseSpillback):
+            return self.on_spillback(now_ns, msg)
+        if isinstance(msg, LeaseRejected):
+            return self.on_rejected(now_ns, msg)
+        if isinstance(msg, LeaseRevoked):
+            return self.on_revoked(now_ns, msg.lease_id)[1]
+        if isinstance(msg, LeaseWanted):
+            return self.on_wanted(now_ns, msg.lease_id)
+        return []
+
+    def on_granted(self, now_ns: int, msg: LeaseGranted) -> list:
+        req = self._requests.get(msg.request_id)
+        if req is None:
+            # We cancelled it meanwhile (or it is a duplicate): hand the worker straight back.
+            return [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
+        state = self.keys.get(req.key)
+        self._drop_request(state, req)
+        if state is None:
+            return [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
+        held = Held(msg.lease_id, msg.worker_id, msg.worker_addr, msg.worker_ctl_addr, msg.peer_id, msg.peer_addr, req.key, now_ns,
+                    idle_since_ns=now_ns)
+        state.leases.append(held)
+        self._leases[held.lease_id] = held
+        effects = self._pump(now_ns, state)
+        if not held.inflight and held in state.leases:
+            effects += self._maybe_release(now_ns, state, held)
+        return effects
+
+    def on_spillback(self, now_ns: int, msg: LeaseSpillback) -> list:
+        req = self._requests.get(msg.request_id)
+        if req is None:
+            return []
+        state = self.keys.get(req.key)
+        self._drop_request(state, req)
+        if state is None or not state.queue:
+            return []
+        task = self.tasks.get(state.queue[0]) or state.template
+        return [self._send_request(now_ns, state, msg.target_addr, req.spilled + 1, task)]
+
+    def on_rejected(self, now_ns: int, msg: LeaseRejected) -> list:
+        req = self._requests.get(msg.request_id)
+        if req is None:
+            return []
+        state = self.keys.get(req.key)
+        self._drop_request(state, req)
+        if state is None:
+            return []
+        state.retry_at_ns = now_ns + self.config.retry_backoff_ms * 1_000_000
+        # Retry at the local peer: a stale view ends here, never in a loop.
+        state.template.first_target = None
+        for task_id in state.queue:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                task.first_target = None
+        return [Timer(state.retry_at_ns)]
+
+    def on_revoked(self, now_ns: int, lease_id: str) -> tuple[list[str], list]:
+        """The lease's worker died. Returns (tasks that were in flight on it, effects)."""
+        held = self._leases.pop(lease_id, None)
+        if held is None:
+            return [], []
+        state = self.keys.get(held.key)
+        if state is not None and held in state.leases:
+            state.leases.remove(held)
+        lost = list(held.inflight)
+        for task_id in lost:
+            self._lease_of_task.pop(task_id, None)
+        held.inflight.clear()
+        return lost, (self._pump(now_ns, state) if state is not None else [])
+
+    def on_worker_died(self, now_ns: int, worker_id: str) -> tuple[list[str], list]:
+        for held in list(self._leases.values()):
+            if held.worker_id == worker_id:
+                return self.on_revoked(now_ns, held.lease_id)
+        return [], []
+
+    def on_peer_died(self, now_ns: int, peer_id: str) -> tuple[list[str], list]:
+        lost: list[str] = []
+        effects: list = []
+        for held in list(self._leases.values()):
+            if held.peer_id == peer_id:
+                l, e = self.on_revoked(now_ns, held.lease_id)
+                lost += l
+                effects += e
+        return lost, effects
+
+    def on_wanted(self, now_ns: int, lease_id: str) -> list:
+        held = self._leases.get(lease_id)
+        if held is None:
+            return []
+        held.wanted = True
+        state = self.keys.get(held.key)
+        if not held.inflight and state is not None:
+            return self._release(now_ns, state, held)
+        return []
+
+    # ---- completion ---------------------------------------------------------------------------------
+
+    def on_task_done(self, now_ns: int, task_id: str, exec_ns: int = 0) -> list:
+        """The task's reply arrived (success or error)."""
+        held = self._lease_of_task.pop(task_id, None)
+        task = self.tasks.pop(task_id, None)
+        if held is None:
+            return []
+        held.inflight.pop(task_id, None)
+        state = self.keys.get(held.key)
+        if state is None:
+            return []
+        if exec_ns > 0:
+            state.exec_ns_avg = exec_ns if state.exec_ns_avg == 0 else 0.8 * state.exec_ns_avg + 0.2 * exec_ns
+        if now_ns - held.granted_ns > self.config.lease_reuse_ms * 1_000_000 and (held.wanted or state.queue):
+            held.draining = True  # fairness: after the reuse window, let others have this worker
+        effects = self._pump(now_ns, state)
+        if not held.inflight and held in state.leases:
+            effects += self._maybe_release(now_ns, state, held)
+        return effects
+
+    def forget_task(self, task_id: str) -> None:
+        """The runtime will resubmit this task itself (retry): drop our record of where it ran."""
+        held = self._lease_of_task.pop(task_id, None)
+        if held is not None:
+            held.inflight.pop(task_id, None)
+        self.tasks.pop(task_id, None)
+
+    def bounce(self, now_ns: int, task_ids: list[str]) -> list:
+        """A worker returned tasks it had not started (it blocked in `get`): queue them again, first."""
+        effects: list = []
+        touched = {}
+        for task_id in reversed(task_ids):
+            held = self._lease_of_task.pop(task_id, None)
+            task = self.tasks.get(task_id)
+            if held is not None:
+                held.inflight.pop(task_id, None)
+                held.draining = True  # its worker is busy in a blocking get; don't feed it more
+            if task is None:
+                continue
+            state = self.keys.get(task.key)
+            if state is not None:
+                state.queue.appendleft(task_id)
+                touched[task.key] = state
+        for state in touched.values():
+            effects += self._pump(now_ns, state)
+            for held in list(state.leases):
+                if not held.inflight and held.draining:
+                    effects += self._release(now_ns, state, held)
+        return effects
+
+    def _maybe_release(self, now_ns: int, state: _KeyState, held: Held) -> list:
+        held.idle_since_ns = now_ns
+        if held.wanted or held.draining:
+            return self._release(now_ns, state, held)
+        return [Timer(now_ns + self.config.lease_linger_ms * 1_000_000)]
+
+    def _release(self, now_ns: int, state: _KeyState, held: Held) -> list:
+        if held in state.leases:
+            state.leases.remove(held)
+        self._leases.pop(held.lease_id, None)
+        effects: list = [Send(held.peer_addr, ReturnLease(held.lease_id, False))]
+        if state.queue:
+            effects += self._request_more(now_ns, state)
+        return effects
+
+    # ---- time ---------------------------------------------------------------------------------------
+
+    def on_tick(self, now_ns: int) -> list:
+        effects: list = []
+        linger_ns = self.config.lease_linger_ms * 1_000_000
+        timeout_ns = self.config.request_timeout_ms * 1_000_000
+        for key, state in list(self.keys.items()):
+            for held in list(state.leases):
+                if not held.inflight and now_ns - held.idle_since_ns >= linger_ns:
+                    effects += self._release(now_ns, state, held)
+            for req in list(state.requests.values()):
+                if now_ns - req.sent_ns >= timeout_ns:
+                    # The peer may have died with our request; ask again (at the local peer).
+                    effects.append(Send(req.target_addr, CancelLeaseRequest(req.request_id)))
+                    self._drop_request(state, req)
+                    state.template.first_target = None
+            if state.queue and (now_ns >= state.retry_at_ns):
+                effects += self._pump(now_ns, state)
+            if not state.queue and not state.leases and not state.requests:
+                del self.keys[key]
+        return effects
+
+    def release_all(self) -> list:
+        effects: list = []
+        for state in self.keys.values():
+            state.queue.clear()
+            for held in list(state.leases):
+                effects += self._release(0, state, held)
+            for req in list(state.requests.values()):
+                effects.append(Send(req.target_addr, CancelLeaseRequest(req.request_id)))
+                self._drop_request(state, req)
+        return effects
+
+    def held_leases(self) -> list[Held]:
+        return list(self._leases.values())

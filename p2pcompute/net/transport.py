@@ -1,0 +1,404 @@
+"""ZeroMQ transport — the only module that imports zmq.
+
+Every endpoint is a ROUTER that receives and one DEALER per destination that sends. A DEALER's routing id is
+`<process id>#<role>`, so a receiver knows which process a frame came from; that id is trusted because the
+connection was authenticated (CURVE on TCP, a 0700 directory for IPC). Replies travel like any other
+message, through the replier's own DEALER to the asker's ROUTER, so there is no request/reply lockstep.
+
+Addresses are strings of space-separated parts, `tcp://H:P ipc:///path machine=M`: a sender on the same
+machine (and network namespace) uses the IPC path, others use TCP.
+
+Security: with a `CurveKeys`, the TCP ROUTER is a CURVE server and every DEALER a CURVE client, with keys
+derived from the cluster token, and a ZAP handler admits only the token's client key. A connection with the
+wrong token fails its handshake inside libzmq, before a single byte reaches our decoder (or the unpickler).
+Frames larger than `max_message_bytes` are refused by libzmq (the connection is dropped) and, below that,
+by our own check, which logs the sender.
+
+Unroutable sends are reported, not dropped silently: each DEALER has a monitor, and a destination that does
+not connect within `unreachable_after_ms` (or fails authentication) produces an `Unreachable` event with
+the number of frames that were waiting; the runtime then treats that process as gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import zmq
+import zmq.auth
+import zmq.utils.monitor
+from zmq.auth.thread import ThreadAuthenticator
+
+log = logging.getLogger("p2pcompute.transport")
+
+_MACHINE: str | None = None
+
+
+def machine_id() -> str:
+    """Same value for processes that can reach each other's IPC sockets: same host and network namespace."""
+    global _MACHINE
+    if _MACHINE is None:
+        try:
+            with open("/etc/machine-id") as f:
+                base = f.read().strip()
+        except OSError:
+            import socket
+            base = socket.gethostname()
+        try:
+            netns = str(os.stat("/proc/self/ns/net").st_ino)
+        except OSError:
+            netns = "0"
+        _MACHINE = hashlib.blake2b(f"{base}/{netns}".encode(), digest_size=6).hexdigest()
+    return _MACHINE
+
+
+def make_address(tcp: str | None, ipc: str | None) -> str:
+    parts = []
+    if tcp:
+        parts.append(tcp)
+    if ipc:
+        parts.append(ipc)
+        parts.append(f"machine={machine_id()}")
+    return " ".join(parts)
+
+
+def route(address: str) -> str:
+    """The endpoint to connect to for `address` from this process."""
+    tcp = ipc = machine = None
+    for part in address.split():
+        if part.startswith("tcp://"):
+            tcp = part
+        elif part.startswith("ipc://"):
+            ipc = part
+        elif part.startswith("machine="):
+            machine = part[8:]
+    if ipc and machine == machine_id():
+        return ipc
+    if tcp:
+        return tcp
+    if ipc and machine is None:
+        return ipc
+    raise ValueError(f"address {address!r} has no endpoint reachable from this machine")
+
+
+def tcp_part(address: str) -> str | None:
+    for part in address.split():
+        if part.startswith("tcp://"):
+            return part
+    return None
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """CURVE key pairs derived from the cluster token: same token, same keys, on every peer."""
+
+    server_public: bytes
+    server_secret: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    @classmethod
+    def from_token(cls, token: str) -> "CurveKeys":
+        if not zmq.has("curve"):
+            raise RuntimeError("this libzmq was built without CURVE; install pyzmq from its wheels")
+        server_secret = _z85_secret(token, b"server")
+        client_secret = _z85_secret(token, b"client")
+        return cls(zmq.curve_public(server_secret), server_secret, zmq.curve_public(client_secret), client_secret)
+
+
+def _z85_secret(token: str, role: bytes) -> bytes:
+    raw = hashlib.blake2b(token.encode(), key=b"p2pcompute-curve", person=role.ljust(16, b"\0")[:16],
+                          digest_size=32).digest()
+    return zmq.utils.z85.encode(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    """Event: `address` could not be reached (or refused us); `dropped` frames were waiting for it."""
+
+    address: str
+    dropped: int
+    reason: str
+
+
+class Waker:
+    """Wake a poll loop from any thread: an eventfd the poller watches."""
+
+    def __init__(self):
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._armed = False
+
+    def wake(self) -> None:
+        if not self._armed:
+            self._armed = True
+            try:
+                os.eventfd_write(self.fd, 1)
+            except OSError:
+                pass
+
+    def clear(self) -> None:
+        self._armed = False
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+_CONNECT_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED if hasattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED") else zmq.EVENT_CONNECTED
+_AUTH_FAIL = 0
+for _name in ("EVENT_HANDSHAKE_FAILED_AUTH", "EVENT_HANDSHAKE_FAILED_PROTOCOL", "EVENT_HANDSHAKE_FAILED_NO_DETAIL"):
+    _AUTH_FAIL |= getattr(zmq, _name, 0)
+
+
+class _Out:
+    __slots__ = ("sock", "monitor", "endpoint", "connected", "since", "queued", "failed")
+
+    def __init__(self, sock, monitor, endpoint: str, now: float):
+        self.sock = sock
+        self.monitor = monitor
+        self.endpoint = endpoint
+        self.connected = False
+        self.since = now
+        self.queued = 0
+        self.failed = ""
+
+
+class Context:
+    """A process's ZeroMQ context plus, when TCP is used, the ZAP authenticator thread."""
+
+    def __init__(self, curve: CurveKeys | None = None):
+        self.zmq = zmq.Context()
+        self.curve = curve
+        self._auth: ThreadAuthenticator | None = None
+        if curve is not None:
+            self._auth = ThreadAuthenticator(self.zmq, log=logging.getLogger("p2pcompute.auth"))
+            self._auth.start()
+            allowed = curve.client_public
+
+            class _Keys:
+                def callback(self, domain, key):
+                    return key == allowed
+
+            self._auth.configure_curve_callback(domain="*", credentials_provider=_Keys())
+
+    def close(self) -> None:
+        if self._auth is not None:
+            try:
+                self._auth.stop()
+            except Exception:
+                pass
+            self._auth = None
+        self.zmq.destroy(linger=0)
+
+
+class Transport:
+    """One thread's endpoint. Not thread-safe: use it from the thread that created it."""
+
+    def __init__(self, context: Context, proc_id: str, role: str, *, ipc_path: str | None = None,
+                 tcp_host: str | None = None, tcp_port: int = 0, advertise_host: str | None = None,
+                 max_message_bytes: int = 64 << 20, unreachable_after_ms: int = 10_000):
+        self.ctx = context
+        self.proc_id = proc_id
+        self.identity = f"{proc_id}#{role}".encode()
+        self.max_message_bytes = max_message_bytes
+        self.unreachable_after_s = unreachable_after_ms / 1000
+        self._outs: dict[str, _Out] = {}
+        self._monitors: dict = {}
+        self._routers = []
+        self._fds: set[int] = set()
+        self.poller = zmq.Poller()
+        self.dropped_oversize = 0
+        self.rejected_frames = 0
+        self.ipc_endpoint = None
+        self.tcp_endpoint = None
+        if ipc_path is not None:
+            router = self._router(curve=False)
+            router.bind(f"ipc://{ipc_path}")
+            try:
+                os.chmod(ipc_path, 0o600)
+            except OSError:
+                pass
+            self.ipc_endpoint = f"ipc://{ipc_path}"
+        if tcp_host is not None:
+            router = self._router(curve=context.curve is not None)
+            if tcp_port:
+                router.bind(f"tcp://{tcp_host}:{tcp_port}")
+                port = tcp_port
+            else:
+                port = router.bind_to_random_port(f"tcp://{tcp_host}")
+            self.tcp_endpoint = f"tcp://{advertise_host or tcp_host}:{port}"
+        self.address = make_address(self.tcp_endpoint, self.ipc_endpoint)
+        self._poll_wait: list = []
+
+    def _router(self, curve: bool):
+        sock = self.ctx.zmq.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted process with the same id takes over
+        if curve:
+            keys = self.ctx.curve
+            sock.curve_server = True
+            sock.curve_secretkey = keys.server_secret
+            sock.curve_publickey = keys.server_public
+        self._routers.append(sock)
+        self.poller.register(sock, zmq.POLLIN)
+        return sock
+
+    # ---- sending ------------------------------------------------------------------------------------
+
+    def _out(self, address: str) -> _Out:
+        out = self._outs.get(address)
+        if out is not None:
+            return out
+        endpoint = route(address)
+        sock = self.ctx.zmq.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.IDENTITY, self.identity)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5_000)  # back off up to 5 s between attempts
+        if endpoint.startswith("tcp://"):
+            keys = self.ctx.curve
+            if keys is not None:
+                sock.curve_serverkey = keys.server_public
+                sock.curve_publickey = keys.client_public
+                sock.curve_secretkey = keys.client_secret
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | _CONNECT_EVENTS | zmq.EVENT_DISCONNECTED |
+                                          zmq.EVENT_CLOSED | _AUTH_FAIL)
+        sock.connect(endpoint)
+        out = _Out(sock, monitor, endpoint, time.monotonic())
+        self._outs[address] = out
+        self._monitors[monitor] = address
+        self.poller.register(monitor, zmq.POLLIN)
+        return out
+
+    def send(self, address: str, data: bytes) -> None:
+        out = self._outs.get(address) or self._out(address)
+        out.sock.send(data, copy=len(data) < 65536)
+        if not out.connected:
+            out.queued += 1
+
+    def send_frames(self, address: str, frames: list) -> None:
+        out = self._outs.get(address) or self._out(address)
+        out.sock.send_multipart(frames, copy=False)
+        if not out.connected:
+            out.queued += 1
+
+    def forget(self, address: str) -> int:
+        """Close the connection to a process known to be gone; returns how many frames were dropped."""
+        out = self._outs.pop(address, None)
+        if out is None:
+            return 0
+        self._monitors.pop(out.monitor, None)
+        try:
+            self.poller.unregister(out.monitor)
+        except KeyError:
+            pass
+        out.sock.disable_monitor()
+        out.monitor.close(0)
+        out.sock.close(0)
+        return out.queued if not out.connected else 0
+
+    def destinations(self) -> list[str]:
+        return list(self._outs)
+
+    # ---- receiving ----------------------------------------------------------------------------------
+
+    def add_fd(self, fd: int) -> None:
+        if fd not in self._fds:
+            self._fds.add(fd)
+            self.poller.register(fd, zmq.POLLIN)
+
+    def remove_fd(self, fd: int) -> None:
+        if fd in self._fds:
+            self._fds.discard(fd)
+            self.poller.unregister(fd)
+
+    def poll(self, timeout_ms: float | None, max_frames: int = 256):
+        """Wait up to `timeout_ms` (None = forever). Returns (frames, ready_fds, events).
+
+        frames: list of (sender_proc_id, payload bytes); events: Unreachable notices.
+        """
+        frames: list = []
+        fds: list[int] = []
+        events: list = []
+        ready = self.poller.poll(timeout_ms)
+        for sock, _ in ready:
+            if isinstance(sock, int):
+                fds.append(sock)
+            elif sock in self._monitors:
+                events += self._on_monitor(sock)
+            else:
+                self._drain(sock, frames, max_frames)
+        if self._outs and not fds:
+            events += self._check_unreachable()
+        return frames, fds, events
+
+    def _drain(self, sock, frames: list, max_frames: int) -> None:
+        recv = sock.recv_multipart
+        for _ in range(max_frames):
+            try:
+                parts = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) < 2:
+                self.rejected_frames += 1
+                continue
+            ident = parts[0]
+            payload = parts[1] if len(parts) == 2 else parts[1:]
+            sender = ident.split(b"#", 1)[0].decode("ascii", "replace")
+            frames.append((sender, payload))
+
+    def _on_monitor(self, monitor) -> list:
+        address = self._monitors.get(monitor)
+        events = []
+        while True:
+            try:
+                evt = zmq.utils.monitor.recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                break
+            out = self._outs.get(address) if address is not None else None
+            if out is None:
+                continue
+            kind = evt["event"]
+            if kind & (_CONNECT_EVENTS | zmq.EVENT_CONNECTED):
+                if kind & _CONNECT_EVENTS or not out.endpoint.startswith("tcp://") or self.ctx.curve is None:
+                    out.connected = True
+                    out.queued = 0
+                    out.failed = ""
+            elif kind & zmq.EVENT_DISCONNECTED:
+                out.connected = False
+                out.since = time.monotonic()
+            elif kind & _AUTH_FAIL:
+                out.failed = "the peer refused our credentials: is the cluster token the same on both sides?"
+                events.append(Unreachable(address, out.queued, out.failed))
+        return events
+
+    def _check_unreachable(self) -> list:
+        now = time.monotonic()
+        events = []
+        for address, out in list(self._outs.items()):
+            if not out.connected and now - out.since > self.unreachable_after_s:
+                events.append(Unreachable(address, out.queued, out.failed or
+                                          f"no connection to {out.endpoint} for {now - out.since:.1f} s"))
+                out.since = now  # report again only after another full interval
+        return events
+
+    def close(self) -> None:
+        for address in list(self._outs):
+            self.forget(address)
+        for sock in self._routers:
+            sock.close(0)
+        self._routers.clear()

@@ -1,0 +1,84 @@
+"""Validation of the options of `remote`, `.options()` and actor methods.
+
+Bad options fail at the call site with a message naming the option and what is allowed, never later in a
+worker. Names and defaults follow Ray, so code written for Ray keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from p2pcompute.errors import InvalidArgumentError
+from p2pcompute.lease import resources
+from p2pcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+_COMMON = {"num_cpus", "num_gpus", "memory", "resources", "name", "scheduling_strategy", "runtime_env",
+           "accelerator_type", "label_selector"}
+TASK_OPTIONS = _COMMON | {"max_retries", "retry_exceptions", "num_returns", "max_calls"}
+ACTOR_OPTIONS = _COMMON | {"max_restarts", "max_task_retries", "max_concurrency", "namespace", "lifetime",
+                           "get_if_exists", "max_pending_calls", "concurrency_groups"}
+METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+
+TASK_DEFAULTS = {"num_cpus": 1, "max_retries": 3, "retry_exceptions": False, "num_returns": 1}
+ACTOR_DEFAULTS = {"max_restarts": 0, "max_task_retries": 0}
+
+
+def check(options: dict, allowed: set[str], what: str) -> dict:
+    for name in options:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InvalidArgumentError(f"unknown option {name!r} for {what}{hint} "
+                                       f"(allowed: {', '.join(sorted(allowed))})")
+    out = dict(options)
+    for key in ("num_cpus", "num_gpus", "memory"):
+        if out.get(key) is not None:
+            resources.to_units(out[key], key)
+    if out.get("resources") is not None:
+        resources.make_shape(resources=out["resources"])
+    for key in ("max_retries", "max_restarts", "max_task_retries"):
+        if key in out:
+            _int_at_least(out[key], key, -1)
+    if "num_returns" in out:
+        _int_at_least(out["num_returns"], "num_returns", 0)
+    if out.get("max_concurrency") is not None:
+        _int_at_least(out["max_concurrency"], "max_concurrency", 1)
+    if "retry_exceptions" in out:
+        re = out["retry_exceptions"]
+        if not isinstance(re, bool) and not (isinstance(re, (list, tuple)) and
+                                             all(isinstance(t, type) and issubclass(t, BaseException) for t in re)):
+            raise InvalidArgumentError("retry_exceptions must be True, False, or a list of exception classes")
+    if out.get("name") is not None and not isinstance(out["name"], str):
+        raise InvalidArgumentError(f"name must be a string, not {type(out['name']).__name__}")
+    if out.get("lifetime") not in (None, "detached", "non_detached"):
+        raise InvalidArgumentError(f"lifetime must be None or 'detached', not {out['lifetime']!r}")
+    if "scheduling_strategy" in out:
+        wire_strategy(out["scheduling_strategy"])
+    if out.get("runtime_env"):
+        raise InvalidArgumentError("runtime_env is not supported yet: install dependencies on every peer, and "
+                                   "workers inherit the driver's sys.path and working directory")
+    return out
+
+
+def _int_at_least(value: Any, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidArgumentError(f"{name} must be an integer >= {low}, not {value!r}")
+
+
+def wire_strategy(strategy: Any):
+    """The scheduling strategy as plain data: "DEFAULT", "SPREAD" or ("NODE_AFFINITY", node_id, soft)."""
+    if strategy is None or strategy == "DEFAULT":
+        return "DEFAULT"
+    if strategy == "SPREAD":
+        return "SPREAD"
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return ("NODE_AFFINITY", strategy.node_id, strategy.soft)
+    raise InvalidArgumentError(f"scheduling_strategy must be 'DEFAULT', 'SPREAD' or a "
+                               f"NodeAffinitySchedulingStrategy, not {strategy!r}")
+
+
+def shape_of(opts: dict, default_cpus: float) -> dict:
+    cpus = opts.get("num_cpus")
+    return resources.make_shape(default_cpus if cpus is None else cpus, opts.get("num_gpus"), opts.get("memory"),
+                                opts.get("resources"))

@@ -1,0 +1,69 @@
+"""Messages about objects: borrowing, reading and freeing. Type codes 200-299, append-only."""
+
+from __future__ import annotations
+
+from p2pcompute.net.messages import message
+
+
+@message(200)
+class AddBorrower:
+    """Forwarder -> owner: process `borrower_id` was sent a ref to `object_id`; ack to `reply_to`."""
+
+    object_id: str
+    borrower_id: str
+    reply_to: str
+
+
+@message(201)
+class BorrowerAdded:
+    """Owner -> forwarder: the registration is recorded; the forwarder may drop its pin."""
+
+    object_id: str
+
+
+@message(202)
+class RemoveBorrower:
+    """Borrower -> owner: hand back `count` registrations; the borrower no longer reaches the object."""
+
+    object_id: str
+    count: int
+
+
+@message(203)
+class GetObject:
+    """Reader -> owner: tell me when `object_id` is ready, and how to read it."""
+
+    object_id: str
+    reply_to: str
+
+
+@message(204)
+class ObjectStatus:
+    """Owner -> reader: the object is ready (`data` inline, or stored at `locations`) or failed (`error`).
+
+    `contained` lists refs inside the value as (object_id, owner_addr); the owner registered the reader as
+    their borrower before replying.
+    """
+
+    object_id: str
+    state: str            # "inline" | "stored" | "error" | "lost" | "freed"
+    data: bytes | None
+    locations: list       # [[peer_id, peer_addr, size], ...]
+    contained: list
+    error: bytes | None
+
+
+@message(205)
+class FreeObjects:
+    """Owner -> holder peer: these objects are unreachable; delete your copies."""
+
+    object_ids: list
+
+
+@message(206)
+class ObjectSealed:
+    """Writer -> its peer: a new object is complete in the local store."""
+
+    object_id: str
+    size: int
+    owner_addr: str

@@ -1,0 +1,362 @@
+"""Actors, seen from their owner (creator) and from their callers.
+
+The owner places an actor like a task — a lease for its shape — but keeps the lease for the actor's life.
+It restarts the actor on a new lease when its worker dies, up to `max_restarts`, and tells every caller
+that asked (`ResolveActor`) where the actor runs now (`ActorLocation`). An actor is also an object owned by
+its creator: every `ActorHandle` counts as a ref to the actor id, every call in flight pins it, and when no
+handle is left anywhere the owner stops the actor (unless it is detached).
+
+Callers push calls straight to the actor's worker, through one connection per caller, so calls from one
+caller run in the order they were made. Calls made before the location is known wait here, in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from p2pcompute import serialization
+from p2pcompute.errors import ActorDiedError, TaskCancelledError
+from p2pcompute.lease import messages as lm
+from p2pcompute.runtime import messages as rm
+
+if TYPE_CHECKING:
+    from p2pcompute.lease.submitter import Held
+    from p2pcompute.runtime.client import ClientRuntime, TaskRecord
+
+
+@dataclass(eq=False)
+class _Owned:
+    actor_id: str
+    name: str
+    create: "TaskRecord"
+    restarts_left: int
+    detached: bool
+    held: "Held | None" = None
+    incarnation: int = 0
+    state: str = "pending"
+    error: bytes | None = None
+    subscribers: set = field(default_factory=set)
+    killed: bool = False
+
+
+@dataclass(eq=False)
+class _Caller:
+    actor_id: str
+    owner_addr: str
+    state: str = "unknown"   # unknown | pending | alive | restarting | dead
+    addr: str = ""
+    ctl_addr: str = ""
+    worker_id: str = ""
+    incarnation: int = -1
+    error: bytes | None = None
+    queue: deque = field(default_factory=deque)
+    inflight: dict = field(default_factory=dict)
+    resolving: bool = False
+    seq: int = 0
+
+
+class ActorManager:
+    def __init__(self, runtime: "ClientRuntime"):
+        self.rt = runtime
+        self.owned: dict[str, _Owned] = {}
+        self.callers: dict[str, _Caller] = {}
+        self._by_lease: dict[str, str] = {}
+
+    # ---- helpers ------------------------------------------------------------------------------------
+
+    def owner_of(self, actor_id: str) -> str:
+        caller = self.callers.get(actor_id)
+        if caller is not None:
+            return caller.owner_addr
+        entry = self.rt.refs._entries.get(actor_id)
+        return entry.owner_addr if entry is not None else self.rt.addr
+
+    def _caller(self, actor_id: str, owner_addr: str) -> _Caller:
+        caller = self.callers.get(actor_id)
+        if caller is None:
+            caller = self.callers[actor_id] = _Caller(actor_id, owner_addr)
+        return caller
+
+    def register_handle(self, actor_id: str, owner_addr: str) -> None:
+        self._caller(actor_id, owner_addr)
+
+    # ---- owner side ---------------------------------------------------------------------------------
+
+    def create(self, rec: "TaskRecord", max_restarts: int, detached: bool) -> None:
+        """I/O thread: place a new actor. `rec` is its creation task (its return id is the actor id)."""
+        actor_id = rec.actor_id
+        owned = _Owned(actor_id, rec.name, rec, max_restarts, detached)
+        self.owned[actor_id] = owned
+        self._caller(actor_id, self.rt.addr).state = "pending"
+        # The constructor's arguments must outlive the first construction: a restart runs it again.
+        refs = self.rt.refs
+        for oid, owner in rec.slot_refs + rec.nested_refs:
+            refs.pin(oid, owner)
+        if rec.args_object is not None:
+            refs.pin(rec.args_object[0], self.rt.addr)
+        self.rt._submit(rec)
+
+    def on_placed(self, task_id: str, held: "Held") -> None:
+        rec = self.rt.tasks.get(task_id)
+        if rec is None:
+            self.rt._send(held.peer_addr, lm.ReturnLease(held.lease_id, True))
+            return
+        owned = self.owned.get(rec.actor_id)
+        if owned is None or owned.killed:
+            self.rt._send(held.peer_addr, lm.ReturnLease(held.lease_id, True))
+            return
+        owned.held = held
+        owned.incarnation += 1
+        owned.state = "alive"
+        self._by_lease[held.lease_id] = owned.actor_id
+        rec.held = held
+        self.rt._send(held.worker_addr, self.rt.push_message(rec, held.worker_id))
+        self._publish(owned)
+
+    def on_created(self, rec: "TaskRecord", reply) -> None:
+        pass  # the actor object resolved to "ready"; it was already reachable since placement
+
+    def on_create_failed(self, rec: "TaskRecord", error: bytes) -> None:
+        owned = self.owned.get(rec.actor_id)
+        if owned is None:
+            return
+        # A constructor that raises kills the actor for good: re-running it would raise again.
+        self._die(owned, error)
+
+    def _die(self, owned: _Owned, error: bytes) -> None:
+        owned.state = "dead"
+        owned.error = error
+        if owned.held is not None:
+            self._by_lease.pop(owned.held.lease_id, None)
+            self.rt._send(owned.held.peer_addr, lm.ReturnLease(owned.held.lease_id, True))
+            owned.held = None
+        refs = self.rt.refs
+        effects: list = []
+        rec = owned.create
+        for oid, _ in rec.slot_refs + rec.nested_refs:
+            effects += refs.unpin(oid)
+        if rec.args_object is not None:
+            effects += refs.unpin(rec.args_object[0])
+        self._publish(owned)
+        self.rt._run(effects)
+
+    def _worker_lost(self, owned: _Owned, reason: str) -> None:
+        if owned.held is not None:
+            self._by_lease.pop(owned.held.lease_id, None)
+            owned.held = None
+        if owned.killed:
+            self._die(owned, serialization.system_error_bytes(
+                ActorDiedError(f"actor {owned.name} ({owned.actor_id}) was killed")))
+            return
+        if owned.restarts_left == 0:
+            self._die(owned, serialization.system_error_bytes(ActorDiedError(
+                f"actor {owned.name} ({owned.actor_id}) died ({reason}) and has no restarts left")))
+            return
+        if owned.restarts_left > 0:
+            owned.restarts_left -= 1
+        owned.state = "restarting"
+        self._publish(owned)
+        self._restart(owned)
+
+    def _restart(self, owned: _Owned) -> None:
+        from p2pcompute.runtime.client import TaskRecord
+        old = owned.create
+        rec = TaskRecord(self.rt.new_id(), "actor_create", old.name, old.code_id, old.code,
+                         old.args, old.args_object, old.slot_refs, old.nested_refs, old.return_ids, old.shape,
+                         old.options, 0, False, actor_id=old.actor_id)
+        owned.create = rec
+        for oid in rec.return_ids:
+            self.rt.objects.reset(oid)
+        self.rt._submit(rec)
+
+    def on_lease_revoked(self, lease_id: str, reason: str) -> bool:
+        actor_id = self._by_lease.get(lease_id)
+        if actor_id is None:
+            return False
+        owned = self.owned.get(actor_id)
+        if owned is not None:
+            self._worker_lost(owned, reason)
+        return True
+
+    def kill(self, actor_id: str, no_restart: bool) -> None:
+        owned = self.owned.get(actor_id)
+        if owned is None:
+            caller = self.callers.get(actor_id)
+            if caller is not None:
+                self.rt._send(caller.owner_addr, rm.KillActor(actor_id, no_restart))
+            return
+        if no_restart:
+            owned.killed = True
+        if owned.held is not None:
+            self.rt._send(owned.held.peer_addr, rm.ForceKillWorker(owned.held.worker_id, "kill(actor)"))
+        elif owned.state in ("pending", "restarting") and no_restart:
+            self._die(owned, serialization.system_error_bytes(
+                ActorDiedError(f"actor {owned.name} ({owned.actor_id}) was killed")))
+
+    def on_handle_freed(self, actor_id: str) -> None:
+        """No handle to an owned actor is left anywhere: stop it, unless it is detached."""
+        owned = self.owned.get(actor_id)
+        if owned is None or owned.detached:
+            self.callers.pop(actor_id, None)
+            return
+        owned.killed = True
+        if owned.held is not None:
+            self.rt._send(owned.held.peer_addr, lm.ReturnLease(owned.held.lease_id, True))
+            self._by_lease.pop(owned.held.lease_id, None)
+            owned.held = None
+        del self.owned[actor_id]
+        self.callers.pop(actor_id, None)
+
+    def _publish(self, owned: _Owned) -> None:
+        held = owned.held
+        loc = rm.ActorLocation(owned.actor_id, owned.state, held.worker_id if held else "",
+                               held.worker_addr if held else "", held.worker_ctl_addr if held else "",
+                               owned.incarnation, owned.error)
+        self._on_location(loc)
+        for addr in owned.subscribers:
+            self.rt._send(addr, loc)
+        if owned.state == "dead":
+            owned.subscribers.clear()
+
+    def release_all(self) -> list:
+        effects = []
+        for owned in self.owned.values():
+            if owned.held is not None and not owned.detached:
+                effects.append(_send(owned.held.peer_addr, lm.ReturnLease(owned.held.lease_id, True)))
+        return effects
+
+    # ---- caller side --------------------------------------------------------------------------------
+
+    def schedule_call(self, rec: "TaskRecord") -> None:
+        caller = self.callers.get(rec.actor_id)
+        if caller is None:
+            caller = self._caller(rec.actor_id, self.owner_of(rec.actor_id))
+        if caller.state == "alive":
+            self._push_call(caller, rec)
+        elif caller.state == "dead":
+            self._fail_call(rec, caller.error)
+        else:
+            caller.queue.append(rec)
+            self._resolve(caller)
+
+    def _resolve(self, caller: _Caller) -> None:
+        if caller.resolving or caller.actor_id in self.owned:
+            return
+        caller.resolving = True
+        self.rt._send(caller.owner_addr, rm.ResolveActor(caller.actor_id, self.rt.addr))
+
+    def _push_call(self, caller: _Caller, rec: "TaskRecord") -> None:
+        caller.seq += 1
+        rec.seq = caller.seq
+        caller.inflight[rec.task_id] = rec
+        self.rt._send(caller.addr, self.rt.push_message(rec, caller.worker_id, caller.seq))
+
+    def on_call_done(self, rec: "TaskRecord") -> None:
+        caller = self.callers.get(rec.actor_id)
+        if caller is not None:
+            caller.inflight.pop(rec.task_id, None)
+
+    def _fail_call(self, rec: "TaskRecord", error: bytes | None) -> None:
+        if error is None:
+            error = serialization.system_error_bytes(ActorDiedError(f"actor {rec.actor_id} is dead"))
+        self.rt._finish_with_error(rec, error)
+
+    def cancel_call(self, rec: "TaskRecord", force: bool) -> None:
+        caller = self.callers.get(rec.actor_id)
+        if caller is None:
+            return
+        if rec in caller.queue:
+            caller.queue.remove(rec)
+            self.rt._finish_with_error(rec, serialization.system_error_bytes(
+                TaskCancelledError(f"actor call {rec.name} ({rec.task_id}) was cancelled")))
+        elif rec.task_id in caller.inflight:
+            self.rt._send(caller.ctl_addr, rm.CancelTask(rec.task_id, False))
+
+    def _on_location(self, loc: rm.ActorLocation) -> None:
+        caller = self.callers.get(loc.actor_id)
+        if caller is None:
+            return
+        caller.resolving = False
+        if loc.incarnation < caller.incarnation:
+            return  # an older location overtaken by a newer one
+        changed_worker = caller.worker_id and caller.worker_id != loc.worker_id
+        caller.state = loc.state
+        caller.incarnation = loc.incarnation
+        caller.error = loc.error
+        if loc.state == "alive":
+            if changed_worker:
+                self._lose_inflight(caller, "the actor restarted on a new worker")
+            caller.addr, caller.ctl_addr, caller.worker_id = loc.addr, loc.ctl_addr, loc.worker_id
+            while caller.queue:
+                self._push_call(caller, caller.queue.popleft())
+        elif loc.state == "dead":
+            self._lose_inflight(caller, "the actor died")
+            while caller.queue:
+                self._fail_call(caller.queue.popleft(), loc.error)
+        elif loc.state == "restarting":
+            self._lose_inflight(caller, "the actor's worker died")
+
+    def _lose_inflight(self, caller: _Caller, why: str) -> None:
+        for rec in list(caller.inflight.values()):
+            caller.inflight.pop(rec.task_id, None)
+            retries = rec.options.get("max_task_retries", 0)
+            if rec.cancelled:
+                self.rt._finish_with_error(rec, serialization.system_error_bytes(
+                    TaskCancelledError(f"actor call {rec.name} ({rec.task_id}) was cancelled")))
+            elif retries != 0 and caller.state != "dead":
+                rec.options["max_task_retries"] = retries - 1 if retries > 0 else retries
+                caller.queue.appendleft(rec)
+            else:
+                self._fail_call(rec, caller.error if caller.state == "dead" and caller.error else
+                                serialization.system_error_bytes(ActorDiedError(
+                                    f"actor call {rec.name} ({rec.task_id}) was lost: {why}. Set "
+                                    f"max_task_retries to retry calls across actor restarts")))
+
+    def on_process_died(self, msg: rm.ProcessDied) -> None:
+        for owned in list(self.owned.values()):
+            if owned.held is not None and owned.held.worker_id == msg.proc_id:
+                self._worker_lost(owned, msg.reason)
+        for caller in self.callers.values():
+            if caller.worker_id == msg.proc_id and caller.actor_id not in self.owned:
+                caller.state = "restarting"
+                self._lose_inflight(caller, f"the actor's worker died ({msg.reason})")
+                self._resolve(caller)
+            elif caller.actor_id not in self.owned and msg.addr and msg.addr == caller.owner_addr:
+                caller.state = "dead"
+                caller.error = serialization.system_error_bytes(ActorDiedError(
+                    f"actor {caller.actor_id}: its owner (the process that created it) died"))
+                self._lose_inflight(caller, "its owner died")
+                while caller.queue:
+                    self._fail_call(caller.queue.popleft(), caller.error)
+
+    # ---- messages -----------------------------------------------------------------------------------
+
+    def dispatch(self, sender: str, msg) -> None:
+        t = type(msg)
+        if t is rm.ActorLocation:
+            self._on_location(msg)
+        elif t is rm.ResolveActor:
+            owned = self.owned.get(msg.actor_id)
+            if owned is None:
+                self.rt._send(msg.reply_to, rm.ActorLocation(msg.actor_id, "dead", "", "", "", 1 << 30,
+                                                             serialization.system_error_bytes(ActorDiedError(
+                                                                 f"actor {msg.actor_id} no longer exists"))))
+                return
+            if owned.state != "dead":
+                owned.subscribers.add(msg.reply_to)
+            held = owned.held
+            self.rt._send(msg.reply_to, rm.ActorLocation(
+                owned.actor_id, owned.state, held.worker_id if held else "", held.worker_addr if held else "",
+                held.worker_ctl_addr if held else "", owned.incarnation, owned.error))
+        elif t is rm.KillActor:
+            self.kill(msg.actor_id, msg.no_restart)
+
+    def on_tick(self, now_ns: int) -> None:
+        pass
+
+
+def _send(to, msg):
+    from p2pcompute.net.effects import Send
+    return Send(to, msg)

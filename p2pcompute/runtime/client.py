@@ -1,0 +1,838 @@
+"""The client runtime: what every driver and worker runs to submit work and own objects.
+
+One I/O thread owns the sockets and the protocol cores (reference table, submitter); user threads never
+touch them. User threads serialize their own arguments and values, then hand small operations to the I/O
+thread through one ordered queue (`ops`) — including every ref created and dropped — so the I/O thread sees
+them in program order: a ref passed to a task is always counted before the user's `del` of it.
+
+Flow of a task: `submit` (user thread) -> `_schedule` once its ref arguments are ready -> submitter core
+asks for a lease -> `Push` effect -> `PushTask` straight to the leased worker -> `TaskReply` -> values are
+resolved, waiters woken, the lease reused or returned.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from p2pcompute import serialization
+from p2pcompute.errors import (ActorDiedError, ObjectFreedError, OwnerDiedError, PeerUnavailableError,
+                               RemoteProtocolError, TaskCancelledError, WorkerCrashedError)
+from p2pcompute.lease import messages as lm
+from p2pcompute.lease.submitter import ActorPlaced, Held, Push, SubmitterConfig, SubmitterCore, TaskInfo
+from p2pcompute.net import codec
+from p2pcompute.net.effects import Send, Timer
+from p2pcompute.net.transport import Transport, Waker
+from p2pcompute.object_ref import _OP_DEC, _OP_INC, ObjectRef
+from p2pcompute.ownership import messages as om
+from p2pcompute.ownership.refcount import Free, ReferenceTable
+from p2pcompute.ownership.store import LocalStore
+from p2pcompute.runtime import messages as rm
+from p2pcompute.runtime.actors import ActorManager
+from p2pcompute.runtime.objects import ERROR, INLINE, PENDING, STORED, ObjectTable
+
+log = logging.getLogger("p2pcompute.client")
+
+INLINE_MAX_BYTES = 100 * 1024
+_TICK_NS = 100_000_000
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """Everything the owner keeps about a task until it finishes (and may need to run it again)."""
+
+    task_id: str
+    kind: str                      # "task" | "actor_create" | "actor_call"
+    name: str
+    code_id: str
+    code: bytes | None
+    args: bytes | None
+    args_object: list | None       # [object_id, size] when the arguments blob is in the store
+    slot_refs: list                # top-level ref arguments: [(object_id, owner_addr), ...]
+    nested_refs: list              # refs inside arguments: [(object_id, owner_addr), ...]
+    return_ids: list
+    shape: dict
+    options: dict
+    max_retries: int = 0
+    retry_exceptions: object = False
+    actor_id: str | None = None
+    method: str | None = None
+    seq: int = 0
+    # state
+    slots: list | None = None
+    deps_left: int = 0
+    held: Held | None = None       # where it was pushed
+    cancelled: bool = False
+    done: bool = False
+    scheduled: bool = False
+    push_ns: int = 0
+    locality: dict = field(default_factory=dict)
+
+
+class ClientRuntime:
+    def __init__(self, ctx, *, proc_id: str, kind: str, job_id: str, job_env: dict, peer_addr: str,
+                 sock_dir: str, tcp_host: str | None = None, advertise_host: str | None = None,
+                 worker_id: str | None = None, register_timeout_s: float = 30.0,
+                 submitter_config: SubmitterConfig | None = None):
+        self.proc_id = proc_id
+        self.kind = kind
+        self.job_id = job_id
+        self.job_env = job_env
+        self.peer_addr = peer_addr
+        self.worker_id = worker_id
+        self.transport = Transport(ctx, proc_id, "c", ipc_path=os.path.join(sock_dir, f"{proc_id}c"),
+                                   tcp_host=tcp_host, advertise_host=advertise_host)
+        self.addr = self.transport.address
+        self.ops: deque = deque()
+        self.waker = Waker()
+        self.transport.add_fd(self.waker.fd)
+        self.refs = ReferenceTable(proc_id, self.addr)
+        self.objects = ObjectTable()
+        self.submitter = SubmitterCore(proc_id, self.addr, job_id, peer_addr, config=submitter_config)
+        self.tasks: dict[str, TaskRecord] = {}
+        self.task_of_object: dict[str, str] = {}
+        self.dep_waiters: dict[str, list[TaskRecord]] = {}
+        self.sent_code: set = set()
+        self.sent_env: set = set()
+        self._counter = itertools.count(1)
+        self._deadline_ns = 0
+        self._timers: list = []
+        self._rpcs: dict[str, Future] = {}
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.peer_info: dict = {}
+        self.store: LocalStore | None = None
+        self.actors = ActorManager(self)
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+        self._register(register_timeout_s)
+
+    # ---- start and stop -----------------------------------------------------------------------------
+
+    def _register(self, timeout_s: float) -> None:
+        msg = rm.RegisterClient(self.proc_id, self.kind, self.addr, os.getpid(), self.job_id, self.job_env)
+        self.transport.send(self.peer_addr, codec.encode(msg))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            frames, _, events = self.transport.poll(100)
+            for ev in events:
+                raise PeerUnavailableError(f"cannot reach the local peer at {self.peer_addr}: {ev.reason}")
+            for sender, data in frames:
+                try:
+                    reply = codec.decode(data)
+                except RemoteProtocolError:
+                    continue
+                if isinstance(reply, rm.ClientRegistered):
+                    self.peer_info = {"peer_id": reply.peer_id, "peer_addr": reply.peer_addr,
+                                      "store_dir": reply.store_dir, "total": reply.total, **reply.config}
+                    self.store = LocalStore(reply.store_dir)
+                    self.node_id = reply.peer_id
+                    return
+        raise PeerUnavailableError(f"the local peer at {self.peer_addr} did not answer within {timeout_s} s")
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name=f"p2p-io-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if not self._running:
+            return
+        done = threading.Event()
+
+        def leave():
+            self._run(self.submitter.release_all())
+            self._run(self.actors.release_all())
+            self._send(self.peer_addr, rm.Unregister(self.proc_id))
+            self._running = False
+            done.set()
+
+        self.call_soon(leave)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self.transport.close()
+        self.waker.close()
+
+    # ---- hand-offs from user threads ----------------------------------------------------------------
+
+    def call_soon(self, fn) -> None:
+        self.ops.append(fn)
+        self.waker.wake()
+
+    def call(self, fn, timeout_s: float | None = None):
+        """Run `fn` on the I/O thread and wait for its result (for rare operations)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: Future = Future()
+
+        def run():
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                fut.set_exception(exc)
+
+        self.call_soon(run)
+        return fut.result(timeout_s)
+
+    def new_id(self) -> str:
+        return f"{self.proc_id}.{next(self._counter):x}"
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while self._running:
+                timeout_ms = self._poll_timeout_ms()
+                frames, fds, events = self.transport.poll(timeout_ms)
+                if fds:
+                    self.waker.clear()
+                self._drain_ops()
+                for sender, data in frames:
+                    self._on_frame(sender, data)
+                if events:
+                    for ev in events:
+                        self._on_unreachable(ev)
+                now = now_ns()
+                if now >= self._deadline_ns:
+                    self._tick(now)
+        except BaseException:  # noqa: BLE001 - the I/O thread must report, never vanish silently
+            log.exception("p2pcompute I/O thread crashed")
+            self._fail_everything("the p2pcompute I/O thread crashed; see the log above")
+        finally:
+            self._stopped.set()
+
+    def _poll_timeout_ms(self) -> float:
+        if self.ops:
+            return 0
+        delta = (self._deadline_ns - now_ns()) / 1e6
+        return max(0.0, min(delta, 100.0))
+
+    def _drain_ops(self) -> None:
+        ops = self.ops
+        refs = self.refs
+        while ops:
+            op = ops.popleft()
+            if type(op) is tuple:
+                code = op[0]
+                if code == _OP_INC:
+                    refs.add_local(op[1], op[2])
+                elif code == _OP_DEC:
+                    effects = refs.remove_local(op[1])
+                    if effects:
+                        self._run(effects)
+                else:
+                    self._run_op(op)
+            else:
+                try:
+                    op()
+                except Exception:
+                    log.exception("internal operation failed")
+
+    def _run_op(self, op: tuple) -> None:
+        code = op[0]
+        if code == "submit":
+            self._submit(op[1])
+        elif code == "sent":  # a ref left this process in a message sent by another thread
+            self._run(self.refs.on_sent(op[1], op[2], op[3]))
+        elif code == "received":
+            self.refs.on_received(op[1], op[2])
+        elif code == "unpin":
+            self._run(self.refs.unpin(op[1]))
+        elif code == "fetch":
+            self._fetch(op[1])
+        elif code == "log":
+            self._send(op[1], rm.LogLines(op[2], op[3]))
+        elif code == "send":
+            self._send(op[1], op[2])
+
+    def _tick(self, now: int) -> None:
+        self._deadline_ns = now + _TICK_NS
+        effects = self.submitter.on_tick(now)
+        while self._timers and self._timers[0][0] <= now:
+            heapq.heappop(self._timers)
+        if effects:
+            self._run(effects)
+        self.actors.on_tick(now)
+
+    # ---- effects ------------------------------------------------------------------------------------
+
+    def _run(self, effects: list) -> None:
+        for eff in effects:
+            t = type(eff)
+            if t is Send:
+                self._send(eff.to, eff.msg)
+            elif t is Push:
+                self._push(eff.task_id, eff.lease)
+            elif t is Timer:
+                if eff.at_ns < self._deadline_ns:
+                    self._deadline_ns = eff.at_ns
+            elif t is Free:
+                self._on_free(eff.object_id)
+            elif t is ActorPlaced:
+                self.actors.on_placed(eff.task_id, eff.lease)
+
+    def _send(self, to: str, msg) -> None:
+        try:
+            self.transport.send(to, codec.encode(msg))
+        except ValueError as exc:
+            log.warning("cannot send %s to %s: %s", type(msg).__name__, to, exc)
+
+    # ---- incoming -----------------------------------------------------------------------------------
+
+    def _on_frame(self, sender: str, data) -> None:
+        try:
+            msg = codec.decode(data)
+        except RemoteProtocolError as exc:
+            log.warning("dropped a frame from %s: %s", sender, exc)
+            return
+        try:
+            self._dispatch(sender, msg)
+        except Exception:
+            log.exception("error handling %s from %s", type(msg).__name__, sender)
+
+    def _dispatch(self, sender: str, msg) -> None:
+        t = type(msg)
+        if t is rm.TaskReply:
+            self._on_task_reply(msg)
+        elif t in (lm.LeaseGranted, lm.LeaseSpillback, lm.LeaseRejected, lm.LeaseWanted):
+            self._run(self.submitter.on_message(now_ns(), msg))
+        elif t is lm.LeaseRevoked:
+            if self.actors.on_lease_revoked(msg.lease_id, msg.reason):
+                return
+            lost, effects = self.submitter.on_revoked(now_ns(), msg.lease_id)
+            self._run(effects)
+            self._lost_tasks(lost, f"its worker died ({msg.reason})")
+        elif t is om.GetObject:
+            self._on_get_object(sender, msg)
+        elif t is om.ObjectStatus:
+            self._on_object_status(msg)
+        elif t is om.AddBorrower:
+            self._run(self.refs.on_add_borrower(msg))
+        elif t is om.BorrowerAdded:
+            self._run(self.refs.on_borrower_added(msg))
+        elif t is om.RemoveBorrower:
+            self._run(self.refs.on_remove_borrower(sender, msg))
+        elif t is rm.TasksBounced:
+            self._run(self.submitter.bounce(now_ns(), [tid for tid in msg.task_ids if isinstance(tid, str)]))
+        elif t is rm.LogLines:
+            self._on_log(msg)
+        elif t is rm.ProcessDied:
+            self._on_process_died(msg)
+        elif t is rm.NodesReply or t is rm.PeerStatusReply:
+            fut = self._rpcs.pop(msg.request_id, None)
+            if fut is not None:
+                fut.set_result(msg)
+        elif t is rm.Warning_:
+            self.stderr.write(f"p2pcompute: {msg.text}\n")
+            self.stderr.flush()
+        elif t is rm.CancelTask:
+            self._on_cancel_request(msg)
+        else:
+            self.actors.dispatch(sender, msg)
+
+    def _on_unreachable(self, ev) -> None:
+        if ev.address == self.peer_addr:
+            log.error("lost the local peer at %s: %s", ev.address, ev.reason)
+        else:
+            log.warning("process at %s unreachable: %s", ev.address, ev.reason)
+
+    # ---- submitting ---------------------------------------------------------------------------------
+
+    def submit(self, rec: TaskRecord) -> None:
+        """User thread: hand a task to the I/O thread."""
+        self.ops.append(("submit", rec))
+        self.waker.wake()
+
+    def _submit(self, rec: TaskRecord) -> None:
+        self.tasks[rec.task_id] = rec
+        for oid in rec.return_ids:
+            self.task_of_object[oid] = rec.task_id
+        refs = self.refs
+        # Submitted tasks hold their arguments until they finish, whatever the user does with the refs.
+        for oid, owner in rec.slot_refs:
+            refs.pin(oid, owner)
+        for oid, owner in rec.nested_refs:
+            refs.pin(oid, owner)
+        if rec.args_object is not None:
+            oid, size, path = rec.args_object
+            if oid not in self.objects.values:  # first submission (not a retry): account for the blob
+                self.objects.resolve(oid, STORED, size=size, locations=[[self.node_id, self.peer_addr, path]])
+                self._send(self.peer_addr, om.ObjectSealed(oid, size, self.addr))
+            refs.pin(oid, self.addr)
+        if rec.kind == "actor_call":
+            refs.pin(rec.actor_id, self.actors.owner_of(rec.actor_id))
+        self._resolve_deps(rec)
+
+    def _resolve_deps(self, rec: TaskRecord) -> None:
+        waiting = 0
+        values = self.objects.values
+        fetch = []
+        for oid, owner in rec.slot_refs:
+            v = values.get(oid)
+            if v is None or v.state == PENDING:
+                waiting += 1
+                self.dep_waiters.setdefault(oid, []).append(rec)
+                if not self.refs.is_owned(oid):
+                    fetch.append(oid)
+        rec.deps_left = waiting
+        if fetch:
+            self._fetch(fetch)
+        if waiting == 0:
+            self._schedule(rec)
+
+    def _on_resolved(self, object_id: str) -> None:
+        recs = self.dep_waiters.pop(object_id, None)
+        if recs:
+            for rec in recs:
+                rec.deps_left -= 1
+                if rec.deps_left == 0 and not rec.done:
+                    self._schedule(rec)
+
+    def _schedule(self, rec: TaskRecord) -> None:
+        slots = []
+        values = self.objects.values
+        locality: dict = {}
+        for oid, _owner in rec.slot_refs:
+            v = values[oid]
+            if v.state == INLINE:
+                slots.append(["inline", v.data])
+            elif v.state == STORED:
+                peer_id, peer_addr, store_path = v.locations[0]
+                slots.append(["stored", oid, v.size, store_path, peer_addr])
+                locality[peer_id] = locality.get(peer_id, 0) + v.size
+            else:
+                # A failed argument fails the task with the same error, without running it.
+                self._finish_with_error(rec, v.error)
+                return
+        if rec.args_object is not None:
+            locality[self.node_id] = locality.get(self.node_id, 0) + rec.args_object[1]
+        rec.slots = slots
+        rec.locality = locality
+        rec.scheduled = True
+        if rec.kind == "actor_call":
+            self.actors.schedule_call(rec)
+            return
+        self._run(self.submitter.submit(now_ns(), self._task_info(rec)))
+
+    def _task_info(self, rec: TaskRecord) -> TaskInfo:
+        opts = rec.options
+        first_target = None
+        if rec.locality:
+            best = max(rec.locality.items(), key=lambda kv: kv[1])
+            if best[1] >= INLINE_MAX_BYTES:
+                first_target = self.peer_addr_of(best[0])
+        strategy = opts.get("scheduling_strategy") or "DEFAULT"
+        affinity = soft = None
+        if isinstance(strategy, tuple):  # ("NODE_AFFINITY", node_id, soft)
+            _, affinity, soft = strategy
+            strategy = "DEFAULT"
+        key = (tuple(sorted(rec.shape.items())), rec.code_id, strategy, affinity,
+               first_target, rec.kind == "actor_create" and rec.task_id)
+        return TaskInfo(rec.task_id, key, rec.shape, strategy, affinity, bool(soft) if soft is not None else True,
+                        rec.locality, first_target, actor=rec.kind == "actor_create")
+
+    def peer_addr_of(self, peer_id: str) -> str | None:
+        return self.peer_addr if peer_id == self.node_id else None
+
+    def push_message(self, rec: TaskRecord, worker_id: str, seq: int = 0) -> rm.PushTask:
+        code = None
+        if (worker_id, rec.code_id) not in self.sent_code:
+            self.sent_code.add((worker_id, rec.code_id))
+            code = rec.code
+        env = None
+        if worker_id not in self.sent_env:
+            self.sent_env.add(worker_id)
+            env = self.job_env
+        for oid, owner in rec.nested_refs:
+            self._run(self.refs.on_sent(oid, owner, worker_id))
+        return rm.PushTask(rec.task_id, rec.kind, rec.name, self.job_id, rec.code_id, code, env, rec.args,
+                           rec.args_object, rec.slots or [], [list(r) for r in rec.nested_refs],
+                           rec.return_ids, self.addr, rec.actor_id, rec.method, seq, rec.options.get("wire", {}))
+
+    def _push(self, task_id: str, held: Held) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.done:
+            self._run(self.submitter.on_task_done(now_ns(), task_id))
+            return
+        rec.held = held
+        rec.push_ns = now_ns()
+        msg = self.push_message(rec, held.worker_id)
+        self._send(held.worker_addr, msg)
+
+    # ---- replies ------------------------------------------------------------------------------------
+
+    def _on_task_reply(self, msg: rm.TaskReply) -> None:
+        rec = self.tasks.get(msg.task_id)
+        if rec is None or rec.done:
+            self._discard_returns(msg)
+            return
+        if rec.kind == "task":
+            self._run(self.submitter.on_task_done(now_ns(), rec.task_id, msg.exec_ns))
+        if msg.system_error is not None:
+            self._finish_with_error(rec, msg.system_error)
+            return
+        if len(msg.returns) != len(rec.return_ids):
+            self._finish_with_error(rec, serialization.system_error_bytes(
+                RemoteProtocolError(f"worker sent {len(msg.returns)} results for {len(rec.return_ids)} returns")))
+            return
+        # A user exception may be retried if the task asked for it.
+        for entry in msg.returns:
+            if entry[0] == "error" and self._should_retry_exception(rec, entry):
+                rec.max_retries -= 1
+                self._retry(rec)
+                return
+        for oid, entry in zip(rec.return_ids, msg.returns):
+            self._store_return(oid, entry, msg.node_id)
+        if rec.kind == "actor_create":
+            self.actors.on_created(rec, msg)
+        elif rec.kind == "actor_call":
+            self.actors.on_call_done(rec)
+        self._complete(rec)
+
+    def _store_return(self, oid: str, entry: list, node_id: str) -> None:
+        kind = entry[0]
+        refs = self.refs
+        alive = oid in refs
+        if kind == "inline":
+            _, blob, contained = entry
+            if alive:
+                self.objects.resolve(oid, INLINE, data=blob, size=len(blob), contained=contained)
+        elif kind == "stored":
+            _, size, contained, store_path, holder_id, holder_addr = entry
+            if alive:
+                self.objects.resolve(oid, STORED, size=size, locations=[[holder_id, holder_addr, store_path]],
+                                     contained=contained)
+            else:
+                self._send(holder_addr, om.FreeObjects([oid]))
+        else:
+            contained = []
+            if alive:
+                self.objects.resolve(oid, ERROR, error=entry[1])
+        if contained:
+            self._run(refs.adopt_contained(oid, [tuple(c) for c in contained]))
+        self._on_resolved(oid)
+        if alive:
+            self._notify_remote_waiters(oid)
+
+    def _discard_returns(self, msg: rm.TaskReply) -> None:
+        for entry in msg.returns:
+            if entry and entry[0] == "stored":
+                self._send(entry[5], om.FreeObjects([]))
+
+    def _should_retry_exception(self, rec: TaskRecord, entry: list) -> bool:
+        if rec.max_retries <= 0 or rec.cancelled or not rec.retry_exceptions:
+            return False
+        if rec.retry_exceptions is True:
+            return True
+        names = entry[2] if len(entry) > 2 else []
+        return any(name in names for name in rec.retry_exceptions)
+
+    def _complete(self, rec: TaskRecord) -> None:
+        rec.done = True
+        self.tasks.pop(rec.task_id, None)
+        for oid in rec.return_ids:
+            self.task_of_object.pop(oid, None)
+        refs = self.refs
+        effects: list = []
+        for oid, _ in rec.slot_refs:
+            effects += refs.unpin(oid)
+        for oid, _ in rec.nested_refs:
+            effects += refs.unpin(oid)
+        if rec.args_object is not None:
+            effects += refs.unpin(rec.args_object[0])
+        if rec.kind == "actor_call":
+            effects += refs.unpin(rec.actor_id)
+        if effects:
+            self._run(effects)
+
+    def _finish_with_error(self, rec: TaskRecord, error: bytes) -> None:
+        if rec.kind == "task" and rec.scheduled:
+            self.submitter.forget_task(rec.task_id)
+        for oid in rec.return_ids:
+            self._store_return(oid, ["error", error], "")
+        if rec.kind == "actor_create":
+            self.actors.on_create_failed(rec, error)
+        self._complete(rec)
+
+    def _lost_tasks(self, task_ids: list[str], why: str) -> None:
+        for task_id in task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is None or rec.done:
+                continue
+            if rec.cancelled:
+                self._finish_with_error(rec, serialization.system_error_bytes(
+                    TaskCancelledError(f"task {rec.name} ({task_id}) was cancelled")))
+            elif rec.max_retries > 0:
+                rec.max_retries -= 1
+                self._retry(rec)
+            else:
+                self._finish_with_error(rec, serialization.system_error_bytes(WorkerCrashedError(
+                    f"task {rec.name} ({task_id}) failed: {why}, and it has no retries left "
+                    f"(max_retries={rec.options.get('max_retries', 0)})")))
+
+    def _retry(self, rec: TaskRecord) -> None:
+        self.submitter.forget_task(rec.task_id)
+        for oid in rec.return_ids:
+            self.objects.reset(oid)
+        rec.held = None
+        self._run(self.submitter.submit(now_ns(), self._task_info(rec)))
+
+    # ---- objects ------------------------------------------------------------------------------------
+
+    def put_local(self, object_id: str, ser: serialization.Serialized) -> None:
+        """User thread: make a new owned object ready (inline, or written to the local store)."""
+        size = ser.nbytes
+        if size <= INLINE_MAX_BYTES:
+            self.objects.resolve(object_id, INLINE, data=ser.to_blob(), size=size, contained=ser.refs)
+            stored = False
+        else:
+            self.store.write(object_id, ser)
+            self.objects.resolve(object_id, STORED, size=size,
+                                 locations=[[self.node_id, self.peer_addr, self.store.path]], contained=ser.refs)
+            stored = True
+        refs = list(ser.refs)
+
+        def register():
+            if refs:
+                self._run(self.refs.set_contains(object_id, refs))
+            if stored:
+                self._send(self.peer_addr, om.ObjectSealed(object_id, size, self.addr))
+            self._on_resolved(object_id)
+            self._notify_remote_waiters(object_id)
+
+        self.call_soon(register)
+
+    def read_stored(self, object_id: str, v) -> memoryview:
+        for _peer_id, _peer_addr, store_path in v.locations:
+            if store_path == self.store.path:
+                return self.store.read(object_id)
+            if os.path.isdir(store_path):  # another peer's store on this machine
+                return LocalStore(store_path).read(object_id)
+        raise OwnerDiedError(f"object {object_id} is held only by peers this process cannot reach")
+
+    def _fetch(self, object_ids: list[str]) -> None:
+        """Ask owners about borrowed objects we need and know nothing of yet."""
+        values = self.objects.values
+        for oid in object_ids:
+            if self.refs.is_owned(oid):
+                if oid not in values and oid not in self.refs:
+                    self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(
+                        ObjectFreedError(f"object {oid} was already freed")))
+                continue
+            v = values.get(oid) or self.objects.value(oid)
+            if v.requested or v.state != PENDING:
+                continue
+            counts = self.refs.counts(oid)
+            if counts is None:
+                continue
+            v.requested = True
+            owner = self.refs._entries[oid].owner_addr
+            self._send(owner, om.GetObject(oid, self.addr))
+
+    def _on_get_object(self, sender: str, msg: om.GetObject) -> None:
+        oid = msg.object_id
+        v = self.objects.values.get(oid)
+        if v is None or oid not in self.refs:
+            state = "freed" if self.refs.is_owned(oid) else "lost"
+            self._send(msg.reply_to, om.ObjectStatus(oid, state, None, [], [], None))
+            return
+        if v.state == PENDING:
+            if v.remote_waiters is None:
+                v.remote_waiters = []
+            v.remote_waiters.append((sender, msg.reply_to))
+            return
+        self._reply_status(sender, msg.reply_to, oid, v)
+
+    def _reply_status(self, sender: str, reply_to: str, oid: str, v) -> None:
+        for inner_id, inner_owner in v.contained:
+            self._run(self.refs.on_sent(inner_id, inner_owner, sender))
+        if v.state == INLINE:
+            status = om.ObjectStatus(oid, "inline", v.data, [], [list(c) for c in v.contained], None)
+        elif v.state == STORED:
+            status = om.ObjectStatus(oid, "stored", None, [list(l) + [v.size] for l in v.locations],
+                                     [list(c) for c in v.contained], None)
+        else:
+            status = om.ObjectStatus(oid, "error", None, [], [], v.error)
+        self._send(reply_to, status)
+
+    def _notify_remote_waiters(self, oid: str) -> None:
+        v = self.objects.values.get(oid)
+        if v is None or not v.remote_waiters:
+            return
+        waiters, v.remote_waiters = v.remote_waiters, None
+        for sender, reply_to in waiters:
+            self._reply_status(sender, reply_to, oid, v)
+
+    def _on_object_status(self, msg: om.ObjectStatus) -> None:
+        oid = msg.object_id
+        contained = [tuple(c) for c in msg.contained if isinstance(c, list) and len(c) == 2]
+        if msg.state == "inline" and msg.data is not None:
+            self.objects.resolve(oid, INLINE, data=msg.data, size=len(msg.data), contained=contained)
+        elif msg.state == "stored" and msg.locations:
+            locs = [[l[0], l[1], l[2]] for l in msg.locations]
+            size = msg.locations[0][3] if len(msg.locations[0]) > 3 else 0
+            self.objects.resolve(oid, STORED, size=size, locations=locs, contained=contained)
+        elif msg.state == "error" and msg.error is not None:
+            self.objects.resolve(oid, ERROR, error=msg.error)
+        else:
+            error = (ObjectFreedError(f"object {oid} was freed by its owner") if msg.state == "freed" else
+                     OwnerDiedError(f"object {oid}: its owner no longer has it (the owner restarted or died), "
+                                    f"so it cannot be read or rebuilt"))
+            self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(error))
+        if contained:
+            self._run(self.refs.adopt_contained(oid, contained))
+        self._on_resolved(oid)
+
+    def _on_free(self, object_id: str) -> None:
+        v = self.objects.drop(object_id)
+        if v is None or not self.refs.is_owned(object_id):
+            return
+        if v.state == STORED:
+            for peer_id, peer_addr, _path in v.locations:
+                self._send(peer_addr, om.FreeObjects([object_id]))
+        if v.remote_waiters:
+            for _sender, reply_to in v.remote_waiters:
+                self._send(reply_to, om.ObjectStatus(object_id, "freed", None, [], [], None))
+        self.actors.on_handle_freed(object_id)
+
+    # ---- cancellation -------------------------------------------------------------------------------
+
+    def cancel(self, object_id: str, force: bool) -> None:
+        def run():
+            task_id = self.task_of_object.get(object_id)
+            rec = self.tasks.get(task_id) if task_id else None
+            if rec is None or rec.done:
+                return
+            rec.cancelled = True
+            error = serialization.system_error_bytes(
+                TaskCancelledError(f"task {rec.name} ({rec.task_id}) was cancelled"))
+            if not rec.scheduled:
+                self._finish_with_error(rec, error)
+                return
+            if rec.kind == "task":
+                removed, effects = self.submitter.cancel(now_ns(), rec.task_id)
+                self._run(effects)
+                if removed:
+                    self._finish_with_error(rec, error)
+                    return
+                if rec.held is not None:
+                    self._send(rec.held.worker_ctl_addr, rm.CancelTask(rec.task_id, force))
+                    if force:
+                        self._send(rec.held.peer_addr, rm.ForceKillWorker(rec.held.worker_id, "cancel(force=True)"))
+            elif rec.kind == "actor_call":
+                self.actors.cancel_call(rec, force)
+
+        self.call_soon(run)
+
+    def _on_cancel_request(self, msg: rm.CancelTask) -> None:
+        pass  # only workers execute tasks; see runtime.worker
+
+    # ---- deaths -------------------------------------------------------------------------------------
+
+    def _on_process_died(self, msg: rm.ProcessDied) -> None:
+        now = now_ns()
+        self._run(self.refs.on_process_died(msg.proc_id))
+        lost, effects = self.submitter.on_worker_died(now, msg.proc_id)
+        self._run(effects)
+        self._lost_tasks(lost, f"its worker process died ({msg.reason})")
+        self.actors.on_process_died(msg)
+        # Objects owned by the dead process can never be produced now.
+        for oid in self.refs.borrowed_from(msg.proc_id):
+            v = self.objects.values.get(oid)
+            if v is None or v.state == PENDING:
+                self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(OwnerDiedError(
+                    f"object {oid} was owned by process {msg.proc_id}, which died ({msg.reason}); an object "
+                    f"lives only as long as the process that created it, so nothing can rebuild it")))
+                self._on_resolved(oid)
+        if msg.addr:
+            self.transport.forget(msg.addr)
+
+    def _fail_everything(self, why: str) -> None:
+        error = serialization.system_error_bytes(PeerUnavailableError(why))
+        for oid, v in list(self.objects.values.items()):
+            if v.state == PENDING:
+                self.objects.resolve(oid, ERROR, error=error)
+
+    # ---- logs ---------------------------------------------------------------------------------------
+
+    def _on_log(self, msg: rm.LogLines) -> None:
+        stream = self.stderr if msg.stream == "stderr" else self.stdout
+        try:
+            stream.write("".join(line if line.endswith("\n") else line + "\n" for line in msg.lines
+                                 if isinstance(line, str)))
+            stream.flush()
+        except Exception:
+            pass
+
+    # ---- requests to the peer -----------------------------------------------------------------------
+
+    def peer_request(self, make, timeout_s: float = 10.0, to: str | None = None):
+        request_id = self.new_id()
+        fut: Future = Future()
+
+        def send():
+            self._rpcs[request_id] = fut
+            self._send(to or self.peer_addr, make(request_id))
+
+        self.call_soon(send)
+        return fut.result(timeout_s)
+
+    def future_of(self, ref: ObjectRef) -> Future:
+        fut: Future = Future()
+
+        def waiter():
+            try:
+                fut.set_result(self.get_values([ref], None)[0])
+            except BaseException as exc:  # noqa: BLE001
+                fut.set_exception(exc)
+
+        threading.Thread(target=waiter, daemon=True, name="p2p-future").start()
+        return fut
+
+    # ---- get ----------------------------------------------------------------------------------------
+
+    def get_values(self, refs: list[ObjectRef], timeout: float | None) -> list:
+        from p2pcompute.runtime.objects import deadline_of, load_value, timeout_error
+        ids = [r._id for r in refs]
+        deadline = deadline_of(timeout)
+        values = self.objects.values
+        if not all((v := values.get(oid)) is not None and v.state != PENDING for oid in ids):
+            blocked = self.on_blocked()
+            try:
+                flags = self.objects.wait_ready(ids, len(ids), deadline, self._request_fetch)
+            finally:
+                if blocked:
+                    self.on_unblocked()
+            if not all(flags):
+                raise timeout_error([i for i, f in zip(ids, flags) if not f], timeout)
+        out = []
+        for oid in ids:
+            v = values.get(oid)
+            if v is None:
+                raise ObjectFreedError(f"object {oid} was freed while being read")
+            out.append(load_value(v, oid, self.read_stored))
+        return out
+
+    def _request_fetch(self, ids: list[str]) -> None:
+        self.ops.append(("fetch", ids))
+        self.waker.wake()
+
+    # Workers override these to lend their CPU back while they wait.
+    def on_blocked(self) -> bool:
+        return False
+
+    def on_unblocked(self) -> None:
+        pass

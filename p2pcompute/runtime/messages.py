@@ -1,0 +1,206 @@
+"""Runtime messages: registration, process lifecycle, logs (400-499); task execution (500-599).
+
+Append-only: never reuse or renumber a code.
+"""
+
+from __future__ import annotations
+
+from p2pcompute.net.messages import message
+
+
+@message(400)
+class RegisterClient:
+    """Driver or worker client -> its local peer: I exist at `addr`; here is my job."""
+
+    proc_id: str
+    kind: str          # "driver" | "worker"
+    addr: str
+    pid: int
+    job_id: str
+    job_env: dict      # {"sys_path": [...], "cwd": str} for drivers
+
+
+@message(401)
+class ClientRegistered:
+    peer_id: str
+    peer_addr: str
+    store_dir: str
+    total: dict
+    config: dict
+
+
+@message(402)
+class RegisterWorker:
+    """Worker -> its peer: started; tasks go to `task_addr`, everything else to `client_addr`."""
+
+    worker_id: str
+    pid: int
+    task_addr: str
+    client_addr: str
+
+
+@message(403)
+class ProcessDied:
+    """Peer -> clients: a process is gone; drop its leases, borrows, and fail what it was running."""
+
+    proc_id: str
+    kind: str
+    reason: str
+    addr: str
+
+
+@message(404)
+class LogLines:
+    """Worker -> the owner of the task that printed: output lines, already prefixed."""
+
+    stream: str        # "stdout" | "stderr"
+    lines: list
+
+
+@message(405)
+class StopProcess:
+    """Peer -> worker: exit now."""
+
+    reason: str
+
+
+@message(406)
+class NodesRequest:
+    reply_to: str
+    request_id: str
+
+
+@message(407)
+class NodesReply:
+    request_id: str
+    nodes: list        # list of plain dicts, one per peer
+
+
+@message(408)
+class CancelTask:
+    """Owner -> worker (client address): cancel `task_id` if queued or running there."""
+
+    task_id: str
+    force: bool
+
+
+@message(409)
+class Unregister:
+    """Client -> peer: I am leaving cleanly."""
+
+    proc_id: str
+
+
+@message(410)
+class ForceKillWorker:
+    """Owner -> the worker's peer: kill this worker process (cancel with force, kill of an actor)."""
+
+    worker_id: str
+    reason: str
+
+
+@message(411)
+class Warning_:
+    """Peer -> client: something the user should see (e.g. an infeasible resource request)."""
+
+    text: str
+
+
+@message(412)
+class PeerStatusRequest:
+    reply_to: str
+    request_id: str
+
+
+@message(413)
+class PeerStatusReply:
+    request_id: str
+    status: dict
+
+
+@message(500)
+class PushTask:
+    """Submitter -> leased worker (or actor caller -> actor worker): run this.
+
+    `kind` is "task", "actor_create" or "actor_call". `code` carries the pickled function or class the first
+    time this submitter sends `code_id` to this worker; `job_env` likewise on the first push to a worker.
+    Arguments: `args` is an inline blob (or None when stored as object `args_object`); `slots` resolves the
+    top-level ref arguments: [["inline", blob] | ["stored", object_id, size, store_path, holder_addr]].
+    """
+
+    task_id: str
+    kind: str
+    name: str
+    job_id: str
+    code_id: str
+    code: bytes | None
+    job_env: dict | None
+    args: bytes | None
+    args_object: list | None
+    slots: list
+    refs: list             # refs nested in the arguments: [[object_id, owner_addr], ...]
+    return_ids: list
+    owner_addr: str
+    actor_id: str | None
+    method: str | None
+    seq: int
+    options: dict
+
+
+@message(501)
+class TaskReply:
+    """Worker -> owner: results of `task_id`.
+
+    `returns` has one entry per return id: ["inline", blob, refs] | ["stored", size, refs, store_path,
+    holder_id, holder_addr] | ["error", error_blob]. `system_error` is set when the task did not run its
+    code (cancelled, actor dead).
+    """
+
+    task_id: str
+    returns: list
+    exec_ns: int
+    worker_id: str
+    node_id: str
+    system_error: bytes | None
+
+
+@message(502)
+class TasksBounced:
+    """Worker -> submitter: I blocked in `get` before starting these; schedule them elsewhere."""
+
+    task_ids: list
+
+
+@message(503)
+class ActorReady:
+    """Actor worker -> owner (via the creation reply path): the constructor finished; calls go to `addr`."""
+
+    actor_id: str
+    addr: str
+
+
+@message(504)
+class ResolveActor:
+    """Caller -> actor owner: where does `actor_id` run? The owner answers now and again on every change."""
+
+    actor_id: str
+    reply_to: str
+
+
+@message(505)
+class ActorLocation:
+    """Owner -> callers: `state` is "pending" | "alive" | "restarting" | "dead"; `error` why it is dead."""
+
+    actor_id: str
+    state: str
+    worker_id: str
+    addr: str
+    ctl_addr: str
+    incarnation: int
+    error: bytes | None
+
+
+@message(506)
+class KillActor:
+    actor_id: str
+    no_restart: bool

@@ -1,0 +1,165 @@
+"""The values a client process knows: owned results and borrowed objects it asked about.
+
+The I/O thread fills these in; user threads read them in `get` and `wait`. One lock guards the hand-off
+(state changes and waiter lists), so a waiter can never register after the wake-up it needed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from p2pcompute import serialization
+from p2pcompute.errors import GetTimeoutError, ObjectLostError
+
+PENDING = 0
+INLINE = 1
+STORED = 2
+ERROR = 3
+
+
+class ObjectValue:
+    __slots__ = ("state", "data", "size", "locations", "error", "contained", "waiters", "remote_waiters",
+                 "requested")
+
+    def __init__(self):
+        self.state = PENDING
+        self.data: bytes | None = None     # inline blob
+        self.size = 0
+        self.locations: list = []          # [[peer_id, peer_addr, store_path], ...] for STORED
+        self.error: bytes | None = None    # ["user"|"system", blob] packed
+        self.contained: list = []          # refs inside the value: [[object_id, owner_addr], ...]
+        self.waiters: list | None = None   # locks of user threads waiting on it
+        self.remote_waiters: list | None = None  # addresses of borrowers that asked the owner
+        self.requested = False             # borrower side: GetObject sent to the owner
+
+
+class ObjectTable:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.values: dict[str, ObjectValue] = {}
+
+    def value(self, object_id: str) -> ObjectValue:
+        v = self.values.get(object_id)
+        if v is None:
+            v = self.values[object_id] = ObjectValue()
+        return v
+
+    # ---- I/O thread ---------------------------------------------------------------------------------
+
+    def resolve(self, object_id: str, state: int, *, data=None, size=0, locations=None, error=None,
+                contained=None) -> ObjectValue:
+        with self.lock:
+            v = self.value(object_id)
+            v.data = data
+            v.size = size
+            v.locations = locations or []
+            v.error = error
+            v.contained = contained or []
+            v.state = state
+            waiters, v.waiters = v.waiters, None
+        if waiters:
+            for lock in waiters:
+                _release(lock)
+        return v
+
+    def reset(self, object_id: str) -> None:
+        """The value must be computed again (its task is being retried or rebuilt)."""
+        with self.lock:
+            v = self.values.get(object_id)
+            if v is not None:
+                v.state = PENDING
+                v.data = None
+
+    def drop(self, object_id: str) -> ObjectValue | None:
+        with self.lock:
+            v = self.values.pop(object_id, None)
+            waiters = v.waiters if v is not None else None
+        if waiters:
+            for lock in waiters:
+                _release(lock)
+        return v
+
+    # ---- user threads -------------------------------------------------------------------------------
+
+    def wait_ready(self, object_ids: list[str], num: int, deadline: float | None,
+                   on_missing) -> list[bool]:
+        """Block until at least `num` of the objects are not PENDING, or the deadline passes.
+
+        `on_missing(ids)` is called (once, outside the lock) for ids not known yet, so the I/O thread can ask
+        their owners. Returns the ready flags in input order.
+        """
+        lock = threading.Lock()
+        lock.acquire()
+        asked = False
+        while True:
+            unknown = []
+            with self.lock:
+                flags = []
+                for oid in object_ids:
+                    v = self.values.get(oid)
+                    if v is None or v.state == PENDING:
+                        flags.append(False)
+                        if v is None:
+                            unknown.append(oid)
+                            v = self.values[oid] = ObjectValue()
+                        if v.waiters is None:
+                            v.waiters = [lock]
+                        elif lock not in v.waiters:
+                            v.waiters.append(lock)
+                    else:
+                        flags.append(True)
+                ready = sum(flags)
+            if ready >= num:
+                self._unregister(object_ids, lock)
+                return flags
+            if not asked:
+                asked = True
+                on_missing(object_ids)
+            if deadline is None:
+                lock.acquire()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0 or not lock.acquire(timeout=left):
+                    self._unregister(object_ids, lock)
+                    with self.lock:
+                        return [oid in self.values and self.values[oid].state != PENDING for oid in object_ids]
+
+    def _unregister(self, object_ids: list[str], lock) -> None:
+        with self.lock:
+            for oid in object_ids:
+                v = self.values.get(oid)
+                if v is not None and v.waiters:
+                    try:
+                        v.waiters.remove(lock)
+                    except ValueError:
+                        pass
+
+
+def _release(lock) -> None:
+    try:
+        lock.release()
+    except RuntimeError:
+        pass  # already released by another object's completion; the waiter rechecks everything
+
+
+def load_value(v: ObjectValue, object_id: str, read_stored):
+    """Rebuild the Python value of a ready object (user thread)."""
+    if v.state == INLINE:
+        return serialization.deserialize(v.data, writable=True)
+    if v.state == STORED:
+        return serialization.deserialize(read_stored(object_id, v))
+    if v.state == ERROR:
+        raise serialization.error_from_bytes(v.error)
+    raise ObjectLostError(f"object {object_id} is not ready")
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    return time.monotonic() + max(0.0, timeout)
+
+
+def timeout_error(object_ids: list[str], timeout: float) -> GetTimeoutError:
+    shown = ", ".join(object_ids[:3]) + (" ..." if len(object_ids) > 3 else "")
+    return GetTimeoutError(f"get timed out after {timeout} s; not ready: {shown}")

@@ -1,0 +1,552 @@
+"""The worker process: executes pushed tasks and actor calls, and is a full client for nested work.
+
+The main thread owns the task socket: it receives `PushTask`, runs user code and replies, with no thread
+hand-off on the hot path. The client runtime's I/O thread (as in a driver) owns everything else: nested
+submissions, objects this worker owns, cancellation, output forwarding.
+
+Tasks that arrive while one runs wait in a local queue; before each task the socket is drained so a cancel
+for a queued task is seen before it would start. When a task blocks in `get`, tasks queued behind it go back
+to their submitters (they may be what it waits for) and the peer lends its CPU to someone else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextvars
+import ctypes
+import inspect
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+
+from p2pcompute import serialization
+from p2pcompute.errors import ActorDiedError, InvalidArgumentError, RemoteProtocolError, TaskCancelledError
+from p2pcompute.net import codec
+from p2pcompute.net.transport import Context, CurveKeys, Transport
+from p2pcompute.ownership.store import LocalStore
+from p2pcompute.runtime import context as runtime_context
+from p2pcompute.runtime import messages as rm
+from p2pcompute.runtime.client import INLINE_MAX_BYTES, ClientRuntime
+from p2pcompute.serialization import ArgSlot
+
+log = logging.getLogger("p2pcompute.worker")
+
+_current: contextvars.ContextVar = contextvars.ContextVar("p2p_current_task", default=None)
+
+
+class WorkerClient(ClientRuntime):
+    """The worker's client runtime: adds blocking hooks and cancellation of running tasks."""
+
+    executor: "Executor"
+
+    def on_blocked(self) -> bool:
+        ex = getattr(self, "executor", None)
+        if ex is None or threading.current_thread() is not threading.main_thread() or ex.running is None:
+            return False
+        ex.bounce_queued()
+        self.ops.append(("send", self.peer_addr, _lm().WorkerBlocked(self.worker_id)))
+        self.waker.wake()
+        return True
+
+    def on_unblocked(self) -> None:
+        self.ops.append(("send", self.peer_addr, _lm().WorkerUnblocked(self.worker_id)))
+        self.waker.wake()
+
+    def _on_cancel_request(self, msg: rm.CancelTask) -> None:
+        ex = getattr(self, "executor", None)
+        if ex is not None:
+            ex.cancel(msg.task_id)
+
+
+def _lm():
+    from p2pcompute.lease import messages
+    return messages
+
+
+class _Forward(io.TextIOBase):
+    """sys.stdout/stderr of a worker: whole lines go to the owner of the task that printed them."""
+
+    def __init__(self, runtime: ClientRuntime, stream: str, fallback):
+        self.rt = runtime
+        self.stream = stream
+        self.fallback = fallback
+        self._buf = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._buf += text
+            if "\n" not in self._buf:
+                return len(text)
+            *lines, self._buf = self._buf.split("\n")
+        self._emit(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._buf = ([self._buf] if self._buf else []), ""
+        if lines:
+            self._emit(lines)
+
+    def _emit(self, lines: list[str]) -> None:
+        cur = _current.get()
+        if cur is None:
+            self.fallback.write("".join(line + "\n" for line in lines))
+            self.fallback.flush()
+            return
+        prefix = f"({cur.label} pid={os.getpid()}) "
+        self.rt.ops.append(("log", cur.owner_addr, self.stream, [prefix + line for line in lines]))
+        self.rt.waker.wake()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.fallback.fileno()
+
+
+class _Running:
+    __slots__ = ("task_id", "label", "owner_addr", "name")
+
+    def __init__(self, task_id: str, label: str, owner_addr: str, name: str):
+        self.task_id = task_id
+        self.label = label
+        self.owner_addr = owner_addr
+        self.name = name
+
+
+class Executor:
+    def __init__(self, client: WorkerClient, tasks: Transport, node_id: str):
+        self.client = client
+        self.tasks = tasks
+        self.node_id = node_id
+        self.queue: deque = deque()
+        self.code: dict[str, object] = {}
+        self.stores: dict[str, LocalStore] = {}
+        self.cancelled: set[str] = set()
+        self.running: str | None = None
+        self.job_bound = False
+        self.actor = None
+        self.actor_id: str | None = None
+        self.actor_name = ""
+        self.actor_failed: bytes | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.semaphore: asyncio.Semaphore | None = None
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._interrupt_target: str | None = None
+        self._stop = False
+
+    # ---- receiving ----------------------------------------------------------------------------------
+
+    def _receive(self, timeout_ms: float | None) -> None:
+        frames, _, _ = self.tasks.poll(timeout_ms)
+        for sender, data in frames:
+            try:
+                msg = codec.decode(data)
+            except RemoteProtocolError as exc:
+                log.warning("dropped a frame from %s: %s", sender, exc)
+                continue
+            if type(msg) is rm.PushTask:
+                self.queue.append(msg)
+            elif type(msg) is rm.StopProcess:
+                self._stop = True
+
+    def run(self) -> None:
+        while not self._stop:
+            if not self.queue:
+                self._receive(1000)
+            else:
+                self._receive(0)
+            while self.queue and not self._stop:
+                msg = self.queue.popleft()
+                self._execute(msg)
+                if self.queue:
+                    self._receive(0)
+
+    def bounce_queued(self) -> None:
+        """The running task is about to block: give tasks queued behind it back to their submitters."""
+        if self.actor is not None or self.actor_id is not None:
+            return  # actor calls must run here, in order
+        self._receive(0)
+        by_owner: dict[str, list] = {}
+        keep = deque()
+        for msg in self.queue:
+            if msg.kind == "task":
+                by_owner.setdefault(msg.owner_addr, []).append(msg.task_id)
+            else:
+                keep.append(msg)
+        self.queue = keep
+        for owner, ids in by_owner.items():
+            self.tasks.send(owner, codec.encode(rm.TasksBounced(ids)))
+
+    def cancel(self, task_id: str) -> None:
+        """I/O thread: cancel a queued task (skip it) or interrupt a running one."""
+        self.cancelled.add(task_id)
+        if self.running == task_id and self.loop is None:
+            self._interrupt_target = task_id
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def on_interrupt(self, signum, frame) -> None:
+        target = self._interrupt_target
+        self._interrupt_target = None
+        if target is not None and self.running == target:
+            raise TaskCancelledError(f"task {target} was cancelled while running")
+
+    # ---- executing ----------------------------------------------------------------------------------
+
+    def _bind_job(self, msg: rm.PushTask) -> None:
+        env = msg.job_env
+        if self.job_bound or not env:
+            return
+        self.job_bound = True
+        path = env.get("sys_path")
+        if isinstance(path, list):
+            sys.path[:] = [p for p in path if isinstance(p, str)] + [p for p in sys.path if p not in path]
+        cwd = env.get("cwd")
+        if isinstance(cwd, str) and os.path.isdir(cwd):
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
+        self.client.job_id = msg.job_id
+        self.client.submitter.job_id = msg.job_id
+
+    def _load_code(self, msg: rm.PushTask):
+        obj = self.code.get(msg.code_id)
+        if obj is None:
+            if msg.code is None:
+                raise RuntimeError(f"the submitter did not send code {msg.code_id} to this worker")
+            obj = serialization.loads_code(msg.code)
+            self.code[msg.code_id] = obj
+        return obj
+
+    def _store(self, path: str) -> LocalStore:
+        store = self.stores.get(path)
+        if store is None:
+            store = self.stores[path] = LocalStore(path)
+        return store
+
+    def _args(self, msg: rm.PushTask):
+        if msg.args is not None:
+            blob = msg.args
+        elif msg.args_object:
+            oid, _size, path = msg.args_object[0], msg.args_object[1], msg.args_object[2]
+            blob = self._store(path).read(oid)
+        else:
+            return (), {}
+        args, kwargs = serialization.deserialize(blob)
+        if msg.slots:
+            values = []
+            for slot in msg.slots:
+                if slot[0] == "inline":
+                    values.append(serialization.deserialize(slot[1], writable=True))
+                else:
+                    _, oid, _size, path, _holder = slot
+                    values.append(serialization.deserialize(self._store(path).read(oid)))
+            args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
+            kwargs = {k: (values[v.index] if type(v) is ArgSlot else v) for k, v in kwargs.items()}
+        return args, kwargs
+
+    def _execute(self, msg: rm.PushTask) -> None:
+        client = self.client
+        for ref in msg.refs:
+            client.ops.append(("received", ref[0], ref[1]))
+        try:
+            if msg.task_id in self.cancelled:
+                self.cancelled.discard(msg.task_id)
+                self._reply_system(msg, TaskCancelledError(f"task {msg.name} ({msg.task_id}) was cancelled"))
+                return
+            self._bind_job(msg)
+            if msg.kind == "actor_call":
+                self._actor_call(msg)
+            else:
+                self._run_sync(msg)
+        finally:
+            for ref in msg.refs:
+                client.ops.append(("unpin", ref[0]))
+
+    def _label(self, msg: rm.PushTask) -> str:
+        if msg.kind == "task":
+            return msg.name
+        return self.actor_name or msg.name
+
+    def _run_sync(self, msg: rm.PushTask) -> None:
+        start = time.perf_counter_ns()
+        token = _current.set(_Running(msg.task_id, self._label(msg), msg.owner_addr, msg.name))
+        self.running = msg.task_id
+        try:
+            fn = self._load_code(msg)
+            args, kwargs = self._args(msg)
+            if msg.kind == "actor_create":
+                self._create_actor(msg, fn, args, kwargs)
+                result = None
+            else:
+                result = fn(*args, **kwargs)
+                del args, kwargs
+            self.running = None
+            returns = self._pack_returns(msg, result)
+        except TaskCancelledError as exc:
+            self.running = None
+            self._interrupt_target = None
+            _current.reset(token)
+            self._reply_system(msg, exc)
+            return
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+            self.running = None
+            if msg.kind == "actor_create":
+                self.actor_failed = serialization.serialize_error(
+                    exc, function_name=msg.name, pid=os.getpid(), node_id=self.node_id)
+            returns = self._error_returns(msg, exc)
+        finally:
+            self.running = None
+            self.cancelled.discard(msg.task_id)
+        _current.reset(token)
+        self._reply(msg, returns, time.perf_counter_ns() - start)
+
+    def _create_actor(self, msg, cls, args, kwargs) -> None:
+        self.actor_id = msg.actor_id
+        self.actor_name = msg.name
+        opts = msg.options or {}
+        is_async = any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in dir(cls)
+                       if not name.startswith("__"))
+        concurrency = opts.get("max_concurrency")
+        if is_async:
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name="p2p-actor-loop", daemon=True).start()
+            limit = concurrency if isinstance(concurrency, int) and concurrency > 0 else 1000
+
+            async def make_semaphore():
+                return asyncio.Semaphore(limit)
+
+            self.semaphore = asyncio.run_coroutine_threadsafe(make_semaphore(), self.loop).result()
+        elif isinstance(concurrency, int) and concurrency > 1:
+            self.pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="p2p-actor")
+        self.actor = cls(*args, **kwargs)
+
+    # ---- actor calls --------------------------------------------------------------------------------
+
+    def _actor_call(self, msg: rm.PushTask) -> None:
+        if self.actor is None:
+            error = ActorDiedError(f"actor {msg.actor_id} is not running here"
+                                   + (": its constructor failed" if self.actor_failed else ""))
+            if self.actor_failed is not None:
+                self._reply(msg, [["error", self.actor_failed, []] for _ in msg.return_ids], 0)
+            else:
+                self._reply_system(msg, error)
+            return
+        if self.loop is not None:
+            self._actor_call_async(msg)
+        elif self.pool is not None:
+            ctx = contextvars.copy_context()
+            self.pool.submit(ctx.run, self._actor_call_threaded, msg)
+        else:
+            self._actor_call_inline(msg)
+
+    def _method(self, msg: rm.PushTask):
+        if not isinstance(msg.method, str) or msg.method.startswith("__") and msg.method != "__call__":
+            raise InvalidArgumentError(f"{msg.method!r} is not a callable actor method")
+        return getattr(self.actor, msg.method)
+
+    def _actor_call_inline(self, msg: rm.PushTask) -> None:
+        start = time.perf_counter_ns()
+        token = _current.set(_Running(msg.task_id, self._label(msg), msg.owner_addr, msg.name))
+        self.running = msg.task_id
+        try:
+            args, kwargs = self._args(msg)
+            result = self._method(msg)(*args, **kwargs)
+            del args, kwargs
+            self.running = None
+            returns = self._pack_returns(msg, result)
+        except TaskCancelledError as exc:
+            self.running = None
+            _current.reset(token)
+            self._reply_system(msg, exc)
+            return
+        except BaseException as exc:  # noqa: BLE001
+            self.running = None
+            returns = self._error_returns(msg, exc)
+        finally:
+            self.running = None
+        _current.reset(token)
+        self._reply(msg, returns, time.perf_counter_ns() - start)
+
+    def _actor_call_threaded(self, msg: rm.PushTask) -> None:
+        start = time.perf_counter_ns()
+        _current.set(_Running(msg.task_id, self._label(msg), msg.owner_addr, msg.name))
+        try:
+            args, kwargs = self._args(msg)
+            returns = self._pack_returns(msg, self._method(msg)(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001
+            returns = self._error_returns(msg, exc)
+        self._reply_via_io(msg, returns, time.perf_counter_ns() - start)
+
+    def _actor_call_async(self, msg: rm.PushTask) -> None:
+        try:
+            args, kwargs = self._args(msg)
+            method = self._method(msg)
+        except BaseException as exc:  # noqa: BLE001
+            self._reply(msg, self._error_returns(msg, exc), 0)
+            return
+        running = _Running(msg.task_id, self._label(msg), msg.owner_addr, msg.name)
+
+        async def call():
+            _current.set(running)
+            start = time.perf_counter_ns()
+            async with self.semaphore:
+                try:
+                    result = method(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    returns = self._pack_returns(msg, result)
+                except BaseException as exc:  # noqa: BLE001
+                    returns = self._error_returns(msg, exc)
+            self._reply_via_io(msg, returns, time.perf_counter_ns() - start)
+
+        # Start in order: each call is scheduled on the loop in arrival order.
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(call()))
+
+    # ---- results ------------------------------------------------------------------------------------
+
+    def _pack_returns(self, msg: rm.PushTask, result) -> list:
+        n = len(msg.return_ids)
+        if n == 1:
+            values = [result]
+        elif n == 0:
+            values = []
+        else:
+            if not isinstance(result, (tuple, list)) or len(result) != n:
+                raise InvalidArgumentError(
+                    f"{msg.name} was declared with num_returns={n} but returned "
+                    f"{type(result).__name__}" + (f" of length {len(result)}" if hasattr(result, "__len__") else ""))
+            values = list(result)
+        owner_id = msg.owner_addr and _proc_of(msg)
+        out = []
+        for oid, value in zip(msg.return_ids, values):
+            ser = serialization.serialize(value)
+            refs = [list(r) for r in ser.refs]
+            for inner_id, inner_owner in ser.refs:
+                self.client.ops.append(("sent", inner_id, inner_owner, owner_id))
+            size = ser.nbytes
+            if size <= INLINE_MAX_BYTES:
+                out.append(["inline", ser.to_blob(), refs])
+            else:
+                store = self.client.store
+                store.write(oid, ser)
+                self.client.ops.append(("send", self.client.peer_addr,
+                                        _om().ObjectSealed(oid, size, msg.owner_addr)))
+                out.append(["stored", size, refs, store.path, self.node_id, self.client.peer_addr])
+        return out
+
+    def _error_returns(self, msg: rm.PushTask, exc: BaseException) -> list:
+        blob = serialization.serialize_error(exc, function_name=msg.name, pid=os.getpid(), node_id=self.node_id,
+                                             tb=_user_traceback(exc))
+        names = serialization.exception_type_names(exc)
+        return [["error", blob, names] for _ in msg.return_ids]
+
+    def _reply(self, msg: rm.PushTask, returns: list, exec_ns: int) -> None:
+        reply = rm.TaskReply(msg.task_id, returns, exec_ns, self.client.worker_id, self.node_id, None)
+        self.tasks.send(msg.owner_addr, codec.encode(reply))
+
+    def _reply_via_io(self, msg: rm.PushTask, returns: list, exec_ns: int) -> None:
+        reply = rm.TaskReply(msg.task_id, returns, exec_ns, self.client.worker_id, self.node_id, None)
+        self.client.ops.append(("send", msg.owner_addr, reply))
+        self.client.waker.wake()
+
+    def _reply_system(self, msg: rm.PushTask, exc: BaseException) -> None:
+        reply = rm.TaskReply(msg.task_id, [], 0, self.client.worker_id, self.node_id,
+                             serialization.system_error_bytes(exc))
+        if self.loop is not None or self.pool is not None:
+            self.client.ops.append(("send", msg.owner_addr, reply))
+            self.client.waker.wake()
+        else:
+            self.tasks.send(msg.owner_addr, codec.encode(reply))
+
+
+def _om():
+    from p2pcompute.ownership import messages
+    return messages
+
+
+def _proc_of(msg: rm.PushTask) -> str:
+    """The owner's process id: return ids are '<owner>.<n>'."""
+    if msg.return_ids:
+        return msg.return_ids[0].split(".", 1)[0]
+    return msg.task_id.split(".", 1)[0]
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without the worker's own frames, which would only confuse the user."""
+    import traceback
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill us when the peer that started us dies, so no worker is ever orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="p2pcompute-worker")
+    parser.add_argument("--peer", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--sock-dir", required=True)
+    parser.add_argument("--tcp-host", default=None)
+    parser.add_argument("--advertise-host", default=None)
+    parser.add_argument("--parent-pid", type=int, default=0)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    if args.parent_pid and os.getppid() != args.parent_pid:
+        return 1  # the peer died before we could ask to die with it
+    logging.basicConfig(level=os.environ.get("P2P_LOG_LEVEL", "WARNING"),
+                        format=f"%(asctime)s worker {args.worker_id} %(levelname)s %(name)s: %(message)s")
+    token = os.environ.pop("P2P_CLUSTER_TOKEN", None)
+    ctx = Context(CurveKeys.from_token(token) if token and args.tcp_host else None)
+    client = WorkerClient(ctx, proc_id=args.worker_id, kind="worker", job_id="", job_env={}, peer_addr=args.peer,
+                          sock_dir=args.sock_dir, tcp_host=args.tcp_host, advertise_host=args.advertise_host,
+                          worker_id=args.worker_id)
+    tasks = Transport(ctx, args.worker_id, "t", ipc_path=os.path.join(args.sock_dir, f"{args.worker_id}t"),
+                      tcp_host=args.tcp_host, advertise_host=args.advertise_host)
+    executor = Executor(client, tasks, args.node_id)
+    client.executor = executor
+    signal.signal(signal.SIGUSR1, executor.on_interrupt)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    runtime_context.install_worker(client, executor, _current)
+    from p2pcompute import api
+    api._attach_worker_runtime(client)
+    client.stdout = sys.__stdout__
+    client.stderr = sys.__stderr__
+    sys.stdout = _Forward(client, "stdout", sys.__stdout__)
+    sys.stderr = _Forward(client, "stderr", sys.__stderr__)
+    client.start()
+    tasks.send(args.peer, codec.encode(rm.RegisterWorker(args.worker_id, os.getpid(), tasks.address, client.addr)))
+    try:
+        executor.run()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
