@@ -140,11 +140,13 @@ class Waker:
                 pass
 
     def clear(self) -> None:
-        self._armed = False
+        # Consume first, then disarm: a wake() between the two is skipped, but its operation was queued
+        # before it looked at the flag, so the drain that follows the clear sees it.
         try:
             os.eventfd_read(self.fd)
         except BlockingIOError:
             pass
+        self._armed = False
 
     def close(self) -> None:
         try:
@@ -160,9 +162,10 @@ for _name in ("EVENT_HANDSHAKE_FAILED_AUTH", "EVENT_HANDSHAKE_FAILED_PROTOCOL", 
 
 
 class _Out:
-    __slots__ = ("sock", "monitor", "endpoint", "connected", "since", "queued", "failed")
+    __slots__ = ("sock", "monitor", "endpoint", "address", "connected", "since", "queued", "failed")
 
-    def __init__(self, sock, monitor, endpoint: str, now: float):
+    def __init__(self, sock, monitor, endpoint: str, address: str, now: float):
+        self.address = address
         self.sock = sock
         self.monitor = monitor
         self.endpoint = endpoint
@@ -211,7 +214,10 @@ class Transport:
         self.identity = f"{proc_id}#{role}".encode()
         self.max_message_bytes = max_message_bytes
         self.unreachable_after_s = unreachable_after_ms / 1000
+        # Keyed by the endpoint actually dialled: two spellings of one address (with or without the IPC
+        # part) must share one DEALER, or the receiver sees one identity on two connections and drops one.
         self._outs: dict[str, _Out] = {}
+        self._endpoint_of: dict[str, str] = {}
         self._monitors: dict = {}
         self._routers = []
         self._fds: set[int] = set()
@@ -237,7 +243,7 @@ class Transport:
                 port = router.bind_to_random_port(f"tcp://{tcp_host}")
             self.tcp_endpoint = f"tcp://{advertise_host or tcp_host}:{port}"
         self.address = make_address(self.tcp_endpoint, self.ipc_endpoint)
-        self._poll_wait: list = []
+        self._next_check = 0.0
 
     def _router(self, curve: bool):
         sock = self.ctx.zmq.socket(zmq.ROUTER)
@@ -256,11 +262,17 @@ class Transport:
 
     # ---- sending ------------------------------------------------------------------------------------
 
+    def _endpoint(self, address: str) -> str:
+        endpoint = self._endpoint_of.get(address)
+        if endpoint is None:
+            endpoint = self._endpoint_of[address] = route(address)
+        return endpoint
+
     def _out(self, address: str) -> _Out:
-        out = self._outs.get(address)
+        endpoint = self._endpoint_of.get(address) or self._endpoint(address)
+        out = self._outs.get(endpoint)
         if out is not None:
             return out
-        endpoint = route(address)
         sock = self.ctx.zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -276,27 +288,31 @@ class Transport:
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | _CONNECT_EVENTS | zmq.EVENT_DISCONNECTED |
                                           zmq.EVENT_CLOSED | _AUTH_FAIL)
         sock.connect(endpoint)
-        out = _Out(sock, monitor, endpoint, time.monotonic())
-        self._outs[address] = out
-        self._monitors[monitor] = address
+        out = _Out(sock, monitor, endpoint, address, time.monotonic())
+        self._outs[endpoint] = out
+        self._monitors[monitor] = endpoint
         self.poller.register(monitor, zmq.POLLIN)
         return out
 
     def send(self, address: str, data: bytes) -> None:
-        out = self._outs.get(address) or self._out(address)
+        out = self._out(address)
         out.sock.send(data, copy=len(data) < 65536)
         if not out.connected:
             out.queued += 1
 
     def send_frames(self, address: str, frames: list) -> None:
-        out = self._outs.get(address) or self._out(address)
+        out = self._out(address)
         out.sock.send_multipart(frames, copy=False)
         if not out.connected:
             out.queued += 1
 
     def forget(self, address: str) -> int:
         """Close the connection to a process known to be gone; returns how many frames were dropped."""
-        out = self._outs.pop(address, None)
+        try:
+            endpoint = self._endpoint(address)
+        except ValueError:
+            return 0
+        out = self._outs.pop(endpoint, None)
         if out is None:
             return 0
         self._monitors.pop(out.monitor, None)
@@ -310,7 +326,7 @@ class Transport:
         return out.queued if not out.connected else 0
 
     def destinations(self) -> list[str]:
-        return list(self._outs)
+        return [out.address for out in self._outs.values()]
 
     # ---- receiving ----------------------------------------------------------------------------------
 
@@ -340,8 +356,11 @@ class Transport:
                 events += self._on_monitor(sock)
             else:
                 self._drain(sock, frames, max_frames)
-        if self._outs and not fds:
-            events += self._check_unreachable()
+        if self._outs:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + 0.5
+                events += self._check_unreachable()
         return frames, fds, events
 
     def _drain(self, sock, frames: list, max_frames: int) -> None:
@@ -383,22 +402,22 @@ class Transport:
                 out.since = time.monotonic()
             elif kind & _AUTH_FAIL:
                 out.failed = "the peer refused our credentials: is the cluster token the same on both sides?"
-                events.append(Unreachable(address, out.queued, out.failed))
+                events.append(Unreachable(out.address, out.queued, out.failed))
         return events
 
     def _check_unreachable(self) -> list:
         now = time.monotonic()
         events = []
-        for address, out in list(self._outs.items()):
+        for out in list(self._outs.values()):
             if not out.connected and now - out.since > self.unreachable_after_s:
-                events.append(Unreachable(address, out.queued, out.failed or
+                events.append(Unreachable(out.address, out.queued, out.failed or
                                           f"no connection to {out.endpoint} for {now - out.since:.1f} s"))
                 out.since = now  # report again only after another full interval
         return events
 
     def close(self) -> None:
-        for address in list(self._outs):
-            self.forget(address)
+        for endpoint in list(self._outs):
+            self.forget(endpoint)
         for sock in self._routers:
             sock.close(0)
         self._routers.clear()

@@ -308,7 +308,10 @@ class ClientRuntime:
         if t is rm.TaskReply:
             self._on_task_reply(msg)
         elif t in (lm.LeaseGranted, lm.LeaseSpillback, lm.LeaseRejected, lm.LeaseWanted):
-            self._run(self.submitter.on_message(now_ns(), msg))
+            effects = self.submitter.on_message(now_ns(), msg)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s -> %s", msg, effects)
+            self._run(effects)
         elif t is lm.LeaseRevoked:
             if self.actors.on_lease_revoked(msg.lease_id, msg.reason):
                 return
@@ -801,6 +804,20 @@ class ClientRuntime:
 
         threading.Thread(target=waiter, daemon=True, name="p2p-future").start()
         return fut
+
+    def debug_state(self) -> dict:
+        """A snapshot of this process's scheduling state, for debugging (read racily, from any thread)."""
+        sub = self.submitter
+        return {
+            "proc": self.proc_id, "kind": self.kind,
+            "tasks": {tid: {"name": r.name, "kind": r.kind, "deps_left": r.deps_left, "scheduled": r.scheduled,
+                            "worker": r.held.worker_id if r.held else None} for tid, r in list(self.tasks.items())},
+            "leases": [{"lease": h.lease_id, "worker": h.worker_id, "inflight": list(h.inflight),
+                        "draining": h.draining, "wanted": h.wanted} for h in sub.held_leases()],
+            "queues": {str(k[0]): {"queue": list(st.queue), "requests": list(st.requests)}
+                       for k, st in list(sub.keys.items())},
+            "ops": len(self.ops),
+        }
 
     # ---- get ----------------------------------------------------------------------------------------
 

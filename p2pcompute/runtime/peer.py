@@ -136,7 +136,7 @@ class PeerDaemon:
             self._by_pidfd[proc.pidfd] = proc
 
     def addr_for_locals(self) -> str:
-        return self.transport.ipc_endpoint and f"{self.transport.ipc_endpoint}" or self.addr
+        return self.addr
 
     def _on_exit(self, proc: _Proc) -> None:
         """A watched process ended: reap it, free what it held, and tell everyone who cares."""
@@ -152,6 +152,7 @@ class PeerDaemon:
             if code not in (0, -signal.SIGTERM, -signal.SIGKILL) or code is None:
                 reason += f"; its output is in {proc.log_path}"
         self.procs.pop(proc.proc_id, None)
+        log.info("%s %s (pid %d) %s", proc.kind, proc.proc_id, proc.pid, reason)
         now = time.monotonic_ns()
         effects = []
         if proc.kind == "worker":
@@ -225,7 +226,10 @@ class PeerDaemon:
         now = time.monotonic_ns()
         t = type(msg)
         if t in (lm.RequestLease, lm.ReturnLease, lm.CancelLeaseRequest, lm.WorkerBlocked, lm.WorkerUnblocked):
-            self._run(self.lease.on_message(now, sender, msg))
+            effects = self.lease.on_message(now, sender, msg)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s from %s -> %s", msg, sender, effects)
+            self._run(effects)
         elif t is om.ObjectSealed:
             if msg.object_id not in self.objects:
                 self.objects[msg.object_id] = msg.size
@@ -324,7 +328,12 @@ class PeerDaemon:
     def status(self) -> dict:
         return {"peer_id": self.peer_id, "address": self.addr, "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 1), "nodes": [self.node_info()],
-                "processes": [{"id": p.proc_id, "kind": p.kind, "pid": p.pid} for p in self.procs.values()]}
+                "processes": [{"id": p.proc_id, "kind": p.kind, "pid": p.pid} for p in self.procs.values()],
+                "workers": [{"id": w.worker_id, "state": w.state, "lease": w.lease_id, "job": w.job_id,
+                             "blocked": w.blocked} for w in self.lease.workers.values()],
+                "leases": [{"id": l.lease_id, "holder": l.request.holder_id, "worker": l.worker_id,
+                            "shape": l.shape} for l in self.lease.leases.values()],
+                "waiting": self.lease.pending_demand()}
 
     # ---- shutdown -----------------------------------------------------------------------------------
 

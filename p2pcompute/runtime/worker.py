@@ -495,6 +495,15 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+def _dump_state(client: WorkerClient, executor: Executor) -> None:
+    import json
+    state = client.debug_state()
+    state["running"] = executor.running
+    state["queued"] = [m.task_id for m in executor.queue]
+    sys.__stderr__.write("p2pcompute state: " + json.dumps(state, default=str) + "\n")
+    sys.__stderr__.flush()
+
+
 def _die_with_parent() -> None:
     """Ask Linux to kill us when the peer that started us dies, so no worker is ever orphaned."""
     try:
@@ -531,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     client.executor = executor
     signal.signal(signal.SIGUSR1, executor.on_interrupt)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # Operators (and developers) can ask any worker what it is doing: kill -USR2 <pid> writes to its log.
+    signal.signal(signal.SIGUSR2, lambda *_: _dump_state(client, executor))
     runtime_context.install_worker(client, executor, _current)
     from p2pcompute import api
     api._attach_worker_runtime(client)
