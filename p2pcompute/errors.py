@@ -86,7 +86,12 @@ def make_task_error(message: str, *, cause: BaseException | None, remote_traceba
     cls = TaskError
     if cause is not None and not isinstance(cause, TaskError) and isinstance(cause, Exception):
         cls = _dual_class(type(cause))
-    err = Exception.__new__(cls)
+    try:
+        err = cls.__new__(cls)
+    except Exception:
+        # A cause type whose __new__ insists on arguments: keep the message, lose the type.
+        cls = TaskError
+        err = cls.__new__(cls)
     # Set the fields without running the cause type's __init__, whose signature we cannot know.
     err.args = (message,)
     err.cause = cause

@@ -287,6 +287,17 @@ class LeaseCore:
         lease = self.leases.get(worker.lease_id or "")
         if lease is not None:
             resources.subtract(self.available, _cpu_only(lease.shape))
+        # The CPU it lent may be reserved for a worker still booting: take such reservations back (newest
+        # first) rather than grant beyond capacity when that worker registers.
+        for waiting in reversed(self.waiting):
+            if self.available.get(resources.CPU, 0) >= 0:
+                break
+            if waiting.worker_id is not None and waiting.request.shape.get(resources.CPU, 0) > 0:
+                resources.add(self.available, waiting.request.shape)
+                starting = self.workers.get(waiting.worker_id)
+                if starting is not None:
+                    starting.lease_id = None
+                waiting.worker_id = None
         return []
 
     # ---- workers ------------------------------------------------------------------------------------

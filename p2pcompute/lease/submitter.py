@@ -160,7 +160,8 @@ class SubmitterCore:
             return 1
         avg_ms = state.exec_ns_avg / 1e6
         if avg_ms <= 0:
-            return 2
+            # Unknown length: one at a time, so two long tasks never queue on one worker while another idles.
+            return 1
         depth = int(self.config.pipeline_target_ms / avg_ms) + 1
         return max(1, min(self.config.pipeline_depth_max, depth))
 

@@ -1,0 +1,819 @@
+"""SWIM membership and gossiped resource views: a pure core, with no sockets, no clock and no global RNG.
+
+Theory of operation
+-------------------
+Every peer runs one `Membership`. The driver feeds it messages and ticks with the current `now_ns` and
+carries out the effects it returns: `Send`, `Timer`, and `MemberChanged` whenever another peer is first
+learned or changes state (the runtime uses it, for example, to reclaim the leases of a dead peer).
+
+Failure detection (SWIM). Each probe period the peer pings the next member of a shuffled round-robin list,
+so every member is probed within two cycles (time-bounded completeness). No Ack within `probe_timeout_ms`:
+ask `indirect_checks` random members to ping it for us (PingReq), which rules out a bad path between just
+the two of us. Still no Ack by the end of the period: the member becomes *suspect*. A suspect that does not
+refute within the suspicion timeout, `suspicion_mult * max(1, log10 N) * probe_interval`, becomes *dead*.
+
+Incarnations. A member's claims are ordered by its incarnation number, which only the member itself raises.
+Hearing itself suspected (or declared dead by mistake), a peer raises its incarnation and spreads `alive`:
+the refutation. Merge rules, as in SWIM and memberlist, for a claim at incarnation i against the current
+state at incarnation j: i < j is stale; i > j wins; at i == j, suspect beats alive, dead beats both, left
+beats dead. An `alive` never beats anything at the same incarnation, so a late rumour cannot undo a
+suspicion; only the member's own refutation (with a higher incarnation) can.
+
+Dissemination. Each accepted change becomes a rumour in a transmit-limited queue and rides on pings, acks
+and gossip (to `gossip_fanout` random members every `gossip_interval_ms`), about
+`retransmit_mult * ceil(log10(N + 1))` times. Resource views spread the same way, each stamped with its
+owner's (incarnation, view_version): an older stamp never overwrites a newer one. Both queues send the
+entries sent fewest times first, newest first among those, and a message carries at most
+`max_updates_per_msg` and `max_views_per_msg` entries, so messages stay small at any cluster size.
+
+Repair. Rumours can all be lost to one peer. Three things bring a divergent peer back: a periodic push-pull
+of the full state with a random member (`sync_interval_ms`, longer in large clusters); a peer we think dead
+that talks to us, or that we contact every `reconnect_interval_ms`, is told so and refutes (this heals
+partitions, and brings back a restarted peer that reuses its id); and a peer that hears a stale claim about
+itself sends its current record straight back to whoever passed the claim on.
+
+Joining and leaving. A new peer sends Join to its seed addresses (any live members) until one answers with
+a Snapshot of the full state; the member that answered spreads the newcomer. A peer that leaves spreads
+`left` directly to several members and by gossip, so nobody waits for a timeout. Dead and left members are
+remembered for `dead_retention_ms`, so stale rumours cannot bring them back, then forgotten.
+
+Detection time, with the defaults (probe 500 ms, suspicion_mult 4): the suspicion timeout is 2 s up to
+10 peers, 6 s at 1,000. Expected time from a crash until all peers mark it dead: about 2 probe periods to
+the first failed probe (SWIM: e/(e-1) periods until some peer picks the crashed one), plus the suspicion
+timeout, plus a few gossip rounds: about 3.3 s at N=4 and 7.5 s at N=1,000. Worst case with no message loss
+(every peer's own probing alone): `detection_bound_ms`, 5 s at N=4; it grows linearly with N, so for large
+clusters `likely_detection_bound_ms` gives the bound that holds except with a tiny probability (18.5 s at
+N=1,000).
+
+Remote input is never trusted: a malformed or unexpected message is counted in `counters` and dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Iterator
+
+from p2pcompute.errors import InvalidArgumentError
+from p2pcompute.net.effects import Effect, Send, Timer
+from p2pcompute.net.membership_messages import (
+    ALIVE, DEAD, LEFT, STATE_NAMES, SUSPECT, Ack, Gossip, Join, Ping, PingReq, Snapshot, parse_member,
+    parse_view,
+)
+from p2pcompute.net.messages import FIELD_TYPES
+
+if TYPE_CHECKING:
+    from random import Random
+
+__all__ = ["MembershipConfig", "Member", "MemberChanged", "Membership", "suspicion_timeout_ms",
+           "detection_bound_ms", "likely_detection_bound_ms"]
+
+_MS = 1_000_000
+_NEVER = 1 << 62  # "no deadline": later than any real now_ns
+_MAX_FORWARDS = 1024  # relayed indirect probes remembered at once; caps what a flood of PingReqs can cost
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """Tuning of the membership protocol; the defaults suit a LAN (see the module docstring for timings)."""
+
+    probe_interval_ms: int = 500
+    probe_timeout_ms: int = 200  # direct ping answer time before asking others; > a LAN round trip
+    indirect_checks: int = 3
+    suspicion_mult: int = 4
+    retransmit_mult: int = 4
+    view_retransmit_mult: int = 2  # a missed view is only stale until its next change or the next sync
+    gossip_interval_ms: int = 100
+    gossip_fanout: int = 3
+    max_updates_per_msg: int = 8
+    max_views_per_msg: int = 8
+    dead_retention_ms: int = 120_000  # longer than any rumour lives, so none can revive a dead member
+    reconnect_interval_ms: int = 1_000  # how often we tell one remembered dead member that it is dead
+    sync_interval_ms: int = 15_000  # push-pull anti-entropy; scaled up above 32 members
+    join_retry_ms: int = 1_000  # first retry of an unanswered Join; doubles up to join_retry_max_ms
+    join_retry_max_ms: int = 16_000
+    leave_fanout: int = 8  # members told directly of a graceful leave
+    max_snapshot_members: int = 256  # member records per Snapshot message
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            least = 0 if f.name == "indirect_checks" else 1
+            if type(value) is not int or value < least:
+                raise InvalidArgumentError(f"MembershipConfig.{f.name} must be an int >= {least}, not {value!r}")
+        if self.probe_timeout_ms >= self.probe_interval_ms:
+            raise InvalidArgumentError(
+                f"MembershipConfig.probe_timeout_ms ({self.probe_timeout_ms}) must be shorter than "
+                f"probe_interval_ms ({self.probe_interval_ms}), or indirect probes have no time to run")
+
+
+def suspicion_timeout_ms(config: MembershipConfig, n_members: int) -> int:
+    """How long a suspect has to refute before it is declared dead (memberlist's formula)."""
+    return int(config.suspicion_mult * max(1.0, math.log10(max(1, n_members))) * config.probe_interval_ms)
+
+
+def detection_bound_ms(config: MembershipConfig, n_members: int) -> int:
+    """Upper bound on the time from a crash until every live peer has marked the crashed one dead.
+
+    Assumes no message loss and a stable membership of `n_members` (the crashed peer included), with each
+    `Timer` honoured on time. Every live peer detects the crash by its own probing, whatever the others do:
+    its round-robin list holds the M = n_members - 1 others in a fresh random order each cycle, so the crashed
+    peer, last probed at or before the crash, is probed again within 2M - 1 periods; that probe fails by the
+    end of its period (2M periods in all), and the suspicion timeout follows. Rumours can only make it sooner.
+    """
+    others = max(1, n_members - 1)
+    return 2 * others * config.probe_interval_ms + suspicion_timeout_ms(config, n_members)
+
+
+def likely_detection_bound_ms(config: MembershipConfig, n_members: int, miss_probability: float = 1e-9) -> int:
+    """Like `detection_bound_ms`, but holds except with probability about `miss_probability`; far tighter
+    for large clusters (linear in N becomes logarithmic). Assumes no loss and light rumour load.
+
+    With M independent probers on random schedules, the chance that none starts a probe of the crashed peer
+    within k periods is at most exp(-k (1 - k / 4M)); one more period for that probe to fail; then the
+    suspicion spreads by push gossip in about log_{f+1} N + (ln N + ln 1/p) / f rounds (fanout f), and each
+    peer's suspicion timer runs out.
+    """
+    others = max(1, n_members - 1)
+    target = math.log(1 / miss_probability)
+    k = 1
+    while k * (1 - k / (4 * others)) < target and k < 2 * others:
+        k += 1
+    fanout = config.gossip_fanout
+    rounds = math.ceil(math.log(max(2, n_members)) / math.log(fanout + 1)
+                       + (math.log(max(2, n_members)) + target) / fanout)
+    likely = ((k + 1) * config.probe_interval_ms + rounds * config.gossip_interval_ms
+              + suspicion_timeout_ms(config, n_members))
+    return min(likely, detection_bound_ms(config, n_members))
+
+
+@dataclass(slots=True, eq=False)
+class Member:
+    """What this peer knows about one member. Owned by the core: read it, never change it."""
+
+    peer_id: str
+    addr: str
+    state: str  # 'alive' | 'suspect' | 'dead' | 'left'
+    incarnation: int
+    meta: dict  # static per incarnation: the peer's process addresses, host, version, ...
+    view: dict = field(default_factory=dict)  # the peer's latest resource view we know
+    view_version: int = 0
+    view_incarnation: int = -1  # the view's stamp is (view_incarnation, view_version); -1: no view yet
+    last_heard_ns: int = 0  # when a message from this peer last arrived (0: never directly)
+    state_since_ns: int = 0
+    state_code: int = ALIVE  # `state` as its wire code, for the merge rules
+    told_ns: int = -_NEVER  # last time we told this member we hold it suspect or dead; limits how often
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    """Effect: another peer was first learned, changed state, or came back with a new address or meta."""
+
+    peer_id: str
+    addr: str
+    state: str
+    incarnation: int
+    meta: dict
+    previous_state: str | None  # None when first learned
+
+
+class _TransmitQueue:
+    """Rumours keyed by peer id (a newer one replaces the older), each sent at most `limit` times.
+
+    Bucket b lists the entries already sent b times, oldest first, so taking the fewest-sent and then newest
+    entries pops from the ends of the low buckets: O(entries taken), however long the queue. A replaced
+    entry is only marked stale (key None) and skipped later; `_compact` bounds how many pile up.
+    """
+
+    __slots__ = ("_buckets", "_live", "_stale")
+
+    def __init__(self) -> None:
+        self._buckets: list[list[list]] = [[]]  # entries are [key, item]
+        self._live: dict[str, list] = {}  # key -> its current entry
+        self._stale = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def put(self, key: str, item: tuple) -> None:
+        old = self._live.get(key)
+        if old is not None:
+            old[0] = None
+            self._stale += 1
+            if self._stale > 64 + len(self._live):
+                self._compact()
+        entry = [key, item]
+        self._buckets[0].append(entry)
+        self._live[key] = entry
+
+    def discard(self, key: str) -> None:
+        old = self._live.pop(key, None)
+        if old is not None:
+            old[0] = None
+            self._stale += 1
+
+    def take(self, k: int, limit: int) -> tuple:
+        if not self._live:
+            return ()
+        buckets, live = self._buckets, self._live
+        out: list[tuple] = []
+        moved: list[tuple[list, int]] = []
+        n = 0
+        for b, bucket in enumerate(buckets):
+            if not bucket:
+                continue
+            if b >= limit:  # the cluster shrank, and with it the retransmit limit
+                for entry in bucket:
+                    if entry[0] is None:
+                        self._stale -= 1
+                    else:
+                        del live[entry[0]]
+                bucket.clear()
+                continue
+            while bucket and n < k:
+                entry = bucket.pop()  # the newest of the fewest-sent
+                if entry[0] is None:
+                    self._stale -= 1
+                    continue
+                out.append(entry[1])
+                moved.append((entry, b + 1))
+                n += 1
+            if n == k:
+                break
+        # Re-file only after picking, so no entry goes twice into one message; oldest first keeps the order.
+        for entry, b in reversed(moved):
+            if b >= limit:
+                del live[entry[0]]
+            else:
+                if b == len(buckets):
+                    buckets.append([])
+                buckets[b].append(entry)
+        return tuple(out)
+
+    def _compact(self) -> None:
+        self._buckets = [[e for e in bucket if e[0] is not None] for bucket in self._buckets]
+        self._stale = 0
+
+
+def _well_formed(msg) -> bool:
+    """The codec's outer type check, repeated for drivers (like the simulator) that skip the codec."""
+    for name, accepted in FIELD_TYPES[type(msg)]:
+        value = getattr(msg, name)
+        if not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):
+            return False
+    return True
+
+
+class Membership:
+    """One peer's view of the cluster: who is in it, in what state, and each member's resource view.
+
+    Pure: no sockets, no clock reads; randomness only through `rng`. See the module docstring.
+    """
+
+    # Test-only: never refute a suspicion, so tests can show their checkers catch a wrongly dead peer.
+    _test_skip_refutation = False
+
+    def __init__(self, self_id: str, self_addr: str, *, config: MembershipConfig, rng: Random, now_ns: int,
+                 incarnation: int = 0, meta: dict | None = None):
+        if type(self_id) is not str or not self_id:
+            raise InvalidArgumentError(f"self_id must be a non-empty string, not {self_id!r}")
+        if type(self_addr) is not str or not self_addr:
+            raise InvalidArgumentError(f"self_addr must be a non-empty string, not {self_addr!r}")
+        if type(incarnation) is not int or incarnation < 0:
+            raise InvalidArgumentError(f"incarnation must be an int >= 0, not {incarnation!r}")
+        if meta is not None and not isinstance(meta, dict):
+            raise InvalidArgumentError(f"meta must be a dict of plain data, not {type(meta).__name__}")
+        self.config = config
+        self._rng = rng
+        self.self_id = self_id
+        self.self_addr = self_addr
+        self._self = Member(self_id, self_addr, "alive", incarnation, dict(meta or {}), {}, 0, incarnation,
+                            now_ns, now_ns)
+        self._members: dict[str, Member] = {self_id: self._self}
+        # Other members that are alive or suspect, as a list for O(1) random picks (gossip, probes, sync).
+        self._alive_ids: list[str] = []
+        self._alive_pos: dict[str, int] = {}
+        # Dead (not left) members still remembered: the ones we try to reach, to heal partitions. A dict,
+        # not a set, so its order, and so the whole run, is the same for the same seed.
+        self._dead_ids: dict[str, None] = {}
+        self._probe_order: list[str] = []
+        self._probe_pos = 0
+        # Members still ahead in this cycle. No member is queued twice in one cycle, so a cycle is never
+        # longer than the membership, which `detection_bound_ms` relies on.
+        self._probe_pending: dict[str, None] = {}
+        self._probe_target: str | None = None
+        self._probe_seq = 0
+        self._probe_incarnation = 0  # the target's incarnation when probed: a refutation since then wins
+        self._probe_acked = False
+        self._probe_indirect_sent = False
+        self._probe_timeout_ns = _NEVER
+        self._seq = 0
+        self._forwards: dict[int, tuple[str, int, int]] = {}  # our seq -> (requester addr, its seq, expiry)
+        self._suspicions: list[tuple[int, str, int]] = []  # heap of (deadline_ns, peer_id, incarnation)
+        self._forgets: list[tuple[int, str, int]] = []  # heap of (due_ns, peer_id, state_since_ns)
+        self._updates = _TransmitQueue()
+        self._views = _TransmitQueue()
+        self._limits_n = -1  # cluster size that `_retransmit_limit` and `_suspicion_ns` were computed for
+        self._retransmit_limit = 0
+        self._view_retransmit_limit = 0
+        # False while merging the state that answers our Join: those members are news to us, not to the
+        # cluster, and re-spreading all of them would cost every joiner N * retransmits messages for nothing.
+        self._spreading = True
+        self._suspicion_ns = 0
+        self._started = False
+        self._left = False
+        self._joined = False
+        self._seeds: list[str] = []
+        self._join_backoff_ms = 0
+        self._join_retry_ns = _NEVER
+        self._next_probe_ns = self._next_gossip_ns = self._next_sync_ns = _NEVER
+        self._next_reconnect_ns = 0
+        self.counters = {"malformed": 0, "unexpected": 0, "refutations": 0}
+
+    # ---- the driver's interface ---------------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self._self.incarnation
+
+    @property
+    def joined(self) -> bool:
+        """True once some member has sent us its state (or we started as the first peer)."""
+        return self._joined
+
+    def start(self, now_ns: int, seeds: list[str]) -> list[Effect]:
+        """Begin probing and gossip, and join through `seeds` (addresses of any members; empty: first peer).
+
+        Calling it again joins through the given seeds once more, for example to re-merge after a partition
+        that outlasted `dead_retention_ms`.
+        """
+        cfg = self.config
+        if not self._started:
+            self._started = True
+            # Random phases keep peers that start together from probing and gossiping in lockstep.
+            self._next_probe_ns = now_ns + self._rng.randrange(cfg.probe_interval_ms * _MS)
+            self._next_gossip_ns = now_ns + self._rng.randrange(cfg.gossip_interval_ms * _MS)
+            self._next_sync_ns = now_ns + self._sync_interval_ns()
+            self._updates.put(self.self_id, self._record(self._self))
+            self._views.put(self.self_id, self._view_record(self._self))
+        out: list[Effect] = []
+        self._seeds = [s for s in seeds if s != self.self_addr]
+        if self._seeds:
+            self._joined = False
+            self._join_backoff_ms = cfg.join_retry_ms
+            self._send_joins(now_ns, out)
+        else:
+            self._joined = True
+        out.append(Timer(self.next_deadline_ns()))
+        return out
+
+    def leave(self, now_ns: int) -> list[Effect]:
+        """Leave gracefully: tell several members directly, then keep gossiping until the news is out."""
+        if self._left or not self._started:
+            return []
+        self._left = True
+        me = self._self
+        me.state, me.state_code, me.state_since_ns = "left", LEFT, now_ns
+        rec = self._record(me)
+        self._updates.put(self.self_id, rec)
+        out: list[Effect] = []
+        n = min(len(self._alive_ids), self.config.leave_fanout)
+        for pid in self._rng.sample(self._alive_ids, n):
+            out.append(Send(self._members[pid].addr, Gossip(self.self_id, (rec,), ())))
+        out.append(Timer(self.next_deadline_ns()))
+        return out
+
+    def on_message(self, now_ns: int, sender_addr: str, msg) -> list[Effect]:
+        """Handle one message. `sender_addr` is where the sender can be reached (a `Send.to` address)."""
+        handler = _HANDLERS.get(type(msg))
+        if handler is None or not _well_formed(msg):
+            self.counters["malformed"] += 1
+            return []
+        if not self._started or self._left:
+            self.counters["unexpected"] += 1
+            return []
+        out: list[Effect] = []
+        handler(self, now_ns, sender_addr, msg, out)
+        m = self._members.get(msg.src_id)
+        if m is not None and m is not self._self:
+            m.last_heard_ns = now_ns
+            # A member we hold suspect or dead is talking to us: tell it, so that it refutes, or sends us the
+            # refutation we missed. Rumours reach everyone only with high probability; this closes the gap.
+            if SUSPECT <= m.state_code <= DEAD and now_ns - m.told_ns >= self.config.probe_interval_ms * _MS:
+                m.told_ns = now_ns
+                out.append(Send(sender_addr, Gossip(self.self_id, (self._record(m),), ())))
+        return out
+
+    def on_tick(self, now_ns: int) -> list[Effect]:
+        """Do whatever is due at `now_ns`; returns a Timer for the next deadline."""
+        if not self._started:
+            return []
+        out: list[Effect] = []
+        self._self.last_heard_ns = now_ns
+        if not self._left:
+            if (self._probe_target is not None and not self._probe_acked and not self._probe_indirect_sent
+                    and now_ns >= self._probe_timeout_ns):
+                self._send_ping_reqs(out)
+            if now_ns >= self._next_probe_ns:
+                self._probe_period(now_ns, out)
+            while self._suspicions and self._suspicions[0][0] <= now_ns:
+                self._suspicion_expired(now_ns, heapq.heappop(self._suspicions), out)
+            while self._forgets and self._forgets[0][0] <= now_ns:
+                self._forget(heapq.heappop(self._forgets))
+            if now_ns >= self._join_retry_ns:
+                self._send_joins(now_ns, out)
+            if now_ns >= self._next_sync_ns:
+                self._push_pull(now_ns, out)
+        if now_ns >= self._next_gossip_ns:
+            self._gossip(now_ns, out)
+        deadline = self.next_deadline_ns()
+        if deadline != _NEVER:
+            out.append(Timer(deadline))
+        return out
+
+    def set_view(self, view: dict) -> None:
+        """Replace this peer's own resource view (plain data) and give it the next version."""
+        if not isinstance(view, dict):
+            raise InvalidArgumentError(f"a resource view must be a dict of plain data, not {type(view).__name__}")
+        me = self._self
+        me.view = dict(view)
+        me.view_version += 1
+        self._views.put(self.self_id, self._view_record(me))
+
+    def members(self) -> dict[str, Member]:
+        """Every member we know, by peer id, this peer and remembered dead/left ones included."""
+        return dict(self._members)
+
+    def alive(self) -> list[Member]:
+        """This peer and every member that is alive or suspect (a suspect is still usable)."""
+        return [self._self] + [self._members[pid] for pid in self._alive_ids]
+
+    def next_deadline_ns(self) -> int:
+        """The earliest `now_ns` at which `on_tick` has work to do."""
+        if not self._started:
+            return _NEVER
+        if self._left:
+            return self._next_gossip_ns if len(self._updates) else _NEVER
+        t = min(self._next_probe_ns, self._next_gossip_ns, self._next_sync_ns, self._join_retry_ns)
+        if self._probe_target is not None and not self._probe_acked and not self._probe_indirect_sent:
+            t = min(t, self._probe_timeout_ns)
+        if self._suspicions:
+            t = min(t, self._suspicions[0][0])
+        if self._forgets:
+            t = min(t, self._forgets[0][0])
+        return t
+
+    # ---- message handlers -------------------------------------------------------------------------------
+
+    def _on_ping(self, now_ns: int, sender: str, msg: Ping, out: list) -> None:
+        self._absorb(now_ns, sender, msg.updates, msg.views, out)
+        if msg.target_id != self.self_id:  # meant for a previous process at this address
+            self.counters["unexpected"] += 1
+            return
+        ups, views = self._piggyback(own_view=True)
+        out.append(Send(sender, Ack(msg.seq, self.self_id, ups, views)))
+
+    def _on_ack(self, now_ns: int, sender: str, msg: Ack, out: list) -> None:
+        self._absorb(now_ns, sender, msg.updates, msg.views, out)
+        relay = self._forwards.pop(msg.seq, None)
+        if relay is not None:
+            ups, views = self._piggyback()
+            out.append(Send(relay[0], Ack(relay[1], self.self_id, ups, views)))
+        elif msg.seq == self._probe_seq and self._probe_target is not None:
+            self._probe_acked = True
+
+    def _on_ping_req(self, now_ns: int, sender: str, msg: PingReq, out: list) -> None:
+        self._absorb(now_ns, sender, msg.updates, msg.views, out)
+        ups, views = self._piggyback()
+        if msg.target_id == self.self_id:  # asked to probe ourselves: we are evidently alive
+            out.append(Send(sender, Ack(msg.seq, self.self_id, ups, views)))
+            return
+        self._seq += 1
+        self._forwards[self._seq] = (sender, msg.seq, now_ns + self.config.probe_interval_ms * _MS)
+        if len(self._forwards) > _MAX_FORWARDS:
+            del self._forwards[next(iter(self._forwards))]
+        out.append(Send(msg.target_addr, Ping(self._seq, self.self_id, msg.target_id, ups, views)))
+
+    def _on_join(self, now_ns: int, sender: str, msg: Join, out: list) -> None:
+        rec = parse_member((msg.src_id, msg.src_addr, ALIVE, msg.incarnation, msg.meta))
+        view = parse_view((msg.src_id, msg.incarnation, msg.view_version, msg.view))
+        if rec is None or view is None or not msg.src_addr:
+            self.counters["malformed"] += 1
+            return
+        self._merge(now_ns, rec, sender, out)
+        self._merge_view(view, out)
+        for snap in self._snapshots(want_reply=False):
+            out.append(Send(msg.src_addr, snap))
+
+    def _on_snapshot(self, now_ns: int, sender: str, msg: Snapshot, out: list) -> None:
+        self._spreading = self._joined
+        try:
+            self._absorb(now_ns, sender, msg.members, msg.views, out)
+        finally:
+            self._spreading = True
+        self._joined = True
+        self._join_retry_ns = _NEVER
+        if msg.want_reply:
+            for snap in self._snapshots(want_reply=False):
+                out.append(Send(sender, snap))
+
+    def _on_gossip(self, now_ns: int, sender: str, msg: Gossip, out: list) -> None:
+        self._absorb(now_ns, sender, msg.updates, msg.views, out)
+
+    # ---- merging what others say ------------------------------------------------------------------------
+
+    def _absorb(self, now_ns: int, sender: str, updates: tuple, views: tuple, out: list) -> None:
+        members, me = self._members, self._self
+        for rec in updates:
+            # Fast path, the common case: a rumour we already hold. Nothing in it is used, so it need not be
+            # checked; all else is checked in full before it can change anything.
+            if type(rec) is tuple and len(rec) == 5 and type(rec[0]) is str:
+                m = members.get(rec[0])
+                if m is not None and m is not me and m.incarnation == rec[3] and m.state_code == rec[2]:
+                    continue
+            if parse_member(rec) is None:
+                self.counters["malformed"] += 1
+            else:
+                self._merge(now_ns, rec, sender, out)
+        for rec in views:
+            if type(rec) is tuple and len(rec) == 4 and type(rec[0]) is str:
+                m = members.get(rec[0])
+                if m is not None and m.view_version == rec[2] and m.view_incarnation == rec[1]:
+                    continue
+            if parse_view(rec) is None:
+                self.counters["malformed"] += 1
+            else:
+                self._merge_view(rec, out)
+
+    def _merge(self, now_ns: int, rec: tuple, sender: str | None, out: list) -> None:
+        """Apply one member record by the SWIM precedence rules (module docstring); spread it if accepted."""
+        pid, addr, st, inc, meta = rec
+        if pid == self.self_id:
+            self._merge_about_self(rec, sender, out)
+            return
+        m = self._members.get(pid)
+        if m is None:
+            if st == SUSPECT:  # learn members from their own alive, never from a rumour of their failure
+                return
+            m = self._members[pid] = Member(pid, addr, STATE_NAMES[st], inc, meta, state_since_ns=now_ns,
+                                            state_code=st)
+            previous, was_live, identity_changed = None, False, False
+        else:
+            cur = m.state_code
+            if inc < m.incarnation:
+                return
+            if inc == m.incarnation and (st == ALIVE or st == cur or (st == SUSPECT and cur != ALIVE)
+                                         or (st == DEAD and cur == LEFT)):
+                return
+            previous, was_live = m.state, cur <= SUSPECT
+            identity_changed = m.addr != addr or (m.meta is not meta and m.meta != meta)
+            m.addr, m.meta, m.incarnation = addr, meta, inc
+            if st != cur:
+                m.state, m.state_code, m.state_since_ns = STATE_NAMES[st], st, now_ns
+        is_live = st <= SUSPECT
+        if is_live and not was_live:
+            self._add_alive(pid)
+        elif was_live and not is_live:
+            self._remove_alive(pid)
+        if st == SUSPECT:
+            self._refresh_limits()
+            heapq.heappush(self._suspicions, (now_ns + self._suspicion_ns, pid, inc))
+        elif st >= DEAD:
+            heapq.heappush(self._forgets, (m.state_since_ns + self.config.dead_retention_ms * _MS, pid,
+                                           m.state_since_ns))
+            if st == DEAD:
+                self._dead_ids[pid] = None
+            else:
+                self._dead_ids.pop(pid, None)
+        if previous is not None or self._spreading:
+            self._updates.put(pid, rec)
+        if previous != m.state or identity_changed:
+            out.append(MemberChanged(pid, addr, m.state, inc, meta, previous))
+
+    def _merge_about_self(self, rec: tuple, sender: str | None, out: list) -> None:
+        _, addr, st, inc, meta = rec
+        me = self._self
+        if self._left:  # we said goodbye; nothing about us needs defending any more
+            return
+        if st == ALIVE:
+            # Our own record echoing back is normal. A newer or different one comes from an earlier process
+            # with our id (a restart): take over with a higher incarnation.
+            if inc > me.incarnation or (inc == me.incarnation and (addr != me.addr or meta != me.meta)):
+                self._refute(inc, None, out)
+            return
+        if inc < me.incarnation:  # a stale suspicion: whoever passed it on is behind, so correct it directly
+            if sender is not None:
+                out.append(Send(sender, Gossip(self.self_id, (self._record(me),), ())))
+            return
+        if self._test_skip_refutation:
+            return
+        self._refute(inc, sender, out)
+
+    def _refute(self, claimed_incarnation: int, sender: str | None, out: list) -> None:
+        """Outbid a claim about us with a higher incarnation, spread it, and answer the claimant at once."""
+        me = self._self
+        me.incarnation = me.view_incarnation = max(me.incarnation, claimed_incarnation) + 1
+        self.counters["refutations"] += 1
+        rec, view = self._record(me), self._view_record(me)
+        self._updates.put(self.self_id, rec)
+        self._views.put(self.self_id, view)
+        if sender is not None:
+            out.append(Send(sender, Gossip(self.self_id, (rec,), (view,))))
+
+    def _merge_view(self, rec: tuple, out: list) -> None:
+        pid, inc, version, view = rec
+        m = self._members.get(pid)
+        if m is None or m.state_code > SUSPECT:
+            return
+        if inc < m.view_incarnation or (inc == m.view_incarnation and version <= m.view_version):
+            return
+        if m is self._self:
+            # A view of ours stamped newer than ours is from an earlier process with our id. Jump past it,
+            # or everyone would keep the old one.
+            if inc > m.incarnation:
+                self._refute(inc, None, out)
+            else:
+                m.view_version = version + 1
+                self._views.put(pid, self._view_record(m))
+            return
+        m.view, m.view_incarnation, m.view_version = view, inc, version
+        if self._spreading:
+            self._views.put(pid, rec)
+
+    # ---- probing ----------------------------------------------------------------------------------------
+
+    def _probe_period(self, now_ns: int, out: list) -> None:
+        if self._probe_target is not None and not self._probe_acked:
+            self._probe_failed(now_ns, out)
+        self._probe_target = None
+        interval_ns = self.config.probe_interval_ms * _MS
+        expired = [seq for seq, relay in self._forwards.items() if relay[2] <= now_ns]
+        for seq in expired:
+            del self._forwards[seq]
+        if self._dead_ids and now_ns >= self._next_reconnect_ns:
+            self._next_reconnect_ns = now_ns + self.config.reconnect_interval_ms * _MS
+            m = self._members[self._rng.choice(list(self._dead_ids))]
+            m.told_ns = now_ns
+            out.append(Send(m.addr, Gossip(self.self_id, (self._record(m),), ())))
+        pid = self._next_probe_target()
+        if pid is not None:
+            m = self._members[pid]
+            self._seq += 1
+            self._probe_target, self._probe_seq, self._probe_incarnation = pid, self._seq, m.incarnation
+            self._probe_acked = self._probe_indirect_sent = False
+            self._probe_timeout_ns = now_ns + self.config.probe_timeout_ms * _MS
+            ups, views = self._piggyback(own_view=True)
+            out.append(Send(m.addr, Ping(self._seq, self.self_id, pid, ups, views)))
+        self._next_probe_ns += interval_ns
+        if self._next_probe_ns <= now_ns:  # the driver fell behind: skip missed periods, don't burst
+            self._next_probe_ns = now_ns + interval_ns
+
+    def _next_probe_target(self) -> str | None:
+        for _ in range(2):
+            order = self._probe_order
+            while self._probe_pos < len(order):
+                pid = order[self._probe_pos]
+                self._probe_pos += 1
+                self._probe_pending.pop(pid, None)
+                if pid in self._alive_pos:
+                    return pid
+            if not self._alive_ids:
+                return None
+            # A cycle is over: a fresh random order, so every member is probed within two cycles.
+            self._probe_order = list(self._alive_ids)
+            self._rng.shuffle(self._probe_order)
+            self._probe_pending = dict.fromkeys(self._probe_order)
+            self._probe_pos = 0
+        return None
+
+    def _send_ping_reqs(self, out: list) -> None:
+        self._probe_indirect_sent = True
+        target = self._members.get(self._probe_target)
+        if target is None:
+            return
+        k = self.config.indirect_checks
+        helpers = self._rng.sample(self._alive_ids, min(len(self._alive_ids), k + 1))
+        for pid in [h for h in helpers if h != target.peer_id][:k]:
+            ups, views = self._piggyback()
+            out.append(Send(self._members[pid].addr,
+                            PingReq(self._probe_seq, self.self_id, target.peer_id, target.addr, ups, views)))
+
+    def _probe_failed(self, now_ns: int, out: list) -> None:
+        m = self._members.get(self._probe_target)
+        if m is not None and m.state_code == ALIVE and m.incarnation == self._probe_incarnation:
+            self._merge(now_ns, (m.peer_id, m.addr, SUSPECT, m.incarnation, m.meta), None, out)
+
+    def _suspicion_expired(self, now_ns: int, entry: tuple[int, str, int], out: list) -> None:
+        _, pid, inc = entry
+        m = self._members.get(pid)
+        if m is not None and m.state_code == SUSPECT and m.incarnation == inc:
+            self._merge(now_ns, (pid, m.addr, DEAD, inc, m.meta), None, out)
+
+    def _forget(self, entry: tuple[int, str, int]) -> None:
+        _, pid, since_ns = entry
+        m = self._members.get(pid)
+        if m is not None and m.state_code >= DEAD and m.state_since_ns == since_ns:
+            del self._members[pid]
+            self._dead_ids.pop(pid, None)
+            self._updates.discard(pid)
+            self._views.discard(pid)
+
+    # ---- gossip, sync, join -----------------------------------------------------------------------------
+
+    def _gossip(self, now_ns: int, out: list) -> None:
+        self._next_gossip_ns = now_ns + self.config.gossip_interval_ms * _MS
+        if not (len(self._updates) or len(self._views)) or not self._alive_ids:
+            return
+        n = min(self.config.gossip_fanout, len(self._alive_ids))
+        for pid in self._rng.sample(self._alive_ids, n):
+            ups, views = self._piggyback()
+            if not ups and not views:
+                break
+            out.append(Send(self._members[pid].addr, Gossip(self.self_id, ups, views)))
+
+    def _push_pull(self, now_ns: int, out: list) -> None:
+        self._next_sync_ns = now_ns + self._sync_interval_ns()
+        if self._alive_ids:
+            addr = self._members[self._rng.choice(self._alive_ids)].addr
+            for snap in self._snapshots(want_reply=True):
+                out.append(Send(addr, snap))
+
+    def _send_joins(self, now_ns: int, out: list) -> None:
+        if self._joined:
+            self._join_retry_ns = _NEVER
+            return
+        me = self._self
+        for addr in self._seeds:
+            out.append(Send(addr, Join(self.self_id, self.self_addr, me.incarnation, me.meta, me.view,
+                                       me.view_version)))
+        self._join_retry_ns = now_ns + self._join_backoff_ms * _MS
+        self._join_backoff_ms = min(self._join_backoff_ms * 2, self.config.join_retry_max_ms)
+
+    def _snapshots(self, want_reply: bool) -> Iterator[Snapshot]:
+        """Our full state cut into Snapshot messages; only the first asks for a reply, so a push-pull
+        costs one state each way."""
+        members = list(self._members.values())
+        step = self.config.max_snapshot_members
+        for i in range(0, len(members), step):
+            part = members[i:i + step]
+            views = tuple(self._view_record(m) for m in part if m.state_code <= SUSPECT and m.view_incarnation >= 0)
+            yield Snapshot(self.self_id, tuple(self._record(m) for m in part), views, want_reply and i == 0)
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------
+
+    def _piggyback(self, own_view: bool = False) -> tuple[tuple, tuple]:
+        """Rumours for one message. Probes and their acks also carry our own current view: rumours reach
+        everyone only with high probability, while probes reach every member once per cycle, for sure."""
+        self._refresh_limits()
+        cfg = self.config
+        ups = self._updates.take(cfg.max_updates_per_msg, self._retransmit_limit)
+        if not own_view:
+            return ups, self._views.take(cfg.max_views_per_msg, self._view_retransmit_limit)
+        return ups, (self._view_record(self._self),) + self._views.take(cfg.max_views_per_msg - 1,
+                                                                          self._view_retransmit_limit)
+
+    def _refresh_limits(self) -> None:
+        n = len(self._alive_ids) + 1
+        if n != self._limits_n:
+            self._limits_n = n
+            rounds = max(1, math.ceil(math.log10(n + 1)))
+            self._retransmit_limit = self.config.retransmit_mult * rounds
+            self._view_retransmit_limit = self.config.view_retransmit_mult * rounds
+            self._suspicion_ns = suspicion_timeout_ms(self.config, n) * _MS
+
+    def _sync_interval_ns(self) -> int:
+        # memberlist's scaling: a full state costs O(N), so large clusters sync less often.
+        n = len(self._alive_ids) + 1
+        scale = 1 if n <= 32 else math.ceil(math.log2(n) - 5) + 1
+        return self.config.sync_interval_ms * scale * _MS
+
+    def _add_alive(self, pid: str) -> None:
+        self._alive_pos[pid] = len(self._alive_ids)
+        self._alive_ids.append(pid)
+        self._dead_ids.pop(pid, None)
+        if pid not in self._probe_pending:
+            # At a random place in what is left of this cycle: probed soon, but not by everyone at once.
+            order = self._probe_order
+            order.insert(self._probe_pos + int(self._rng.random() * (len(order) - self._probe_pos + 1)), pid)
+            self._probe_pending[pid] = None
+
+    def _remove_alive(self, pid: str) -> None:
+        i = self._alive_pos.pop(pid)
+        last = self._alive_ids.pop()
+        if last != pid:
+            self._alive_ids[i] = last
+            self._alive_pos[last] = i
+        self._views.discard(pid)
+
+    @staticmethod
+    def _record(m: Member) -> tuple:
+        return (m.peer_id, m.addr, m.state_code, m.incarnation, m.meta)
+
+    @staticmethod
+    def _view_record(m: Member) -> tuple:
+        return (m.peer_id, m.view_incarnation, m.view_version, m.view)
+
+
+_HANDLERS = {Ping: Membership._on_ping, Ack: Membership._on_ack, PingReq: Membership._on_ping_req,
+             Join: Membership._on_join, Snapshot: Membership._on_snapshot, Gossip: Membership._on_gossip}

@@ -1,0 +1,166 @@
+"""The submitter core stepped directly: queueing, lease reuse, spillback, bounded requests, fairness."""
+
+from p2pcompute.lease.messages import (CancelLeaseRequest, LeaseGranted, LeaseRejected, LeaseRevoked,
+                                       LeaseSpillback, LeaseWanted, RequestLease, ReturnLease)
+from p2pcompute.lease.submitter import Push, SubmitterConfig, SubmitterCore, TaskInfo
+from p2pcompute.net.effects import Send
+
+MS = 1_000_000
+KEY = ((("CPU", 10000),), "f")
+
+
+def core(**cfg):
+    return SubmitterCore("me", "addr-me", "job", "addr-peer", config=SubmitterConfig(**cfg))
+
+
+def task(i, key=KEY):
+    return TaskInfo(f"t{i}", key, {"CPU": 10000})
+
+
+def sends(effects, kind):
+    return [e for e in effects if isinstance(e, Send) and isinstance(e.msg, kind)]
+
+
+def pushes(effects):
+    return [e.task_id for e in effects if isinstance(e, Push)]
+
+
+def grant(req_send, lease="l1", worker="w1", peer="addr-peer"):
+    return LeaseGranted(req_send.msg.request_id, lease, worker, f"task-{worker}", f"ctl-{worker}", "p1", peer)
+
+
+def test_tasks_wait_for_a_lease_then_are_pushed_straight_to_the_worker():
+    c = core()
+    effects = c.submit(0, task(1))
+    reqs = sends(effects, RequestLease)
+    assert len(reqs) == 1 and reqs[0].to == "addr-peer" and pushes(effects) == []
+    effects = c.on_message(1, grant(reqs[0]))
+    assert pushes(effects) == ["t1"]
+
+
+def test_a_large_backlog_asks_for_few_leases_and_stays_here():
+    c = core(max_pending_requests=4)
+    c.peers_that_fit = 1
+    effects = []
+    for i in range(10_000):
+        effects += c.submit(0, task(i))
+    # One peer fits: one request in flight, not one per task; the backlog stays with the submitter.
+    assert len(sends(effects, RequestLease)) == 1
+    assert c.queued() == 10_000
+
+
+def test_lease_is_reused_for_the_same_key_and_pipelined():
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    for i in range(2, 6):
+        c.submit(0, task(i))
+    effects = c.on_message(1, grant(req))
+    # Nothing is known about task length yet: one at a time, so long tasks never queue behind each other.
+    assert pushes(effects) == ["t1"]
+    effects = c.on_task_done(2, "t1", exec_ns=50 * MS)
+    assert pushes(effects) == ["t2"]
+    assert sends(effects, ReturnLease) == [] and sends(effects, RequestLease) == []
+
+
+def test_short_tasks_are_pipelined_deeper():
+    c = core(pipeline_target_ms=2.0)
+    req = sends(c.submit(0, task(0)), RequestLease)[0]
+    for i in range(1, 100):
+        c.submit(0, task(i))
+    c.on_message(1, grant(req))
+    effects = c.on_task_done(2, "t0", exec_ns=10_000)  # 10 us tasks
+    assert len(pushes(effects)) > 10
+
+
+def test_idle_lease_lingers_then_returns():
+    c = core(lease_linger_ms=200)
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_message(1, grant(req))
+    effects = c.on_task_done(2 * MS, "t1")
+    assert sends(effects, ReturnLease) == []
+    # A new task during the linger reuses it without asking anyone.
+    effects = c.submit(3 * MS, task(2))
+    assert pushes(effects) == ["t2"] and sends(effects, RequestLease) == []
+    c.on_task_done(4 * MS, "t2")
+    assert sends(c.on_tick(100 * MS), ReturnLease) == []
+    returned = sends(c.on_tick(300 * MS), ReturnLease)
+    assert [r.msg.lease_id for r in returned] == ["l1"]
+
+
+def test_lease_wanted_returns_an_idle_lease_at_once():
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_message(1, grant(req))
+    c.on_task_done(2, "t1")
+    returned = sends(c.on_message(3, LeaseWanted("l1")), ReturnLease)
+    assert returned and returned[0].to == "addr-peer"
+
+
+def test_spillback_is_followed_once_with_the_hop_counted():
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    effects = c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2"))
+    again = sends(effects, RequestLease)
+    assert again[0].to == "addr-p2" and again[0].msg.spilled == 1
+
+
+def test_rejection_retries_at_the_local_peer_after_a_backoff():
+    c = core(retry_backoff_ms=50)
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2"))
+    spilled = [r for r in c._requests.values()][0]
+    assert sends(c.on_message(2, LeaseRejected(spilled.request_id, "gone", False)), RequestLease) == []
+    assert sends(c.on_tick(10 * MS), RequestLease) == []
+    retry = sends(c.on_tick(60 * MS), RequestLease)
+    assert retry and retry[0].to == "addr-peer" and retry[0].msg.spilled == 0
+
+
+def test_queue_emptying_cancels_outstanding_requests():
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    removed, effects = c.cancel(1, "t1")
+    assert removed and [e.msg.request_id for e in sends(effects, CancelLeaseRequest)] == [req.msg.request_id]
+    # A grant that arrives after the cancel is handed straight back.
+    assert sends(c.on_message(2, grant(req)), ReturnLease)
+
+
+def test_pushed_tasks_cannot_be_cancelled_here():
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_message(1, grant(req))
+    removed, _ = c.cancel(2, "t1")
+    assert not removed
+
+
+def test_revoked_lease_reports_its_lost_tasks():
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.submit(0, task(2))
+    c.on_message(1, grant(req))
+    lost, _ = c.on_revoked(2, "l1")
+    assert sorted(lost) == ["t1"]
+    assert c.on_revoked(3, "l1") == ([], [])  # reported once, never twice
+
+
+def test_bounced_tasks_go_back_to_the_front_and_the_busy_lease_is_returned():
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_message(1, grant(req))
+    c.on_task_done(2, "t1", exec_ns=100_000)  # short tasks: the next ones are pipelined
+    c.submit(3, task(2))
+    c.submit(3, task(3))
+    effects = c.bounce(4, ["t2", "t3"])
+    assert list(c.keys[KEY].queue) == ["t2", "t3"]
+    assert sends(effects, RequestLease)  # asks for another worker rather than wait behind the blocked one
+
+
+def test_fairness_window_drains_a_busy_lease():
+    c = core(lease_reuse_ms=10)
+    req = sends(c.submit(0, task(0)), RequestLease)[0]
+    for i in range(1, 5):
+        c.submit(0, task(i))
+    c.on_message(1, grant(req))
+    effects = c.on_task_done(20 * MS, "t0")  # past the reuse window with work still queued
+    assert pushes(effects) == [] and sends(effects, ReturnLease)
+    # The queued tasks still have a request in line at the peer, behind whoever was waiting.
+    assert c.keys[KEY].requests and c.queued() == 4
