@@ -10,6 +10,8 @@ from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.object_ref import _OP_DEC, _OP_INC, ObjectRef
 from p2pcompute import object_ref as _refs
 from p2pcompute.remote_function import pack_args
+from p2pcompute.runtime.client import TaskRecord
+from p2pcompute.state import runtime as _runtime
 
 
 def method(*, num_returns: int | None = None, **options):
@@ -76,8 +78,6 @@ class ActorClass:
         return self._create(args, kwargs)
 
     def _create(self, args: tuple, kwargs: dict, detached: bool = False) -> "ActorHandle":
-        from p2pcompute.api import _runtime
-        from p2pcompute.runtime.client import TaskRecord
         rt = _runtime()
         o = self._options
         code_id, code = self._export()
@@ -163,8 +163,6 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, merged)
 
     def remote(self, *args, **kwargs):
-        from p2pcompute.api import _runtime
-        from p2pcompute.runtime.client import TaskRecord
         rt = _runtime()
         h = self._handle
         blob, args_object, slot_refs, nested = pack_args(rt, args, kwargs)

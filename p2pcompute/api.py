@@ -14,28 +14,25 @@ from p2pcompute import object_ref as _refs
 from p2pcompute import options as opt
 from p2pcompute import serialization
 from p2pcompute.actor import ActorClass, ActorHandle
-from p2pcompute.errors import InvalidArgumentError, NotInitializedError
+from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.lease import resources
 from p2pcompute.object_ref import ObjectRef
 from p2pcompute.remote_function import RemoteFunction
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.context import RuntimeContext
+from p2pcompute.state import STATE, runtime
 
 log = logging.getLogger("p2pcompute")
 
 _lock = threading.RLock()
-_state: dict[str, Any] = {"runtime": None, "peer": None, "ctx": None, "worker": False}
+_state = STATE
 
 # Accepted for compatibility with Ray's init(); they change nothing here.
 _IGNORED_INIT_OPTIONS = {"include_dashboard", "dashboard_host", "dashboard_port", "log_to_driver",
                          "configure_logging", "logging_format", "_temp_dir", "object_store_memory"}
 
 
-def _runtime():
-    rt = _state["runtime"]
-    if rt is None:
-        raise NotInitializedError("p2pcompute is not initialized: call p2pcompute.init() first")
-    return rt
+_runtime = runtime
 
 
 def _attach_worker_runtime(client) -> None:

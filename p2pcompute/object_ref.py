@@ -7,7 +7,6 @@ task argument or a value records it so its owner learns of the new borrower.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Callable
 
 from p2pcompute import serialization
@@ -69,10 +68,11 @@ class ObjectRef:
 
     def future(self):
         """A `concurrent.futures.Future` resolved with the value (or its error)."""
-        from p2pcompute import api
-        return api._runtime().future_of(self)
+        from p2pcompute.state import runtime
+        return runtime().future_of(self)
 
     def __await__(self):
+        import asyncio
         return asyncio.wrap_future(self.future()).__await__()
 
 

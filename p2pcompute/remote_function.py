@@ -10,6 +10,8 @@ from p2pcompute import serialization
 from p2pcompute.config import INLINE_MAX_BYTES
 from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.object_ref import ObjectRef
+from p2pcompute.runtime.client import TaskRecord
+from p2pcompute.state import runtime as _runtime
 
 
 def pack_args(rt, args: tuple, kwargs: dict):
@@ -107,8 +109,6 @@ class RemoteFunction:
         return self._code
 
     def remote(self, *args, **kwargs):
-        from p2pcompute.api import _runtime
-        from p2pcompute.runtime.client import TaskRecord
         rt = _runtime()
         o = self._options
         if self._shape is None:

@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 from p2pcompute.errors import LocalProtocolError, RemoteProtocolError
-from p2pcompute.net.messages import FIELD_TYPES, PROTOCOL_VERSION, REGISTRY
+from p2pcompute.net.messages import FIELD_TYPES, GETTERS, PROTOCOL_VERSION, REGISTRY
 
 _HEADER = struct.Struct(">BH")
 HEADER_SIZE = _HEADER.size
@@ -29,12 +29,19 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed in a message")
 
 
+_HEADERS: dict[int, bytes] = {}
+_dumps = pickle.dumps
+
+
 def encode(msg: Any) -> bytes:
-    spec = FIELD_TYPES.get(type(msg))
-    if spec is None:
+    getter = GETTERS.get(type(msg))
+    if getter is None:
         raise LocalProtocolError(f"{type(msg).__name__} is not a registered message")
-    values = tuple(getattr(msg, name) for name, _ in spec)
-    return _HEADER.pack(PROTOCOL_VERSION, msg.TYPE) + pickle.dumps(values, protocol=5)
+    code = msg.TYPE
+    header = _HEADERS.get(code)
+    if header is None:
+        header = _HEADERS[code] = _HEADER.pack(PROTOCOL_VERSION, code)
+    return header + _dumps(getter(msg), protocol=5)
 
 
 def decode(frame: bytes | memoryview) -> Any:
@@ -63,6 +70,6 @@ def _decode(frame: bytes | memoryview) -> Any:
     if type(values) is not tuple or len(values) != len(spec):
         raise RemoteProtocolError(f"{cls.__name__}: expected {len(spec)} fields")
     for value, (name, accepted) in zip(values, spec):
-        if not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):
+        if type(value) not in accepted and (not isinstance(value, accepted) or type(value) is bool):
             raise RemoteProtocolError(f"{cls.__name__}.{name}: {type(value).__name__} is not allowed")
     return cls(*values)

@@ -90,7 +90,7 @@ class MembershipConfig:
     max_views_per_msg: int = 8
     dead_retention_ms: int = 120_000  # longer than any rumour lives, so none can revive a dead member
     reconnect_interval_ms: int = 1_000  # how often we tell one remembered dead member that it is dead
-    sync_interval_ms: int = 15_000  # push-pull anti-entropy; scaled up above 32 members
+    sync_interval_ms: int = 5_000  # push-pull anti-entropy; scaled up above 32 members (x6 at 1,000)
     join_retry_ms: int = 1_000  # first retry of an unanswered Join; doubles up to join_retry_max_ms
     join_retry_max_ms: int = 16_000
     leave_fanout: int = 8  # members told directly of a graceful leave
@@ -512,6 +512,10 @@ class Membership:
             self._absorb(now_ns, sender, msg.members, msg.views, out)
         finally:
             self._spreading = True
+        if not self._joined:
+            # Peers that joined at the same time through other members may be missing from this state, and
+            # their join rumours may be over before they reach us: sync once more, soon, with someone else.
+            self._next_sync_ns = min(self._next_sync_ns, now_ns + 2 * self.config.probe_interval_ms * _MS)
         self._joined = True
         self._join_retry_ns = _NEVER
         if msg.want_reply:

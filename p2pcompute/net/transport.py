@@ -155,6 +155,8 @@ class Waker:
             pass
 
 
+_EVENTS = zmq.EVENTS
+_POLLIN = zmq.POLLIN
 _CONNECT_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED if hasattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED") else zmq.EVENT_CONNECTED
 _AUTH_FAIL = 0
 for _name in ("EVENT_HANDSHAKE_FAILED_AUTH", "EVENT_HANDSHAKE_FAILED_PROTOCOL", "EVENT_HANDSHAKE_FAILED_NO_DETAIL"):
@@ -365,7 +367,11 @@ class Transport:
 
     def _drain(self, sock, frames: list, max_frames: int) -> None:
         recv = sock.recv_multipart
+        get = sock.get
         for _ in range(max_frames):
+            # Ask before reading: a recv that raises zmq.Again costs more than the message itself.
+            if not get(_EVENTS) & _POLLIN:
+                return
             try:
                 parts = recv(zmq.NOBLOCK)
             except zmq.Again:

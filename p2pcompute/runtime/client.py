@@ -37,7 +37,8 @@ from p2pcompute.ownership.refcount import Free, ReferenceTable
 from p2pcompute.ownership.store import LocalStore
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.actors import ActorManager
-from p2pcompute.runtime.objects import ERROR, INLINE, PENDING, STORED, ObjectTable
+from p2pcompute.runtime.objects import (ERROR, INLINE, PENDING, STORED, ObjectTable, deadline_of, load_value,
+                                        timeout_error)
 
 log = logging.getLogger("p2pcompute.client")
 
@@ -822,7 +823,6 @@ class ClientRuntime:
     # ---- get ----------------------------------------------------------------------------------------
 
     def get_values(self, refs: list[ObjectRef], timeout: float | None) -> list:
-        from p2pcompute.runtime.objects import deadline_of, load_value, timeout_error
         ids = [r._id for r in refs]
         deadline = deadline_of(timeout)
         values = self.objects.values
