@@ -89,7 +89,8 @@ def _start_embedded(num_cpus, num_gpus, custom) -> None:
     total.setdefault(resources.CPU, 0)
     peer = EmbeddedPeer(total)
     ctx = Context()
-    proc_id = new_id()
+    # Process ids start with their peer's id, so anyone can tell which peer a process lived on.
+    proc_id = f"{peer.peer_id}-d{new_id()[:6]}"
     try:
         rt = ClientRuntime(ctx, proc_id=proc_id, kind="driver", job_id=proc_id, job_env=_job_env(),
                            peer_addr=peer.addr, sock_dir=peer.session_dir)

@@ -91,6 +91,10 @@ class PeerDaemon:
             self._parent_fd = self._watch_pid(parent_pid)
             if self._parent_fd < 0:
                 raise SystemExit("the process that started this embedded peer is already gone")
+        self._zygote: subprocess.Popen | None = None
+        self._zygote_buf = b""
+        self._by_pid: dict[int, _Proc] = {}
+        self._start_zygote()
         count = prestart if prestart is not None else self.lease.pool_size
         self._run(self.lease.prestart(time.monotonic_ns(), count))
 
@@ -104,27 +108,81 @@ class PeerDaemon:
         self.transport.add_fd(fd)
         return fd
 
-    def _start_worker(self, eff: StartWorker) -> None:
-        proc = _Proc(eff.worker_id, "worker")
-        proc.job_id = eff.job_id
-        proc.started_ns = time.monotonic_ns()
-        args = [sys.executable, "-m", "p2pcompute.runtime.worker", "--peer", self.addr_for_locals(),
-                "--worker-id", eff.worker_id, "--node-id", self.peer_id, "--sock-dir", self.session_dir,
-                "--parent-pid", str(os.getpid())]
-        if self.tcp_host:
-            args += ["--tcp-host", self.tcp_host]
-            if self.advertise_host:
-                args += ["--advertise-host", self.advertise_host]
+    def _child_env(self) -> dict:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([config.package_root()] +
                                             [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         if self.token and self.tcp_host:
             env["P2P_CLUSTER_TOKEN"] = self.token
+        return env
+
+    def _start_zygote(self) -> None:
+        """Workers are forked from a zygote that imported them once: milliseconds instead of an interpreter."""
+        try:
+            self._zygote = subprocess.Popen([sys.executable, "-m", "p2pcompute.runtime.zygote"],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._child_env(),
+                                            close_fds=True)
+        except OSError as exc:
+            log.warning("no fork server (%s); workers start as fresh interpreters", exc)
+            self._zygote = None
+            return
+        os.set_blocking(self._zygote.stdout.fileno(), False)
+        self.transport.add_fd(self._zygote.stdout.fileno())
+
+    def _on_zygote_output(self) -> None:
+        zygote = self._zygote
+        try:
+            chunk = os.read(zygote.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            log.warning("the worker fork server exited (%s); workers now start as fresh interpreters",
+                        _exit_reason(zygote.wait()))
+            self.transport.remove_fd(zygote.stdout.fileno())
+            self._zygote = None
+            return
+        self._zygote_buf += chunk
+        while b"\n" in self._zygote_buf:
+            line, self._zygote_buf = self._zygote_buf.split(b"\n", 1)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if "id" in event:
+                proc = self.procs.get(event["id"])
+                if proc is not None:
+                    proc.pid = event["pid"]
+                    self._by_pid[proc.pid] = proc
+            elif "status" in event:
+                proc = self._by_pid.pop(event["pid"], None)
+                if proc is not None:
+                    self._on_exit(proc, event["status"])
+
+    def _start_worker(self, eff: StartWorker) -> None:
+        proc = _Proc(eff.worker_id, "worker")
+        proc.job_id = eff.job_id
+        proc.started_ns = time.monotonic_ns()
+        argv = ["--peer", self.addr_for_locals(), "--worker-id", eff.worker_id, "--node-id", self.peer_id,
+                "--sock-dir", self.session_dir]
+        if self.tcp_host:
+            argv += ["--tcp-host", self.tcp_host]
+            if self.advertise_host:
+                argv += ["--advertise-host", self.advertise_host]
         proc.log_path = os.path.join(self.log_dir, f"worker-{eff.worker_id}.log")
+        if self._zygote is not None:
+            try:
+                self._zygote.stdin.write(json.dumps({"id": eff.worker_id, "argv": argv,
+                                                     "log": proc.log_path}).encode() + b"\n")
+                self._zygote.stdin.flush()
+                self.procs[proc.proc_id] = proc
+                return
+            except OSError:
+                self._zygote = None
+        args = [sys.executable, "-m", "p2pcompute.runtime.worker"] + argv + ["--parent-pid", str(os.getpid())]
         with open(proc.log_path, "ab") as out:
             try:
-                proc.popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                                              close_fds=True)
+                proc.popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                              env=self._child_env(), close_fds=True)
             except OSError as exc:
                 log.error("cannot start a worker process: %s", exc)
                 self._run(self.lease.on_worker_died(time.monotonic_ns(), eff.worker_id, f"failed to start: {exc}"))
@@ -138,8 +196,10 @@ class PeerDaemon:
     def addr_for_locals(self) -> str:
         return self.addr
 
-    def _on_exit(self, proc: _Proc) -> None:
+    def _on_exit(self, proc: _Proc, code: int | None = None) -> None:
         """A watched process ended: reap it, free what it held, and tell everyone who cares."""
+        if proc.proc_id not in self.procs:
+            return
         if proc.pidfd >= 0:
             self.transport.remove_fd(proc.pidfd)
             os.close(proc.pidfd)
@@ -148,8 +208,9 @@ class PeerDaemon:
         reason = "exited"
         if proc.popen is not None:
             code = proc.popen.wait()
+        if code is not None:
             reason = _exit_reason(code)
-            if code not in (0, -signal.SIGTERM, -signal.SIGKILL) or code is None:
+            if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 reason += f"; its output is in {proc.log_path}"
         self.procs.pop(proc.proc_id, None)
         log.info("%s %s (pid %d) %s", proc.kind, proc.proc_id, proc.pid, reason)
@@ -182,6 +243,8 @@ class PeerDaemon:
                 for fd in fds:
                     if fd == self.waker.fd:
                         self.waker.clear()
+                    elif self._zygote is not None and fd == self._zygote.stdout.fileno():
+                        self._on_zygote_output()
                     elif fd == self._parent_fd:
                         log.info("the driver that embedded this peer exited; shutting down")
                         self._running = False
@@ -204,11 +267,8 @@ class PeerDaemon:
         self._run(self.lease.on_tick(now))
         t = time.monotonic()
         for proc in list(self.procs.values()):
-            if proc.stop_deadline and t > proc.stop_deadline and proc.popen is not None:
-                try:
-                    proc.popen.kill()
-                except OSError:
-                    pass
+            if proc.stop_deadline and t > proc.stop_deadline:
+                _signal(proc, signal.SIGKILL)
                 proc.stop_deadline = 0.0
 
     def _on_frame(self, sender: str, data) -> None:
@@ -255,9 +315,9 @@ class PeerDaemon:
                 self._on_exit(proc)
         elif t is rm.ForceKillWorker:
             proc = self.procs.get(msg.worker_id)
-            if proc is not None and proc.popen is not None:
+            if proc is not None:
                 log.info("killing worker %s: %s", msg.worker_id, msg.reason)
-                proc.popen.kill()
+                _signal(proc, signal.SIGKILL)
         elif t is rm.NodesRequest:
             self._send(msg.reply_to, rm.NodesReply(msg.request_id, [self.node_info()]))
         elif t is rm.PeerStatusRequest:
@@ -307,13 +367,10 @@ class PeerDaemon:
 
     def _stop_worker(self, worker_id: str, reason: str) -> None:
         proc = self.procs.get(worker_id)
-        if proc is None or proc.popen is None:
+        if proc is None:
             return
         log.info("stopping worker %s: %s", worker_id, reason)
-        try:
-            proc.popen.terminate()
-        except OSError:
-            pass
+        _signal(proc, signal.SIGTERM)
         proc.stop_deadline = time.monotonic() + 2.0
 
     # ---- reports ------------------------------------------------------------------------------------
@@ -338,24 +395,54 @@ class PeerDaemon:
     # ---- shutdown -----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        for proc in list(self.procs.values()):
-            if proc.popen is not None and proc.popen.poll() is None:
-                try:
-                    proc.popen.terminate()
-                except OSError:
-                    pass
+        workers = [p for p in self.procs.values() if p.kind == "worker"]
+        for proc in workers:
+            _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + 2.0
-        for proc in list(self.procs.values()):
-            if proc.popen is None:
-                continue
+        for proc in workers:
+            _wait_gone(proc, deadline)
+        if self._zygote is not None:
             try:
-                proc.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
+                self._zygote.stdin.close()
+                self._zygote.wait(2.0)
+            except (OSError, subprocess.TimeoutExpired):
+                self._zygote.kill()
         remove_store_dir(self.store_dir)
         self.transport.close()
         self.ctx.close()
+
+
+def _signal(proc: _Proc, sig: int) -> None:
+    try:
+        if proc.popen is not None:
+            proc.popen.send_signal(sig)
+        elif proc.pid and proc.kind == "worker":
+            os.kill(proc.pid, sig)
+    except (OSError, ProcessLookupError):
+        pass
+
+
+def _wait_gone(proc: _Proc, deadline: float) -> None:
+    """Wait for a worker to exit; SIGKILL it at the deadline."""
+    if proc.popen is not None:
+        try:
+            proc.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+        return
+    if not proc.pid:
+        return
+    while time.monotonic() < deadline:
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)  # a worker of the fork server: not our child, so poll its pid until the deadline
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _exit_reason(code: int | None) -> str:
