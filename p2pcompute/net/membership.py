@@ -181,79 +181,75 @@ class MemberChanged:
 class _TransmitQueue:
     """Rumours keyed by peer id (a newer one replaces the older), each sent at most `limit` times.
 
-    Bucket b lists the entries already sent b times, oldest first, so taking the fewest-sent and then newest
-    entries pops from the ends of the low buckets: O(entries taken), however long the queue. A replaced
-    entry is only marked stale (key None) and skipped later; `_compact` bounds how many pile up.
+    Bucket b lists the records already sent b times, oldest first, so taking the fewest-sent and then newest
+    pops from the ends of the low buckets: O(records taken), however long the queue. A record is live while
+    `_live` maps its key (the record's first field, a peer id) to that very object; a replaced one stays in
+    its bucket until popped or compacted away. Nothing is allocated per record: the simulator runs a thousand
+    of these queues, and the garbage collector's work grows with every container created.
     """
 
-    __slots__ = ("_buckets", "_live", "_stale")
+    __slots__ = ("_buckets", "_live", "_size")
 
     def __init__(self) -> None:
-        self._buckets: list[list[list]] = [[]]  # entries are [key, item]
-        self._live: dict[str, list] = {}  # key -> its current entry
-        self._stale = 0
+        self._buckets: list[list[tuple]] = [[]]
+        self._live: dict[str, tuple] = {}
+        self._size = 0  # records in all buckets, live or replaced
 
     def __len__(self) -> int:
         return len(self._live)
 
     def put(self, key: str, item: tuple) -> None:
-        old = self._live.get(key)
-        if old is not None:
-            old[0] = None
-            self._stale += 1
-            if self._stale > 64 + len(self._live):
-                self._compact()
-        entry = [key, item]
-        self._buckets[0].append(entry)
-        self._live[key] = entry
+        if self._live.get(key) is item:
+            return
+        self._live[key] = item
+        self._buckets[0].append(item)
+        self._size += 1
+        if self._size > 64 + 2 * len(self._live):
+            self._compact()
 
     def discard(self, key: str) -> None:
-        old = self._live.pop(key, None)
-        if old is not None:
-            old[0] = None
-            self._stale += 1
+        self._live.pop(key, None)
 
     def take(self, k: int, limit: int) -> tuple:
         if not self._live:
             return ()
         buckets, live = self._buckets, self._live
         out: list[tuple] = []
-        moved: list[tuple[list, int]] = []
-        n = 0
+        moved: list[tuple[tuple, int]] = []
         for b, bucket in enumerate(buckets):
             if not bucket:
                 continue
             if b >= limit:  # the cluster shrank, and with it the retransmit limit
-                for entry in bucket:
-                    if entry[0] is None:
-                        self._stale -= 1
-                    else:
-                        del live[entry[0]]
+                for item in bucket:
+                    if live.get(item[0]) is item:
+                        del live[item[0]]
+                self._size -= len(bucket)
                 bucket.clear()
                 continue
-            while bucket and n < k:
-                entry = bucket.pop()  # the newest of the fewest-sent
-                if entry[0] is None:
-                    self._stale -= 1
-                    continue
-                out.append(entry[1])
-                moved.append((entry, b + 1))
-                n += 1
-            if n == k:
+            while bucket and len(out) < k:
+                item = bucket.pop()  # the newest of the fewest-sent
+                if live.get(item[0]) is item and item not in out:
+                    out.append(item)
+                    moved.append((item, b + 1))
+                else:
+                    self._size -= 1
+            if len(out) == k:
                 break
-        # Re-file only after picking, so no entry goes twice into one message; oldest first keeps the order.
-        for entry, b in reversed(moved):
+        # Re-file only after picking, so no record goes twice into one message; oldest first keeps the order.
+        for item, b in reversed(moved):
             if b >= limit:
-                del live[entry[0]]
+                del live[item[0]]
+                self._size -= 1
             else:
                 if b == len(buckets):
                     buckets.append([])
-                buckets[b].append(entry)
+                buckets[b].append(item)
         return tuple(out)
 
     def _compact(self) -> None:
-        self._buckets = [[e for e in bucket if e[0] is not None] for bucket in self._buckets]
-        self._stale = 0
+        live = self._live
+        self._buckets = [[item for item in bucket if live.get(item[0]) is item] for bucket in self._buckets]
+        self._size = sum(len(bucket) for bucket in self._buckets)
 
 
 def _well_formed(msg) -> bool:
@@ -729,8 +725,7 @@ class Membership:
         self._next_gossip_ns = now_ns + self.config.gossip_interval_ms * _MS
         if not (len(self._updates) or len(self._views)) or not self._alive_ids:
             return
-        n = min(self.config.gossip_fanout, len(self._alive_ids))
-        for pid in self._rng.sample(self._alive_ids, n):
+        for pid in self._pick_others(self.config.gossip_fanout):
             ups, views = self._piggyback()
             if not ups and not views:
                 break
@@ -791,6 +786,20 @@ class Membership:
         n = len(self._alive_ids) + 1
         scale = 1 if n <= 32 else math.ceil(math.log2(n) - 5) + 1
         return self.config.sync_interval_ms * scale * _MS
+
+    def _pick_others(self, k: int) -> list[str]:
+        """Up to k distinct random members other than us; cheaper than `rng.sample` for a small k."""
+        ids = self._alive_ids
+        n = len(ids)
+        if n <= k:
+            return list(ids)
+        picked: list[str] = []
+        rand = self._rng.random
+        while len(picked) < k:
+            pid = ids[int(rand() * n)]
+            if pid not in picked:
+                picked.append(pid)
+        return picked
 
     def _add_alive(self, pid: str) -> None:
         self._alive_pos[pid] = len(self._alive_ids)

@@ -55,6 +55,7 @@ class _Caller:
     inflight: dict = field(default_factory=dict)
     resolving: bool = False
     seq: int = 0
+    killed: bool = False  # killed by this process: no later news may bring it back
 
 
 class ActorManager:
@@ -181,6 +182,17 @@ class ActorManager:
         return True
 
     def kill(self, actor_id: str, no_restart: bool) -> None:
+        if no_restart:
+            # Dead from this moment for this caller: a call made after kill() returns must not run, even if
+            # the worker has not been stopped yet.
+            caller = self.callers.get(actor_id)
+            if caller is not None:
+                caller.state = "dead"
+                caller.killed = True
+                caller.error = serialization.system_error_bytes(ActorDiedError(f"actor {actor_id} was killed"))
+                self._lose_inflight(caller, "the actor was killed")
+                while caller.queue:
+                    self._fail_call(caller.queue.popleft(), caller.error)
         owned = self.owned.get(actor_id)
         if owned is None:
             caller = self.callers.get(actor_id)
@@ -279,8 +291,8 @@ class ActorManager:
         if caller is None:
             return
         caller.resolving = False
-        if loc.incarnation < caller.incarnation:
-            return  # an older location overtaken by a newer one
+        if loc.incarnation < caller.incarnation or caller.killed:
+            return  # an older location overtaken by a newer one, or news from before our kill()
         changed_worker = caller.worker_id and caller.worker_id != loc.worker_id
         caller.state = loc.state
         caller.incarnation = loc.incarnation

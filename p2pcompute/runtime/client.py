@@ -37,6 +37,7 @@ from p2pcompute.ownership.refcount import Free, ReferenceTable
 from p2pcompute.ownership.store import LocalStore
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.actors import ActorManager
+from p2pcompute.runtime.output import OutputBuffer
 from p2pcompute.runtime.objects import (ERROR, INLINE, PENDING, STORED, ObjectTable, deadline_of, load_value,
                                         timeout_error)
 
@@ -117,8 +118,10 @@ class ClientRuntime:
         self.peer_info: dict = {}
         self.store: LocalStore | None = None
         self.actors = ActorManager(self)
-        self.stdout = sys.stdout
-        self.stderr = sys.stderr
+        # Workers queue their user code's output here (see runtime.output); drivers print what arrives.
+        self.output = OutputBuffer()
+        if kind == "driver":
+            self.job_env = dict(job_env, driver_addr=self.addr)
         self._register(register_timeout_s)
 
     # ---- start and stop -----------------------------------------------------------------------------
@@ -201,6 +204,8 @@ class ClientRuntime:
                 if fds:
                     self.waker.clear()
                 self._drain_ops()
+                if self.output.has_other():
+                    self._send_output()
                 for sender, data in frames:
                     self._on_frame(sender, data)
                 if events:
@@ -254,8 +259,8 @@ class ClientRuntime:
             self._run(self.refs.unpin(op[1]))
         elif code == "fetch":
             self._fetch(op[1])
-        elif code == "log":
-            self._send(op[1], rm.LogLines(op[2], op[3]))
+        elif code == "output":
+            self._send_output()
         elif code == "send":
             self._send(op[1], op[2])
 
@@ -340,8 +345,8 @@ class ClientRuntime:
             if fut is not None:
                 fut.set_result(msg)
         elif t is rm.Warning_:
-            self.stderr.write(f"p2pcompute: {msg.text}\n")
-            self.stderr.flush()
+            sys.stderr.write(f"p2pcompute: {msg.text}\n")
+            sys.stderr.flush()
         elif t is rm.CancelTask:
             self._on_cancel_request(msg)
         else:
@@ -648,11 +653,14 @@ class ClientRuntime:
 
     def _on_get_object(self, sender: str, msg: om.GetObject) -> None:
         oid = msg.object_id
-        v = self.objects.values.get(oid)
-        if v is None or oid not in self.refs:
+        if oid not in self.refs or not self.refs.is_owned(oid):
             state = "freed" if self.refs.is_owned(oid) else "lost"
             self._send(msg.reply_to, om.ObjectStatus(oid, state, None, [], [], None))
             return
+        v = self.objects.values.get(oid)
+        if v is None:
+            with self.objects.lock:
+                v = self.objects.value(oid)  # still being computed: the reply goes out when it is ready
         if v.state == PENDING:
             if v.remote_waiters is None:
                 v.remote_waiters = []
@@ -772,8 +780,15 @@ class ClientRuntime:
 
     # ---- logs ---------------------------------------------------------------------------------------
 
+    def _send_output(self) -> None:
+        driver = self.output.driver_addr
+        if driver is None:
+            return
+        for stream, lines in self.output.take(task_thread=False):
+            self._send(driver, rm.LogLines(stream, lines))
+
     def _on_log(self, msg: rm.LogLines) -> None:
-        stream = self.stderr if msg.stream == "stderr" else self.stdout
+        stream = sys.stderr if msg.stream == "stderr" else sys.stdout
         try:
             stream.write("".join(line if line.endswith("\n") else line + "\n" for line in msg.lines
                                  if isinstance(line, str)))

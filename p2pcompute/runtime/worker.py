@@ -33,12 +33,14 @@ from p2pcompute.net.transport import Context, CurveKeys, Transport
 from p2pcompute.ownership.store import LocalStore
 from p2pcompute.runtime import context as runtime_context
 from p2pcompute.runtime import messages as rm
+from p2pcompute.runtime import output
 from p2pcompute.runtime.client import INLINE_MAX_BYTES, ClientRuntime
 from p2pcompute.serialization import ArgSlot
 
 log = logging.getLogger("p2pcompute.worker")
 
-_current: contextvars.ContextVar = contextvars.ContextVar("p2p_current_task", default=None)
+_current = output.current
+_Running = output.Running
 
 
 class WorkerClient(ClientRuntime):
@@ -70,63 +72,6 @@ def _lm():
     return messages
 
 
-class _Forward(io.TextIOBase):
-    """sys.stdout/stderr of a worker: whole lines go to the owner of the task that printed them."""
-
-    def __init__(self, runtime: ClientRuntime, stream: str, fallback):
-        self.rt = runtime
-        self.stream = stream
-        self.fallback = fallback
-        self._buf = ""
-        self._lock = threading.Lock()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        with self._lock:
-            self._buf += text
-            if "\n" not in self._buf:
-                return len(text)
-            *lines, self._buf = self._buf.split("\n")
-        self._emit(lines)
-        return len(text)
-
-    def flush(self) -> None:
-        with self._lock:
-            lines, self._buf = ([self._buf] if self._buf else []), ""
-        if lines:
-            self._emit(lines)
-
-    def _emit(self, lines: list[str]) -> None:
-        cur = _current.get()
-        if cur is None:
-            self.fallback.write("".join(line + "\n" for line in lines))
-            self.fallback.flush()
-            return
-        prefix = f"({cur.label} pid={os.getpid()}) "
-        self.rt.ops.append(("log", cur.owner_addr, self.stream, [prefix + line for line in lines]))
-        self.rt.waker.wake()
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return self.fallback.fileno()
-
-
-class _Running:
-    __slots__ = ("task_id", "label", "owner_addr", "name")
-
-    def __init__(self, task_id: str, label: str, owner_addr: str, name: str):
-        self.task_id = task_id
-        self.label = label
-        self.owner_addr = owner_addr
-        self.name = name
-
-
 class Executor:
     def __init__(self, client: WorkerClient, tasks: Transport, node_id: str):
         self.client = client
@@ -147,6 +92,7 @@ class Executor:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._interrupt_target: str | None = None
         self._stop = False
+        self.output = client.output
 
     # ---- receiving ----------------------------------------------------------------------------------
 
@@ -211,6 +157,11 @@ class Executor:
         if self.job_bound or not env:
             return
         self.job_bound = True
+        # Nested submissions from here carry the same job environment, so their workers bind alike.
+        self.client.job_env = dict(env)
+        driver = env.get("driver_addr")
+        if isinstance(driver, str):
+            self.output.driver_addr = driver
         path = env.get("sys_path")
         if isinstance(path, list):
             sys.path[:] = [p for p in path if isinstance(p, str)] + [p for p in sys.path if p not in path]
@@ -278,9 +229,22 @@ class Executor:
                 client.ops.append(("unpin", ref[0]))
 
     def _label(self, msg: rm.PushTask) -> str:
-        if msg.kind == "task":
-            return msg.name
-        return self.actor_name or msg.name
+        label = msg.name if msg.kind == "task" else (self.actor_name or msg.name)
+        self.output.last_label = label
+        return label
+
+    def _send_output(self, owner_addr: str) -> None:
+        """Send what the task printed before its reply; through the reply's own connection when the
+        driver is the owner, so the lines arrive first."""
+        for forwarder in (sys.stdout, sys.stderr):
+            end = getattr(forwarder, "end_of_task", None)
+            if end is not None:
+                end()
+        driver = self.output.driver_addr
+        if driver is None or not self.output.has_task():
+            return
+        for stream, lines in self.output.take(task_thread=True):
+            self.tasks.send(driver, codec.encode(rm.LogLines(stream, lines)))
 
     def _run_sync(self, msg: rm.PushTask) -> None:
         start = time.perf_counter_ns()
@@ -457,10 +421,13 @@ class Executor:
 
     def _reply(self, msg: rm.PushTask, returns: list, exec_ns: int) -> None:
         reply = rm.TaskReply(msg.task_id, returns, exec_ns, self.client.worker_id, self.node_id, None)
+        self._send_output(msg.owner_addr)
         self.tasks.send(msg.owner_addr, codec.encode(reply))
 
     def _reply_via_io(self, msg: rm.PushTask, returns: list, exec_ns: int) -> None:
+        """Replies from actor threads or the event loop go through the I/O thread, after pending output."""
         reply = rm.TaskReply(msg.task_id, returns, exec_ns, self.client.worker_id, self.node_id, None)
+        self.client.ops.append(("output",))
         self.client.ops.append(("send", msg.owner_addr, reply))
         self.client.waker.wake()
 
@@ -471,6 +438,7 @@ class Executor:
             self.client.ops.append(("send", msg.owner_addr, reply))
             self.client.waker.wake()
         else:
+            self._send_output(msg.owner_addr)
             self.tasks.send(msg.owner_addr, codec.encode(reply))
 
 
@@ -527,8 +495,15 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     if args.parent_pid and os.getppid() != args.parent_pid:
         return 1  # the peer died before we could ask to die with it
-    logging.basicConfig(level=os.environ.get("P2P_LOG_LEVEL", "WARNING"),
-                        format=f"%(asctime)s worker {args.worker_id} %(levelname)s %(name)s: %(message)s")
+    # Our own log goes to the worker's log file; the root logger is left to user code, whose output (through
+    # sys.stderr, replaced below) reaches the driver.
+    own = logging.getLogger("p2pcompute")
+    handler = logging.StreamHandler(sys.__stderr__)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s worker {args.worker_id} %(levelname)s %(name)s: "
+                                           f"%(message)s"))
+    own.addHandler(handler)
+    own.setLevel(os.environ.get("P2P_LOG_LEVEL", "WARNING"))
+    own.propagate = False
     token = os.environ.pop("P2P_CLUSTER_TOKEN", None)
     ctx = Context(CurveKeys.from_token(token) if token and args.tcp_host else None)
     client = WorkerClient(ctx, proc_id=args.worker_id, kind="worker", job_id="", job_env={}, peer_addr=args.peer,
@@ -545,17 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     runtime_context.install_worker(client, executor, _current)
     from p2pcompute import api
     api._attach_worker_runtime(client)
-    client.stdout = sys.__stdout__
-    client.stderr = sys.__stderr__
-    sys.stdout = _Forward(client, "stdout", sys.__stdout__)
-    sys.stderr = _Forward(client, "stderr", sys.__stderr__)
+    sys.stdout = output.LineForwarder(client.output, "stdout", sys.__stdout__, client.waker.wake)
+    sys.stderr = output.LineForwarder(client.output, "stderr", sys.__stderr__, client.waker.wake)
     client.start()
     tasks.send(args.peer, codec.encode(rm.RegisterWorker(args.worker_id, os.getpid(), tasks.address, client.addr)))
-    try:
-        executor.run()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    executor.run()
     os._exit(0)
 
 
