@@ -225,13 +225,14 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes `ref`. A queued task never runs; a running one is interrupted (or its
-    worker killed with `force=True`). `get` then raises TaskCancelledError."""
+    worker killed with `force=True`). `get` then raises TaskCancelledError. With `recursive` (the default)
+    the tasks it submitted are cancelled too."""
     if type(ref) is not ObjectRef:
         raise InvalidArgumentError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
     rt = _runtime()
     if not rt.refs.is_owned(ref._id):
         raise InvalidArgumentError("cancel() works only on refs of tasks this process submitted")
-    rt.cancel(ref._id, bool(force))
+    rt.cancel(ref._id, bool(force), bool(recursive))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

@@ -26,24 +26,20 @@ owner's (incarnation, view_version): an older stamp never overwrites a newer one
 entries sent fewest times first, newest first among those, and a message carries at most
 `max_updates_per_msg` and `max_views_per_msg` entries, so messages stay small at any cluster size.
 
-Repair. Rumours can all be lost to one peer. Three things bring a divergent peer back: a periodic push-pull
-of the full state with a random member (`sync_interval_ms`, longer in large clusters); a peer we think dead
-that talks to us, or that we contact every `reconnect_interval_ms`, is told so and refutes (this heals
-partitions, and brings back a restarted peer that reuses its id); and a peer that hears a stale claim about
-itself sends its current record straight back to whoever passed the claim on.
+Repair. Rumours reach everyone only with high probability, so a divergent peer is brought back by: a
+member we hold suspect or dead that talks to us is told so, and refutes (or sends the refutation we missed);
+every `reconnect_interval_ms` we tell one remembered dead member that it is dead (this heals partitions,
+and brings back a restarted peer that reuses its id); a peer that hears a stale claim about itself sends its
+current record straight back; probes and acks always carry the sender's own current view; and a periodic
+push-pull of the full state with a random member (`sync_interval_ms`, longer in large clusters) mends the
+rest.
 
 Joining and leaving. A new peer sends Join to its seed addresses (any live members) until one answers with
 a Snapshot of the full state; the member that answered spreads the newcomer. A peer that leaves spreads
 `left` directly to several members and by gossip, so nobody waits for a timeout. Dead and left members are
 remembered for `dead_retention_ms`, so stale rumours cannot bring them back, then forgotten.
 
-Detection time, with the defaults (probe 500 ms, suspicion_mult 4): the suspicion timeout is 2 s up to
-10 peers, 6 s at 1,000. Expected time from a crash until all peers mark it dead: about 2 probe periods to
-the first failed probe (SWIM: e/(e-1) periods until some peer picks the crashed one), plus the suspicion
-timeout, plus a few gossip rounds: about 3.3 s at N=4 and 7.5 s at N=1,000. Worst case with no message loss
-(every peer's own probing alone): `detection_bound_ms`, 5 s at N=4; it grows linearly with N, so for large
-clusters `likely_detection_bound_ms` gives the bound that holds except with a tiny probability (18.5 s at
-N=1,000).
+Timing. `membership_config` holds the defaults and the detection-time formulas (`detection_bound_ms`).
 
 Remote input is never trusted: a malformed or unexpected message is counted in `counters` and dropped.
 """
@@ -52,16 +48,20 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.net.effects import Effect, Send, Timer
+from p2pcompute.net.membership_config import (
+    MembershipConfig, detection_bound_ms, likely_detection_bound_ms, suspicion_timeout_ms,
+)
 from p2pcompute.net.membership_messages import (
     ALIVE, DEAD, LEFT, STATE_NAMES, SUSPECT, Ack, Gossip, Join, Ping, PingReq, Snapshot, parse_member,
     parse_view,
 )
 from p2pcompute.net.messages import FIELD_TYPES
+from p2pcompute.net.rumours import RumourQueue
 
 if TYPE_CHECKING:
     from random import Random
@@ -72,80 +72,6 @@ __all__ = ["MembershipConfig", "Member", "MemberChanged", "Membership", "suspici
 _MS = 1_000_000
 _NEVER = 1 << 62  # "no deadline": later than any real now_ns
 _MAX_FORWARDS = 1024  # relayed indirect probes remembered at once; caps what a flood of PingReqs can cost
-
-
-@dataclass(frozen=True)
-class MembershipConfig:
-    """Tuning of the membership protocol; the defaults suit a LAN (see the module docstring for timings)."""
-
-    probe_interval_ms: int = 500
-    probe_timeout_ms: int = 200  # direct ping answer time before asking others; > a LAN round trip
-    indirect_checks: int = 3
-    suspicion_mult: int = 4
-    retransmit_mult: int = 4
-    view_retransmit_mult: int = 2  # a missed view is only stale until its next change or the next sync
-    gossip_interval_ms: int = 100
-    gossip_fanout: int = 3
-    max_updates_per_msg: int = 8
-    max_views_per_msg: int = 8
-    dead_retention_ms: int = 120_000  # longer than any rumour lives, so none can revive a dead member
-    reconnect_interval_ms: int = 1_000  # how often we tell one remembered dead member that it is dead
-    sync_interval_ms: int = 5_000  # push-pull anti-entropy; scaled up above 32 members (x6 at 1,000)
-    join_retry_ms: int = 1_000  # first retry of an unanswered Join; doubles up to join_retry_max_ms
-    join_retry_max_ms: int = 16_000
-    leave_fanout: int = 8  # members told directly of a graceful leave
-    max_snapshot_members: int = 256  # member records per Snapshot message
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            least = 0 if f.name == "indirect_checks" else 1
-            if type(value) is not int or value < least:
-                raise InvalidArgumentError(f"MembershipConfig.{f.name} must be an int >= {least}, not {value!r}")
-        if self.probe_timeout_ms >= self.probe_interval_ms:
-            raise InvalidArgumentError(
-                f"MembershipConfig.probe_timeout_ms ({self.probe_timeout_ms}) must be shorter than "
-                f"probe_interval_ms ({self.probe_interval_ms}), or indirect probes have no time to run")
-
-
-def suspicion_timeout_ms(config: MembershipConfig, n_members: int) -> int:
-    """How long a suspect has to refute before it is declared dead (memberlist's formula)."""
-    return int(config.suspicion_mult * max(1.0, math.log10(max(1, n_members))) * config.probe_interval_ms)
-
-
-def detection_bound_ms(config: MembershipConfig, n_members: int) -> int:
-    """Upper bound on the time from a crash until every live peer has marked the crashed one dead.
-
-    Assumes no message loss and a stable membership of `n_members` (the crashed peer included), with each
-    `Timer` honoured on time. Every live peer detects the crash by its own probing, whatever the others do:
-    its round-robin list holds the M = n_members - 1 others in a fresh random order each cycle, so the crashed
-    peer, last probed at or before the crash, is probed again within 2M - 1 periods; that probe fails by the
-    end of its period (2M periods in all), and the suspicion timeout follows. Rumours can only make it sooner.
-    """
-    others = max(1, n_members - 1)
-    return 2 * others * config.probe_interval_ms + suspicion_timeout_ms(config, n_members)
-
-
-def likely_detection_bound_ms(config: MembershipConfig, n_members: int, miss_probability: float = 1e-9) -> int:
-    """Like `detection_bound_ms`, but holds except with probability about `miss_probability`; far tighter
-    for large clusters (linear in N becomes logarithmic). Assumes no loss and light rumour load.
-
-    With M independent probers on random schedules, the chance that none starts a probe of the crashed peer
-    within k periods is at most exp(-k (1 - k / 4M)); one more period for that probe to fail; then the
-    suspicion spreads by push gossip in about log_{f+1} N + (ln N + ln 1/p) / f rounds (fanout f), and each
-    peer's suspicion timer runs out.
-    """
-    others = max(1, n_members - 1)
-    target = math.log(1 / miss_probability)
-    k = 1
-    while k * (1 - k / (4 * others)) < target and k < 2 * others:
-        k += 1
-    fanout = config.gossip_fanout
-    rounds = math.ceil(math.log(max(2, n_members)) / math.log(fanout + 1)
-                       + (math.log(max(2, n_members)) + target) / fanout)
-    likely = ((k + 1) * config.probe_interval_ms + rounds * config.gossip_interval_ms
-              + suspicion_timeout_ms(config, n_members))
-    return min(likely, detection_bound_ms(config, n_members))
 
 
 @dataclass(slots=True, eq=False)
@@ -176,80 +102,6 @@ class MemberChanged:
     incarnation: int
     meta: dict
     previous_state: str | None  # None when first learned
-
-
-class _TransmitQueue:
-    """Rumours keyed by peer id (a newer one replaces the older), each sent at most `limit` times.
-
-    Bucket b lists the records already sent b times, oldest first, so taking the fewest-sent and then newest
-    pops from the ends of the low buckets: O(records taken), however long the queue. A record is live while
-    `_live` maps its key (the record's first field, a peer id) to that very object; a replaced one stays in
-    its bucket until popped or compacted away. Nothing is allocated per record: the simulator runs a thousand
-    of these queues, and the garbage collector's work grows with every container created.
-    """
-
-    __slots__ = ("_buckets", "_live", "_size")
-
-    def __init__(self) -> None:
-        self._buckets: list[list[tuple]] = [[]]
-        self._live: dict[str, tuple] = {}
-        self._size = 0  # records in all buckets, live or replaced
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def put(self, key: str, item: tuple) -> None:
-        if self._live.get(key) is item:
-            return
-        self._live[key] = item
-        self._buckets[0].append(item)
-        self._size += 1
-        if self._size > 64 + 2 * len(self._live):
-            self._compact()
-
-    def discard(self, key: str) -> None:
-        self._live.pop(key, None)
-
-    def take(self, k: int, limit: int) -> tuple:
-        if not self._live:
-            return ()
-        buckets, live = self._buckets, self._live
-        out: list[tuple] = []
-        moved: list[tuple[tuple, int]] = []
-        for b, bucket in enumerate(buckets):
-            if not bucket:
-                continue
-            if b >= limit:  # the cluster shrank, and with it the retransmit limit
-                for item in bucket:
-                    if live.get(item[0]) is item:
-                        del live[item[0]]
-                self._size -= len(bucket)
-                bucket.clear()
-                continue
-            while bucket and len(out) < k:
-                item = bucket.pop()  # the newest of the fewest-sent
-                if live.get(item[0]) is item and item not in out:
-                    out.append(item)
-                    moved.append((item, b + 1))
-                else:
-                    self._size -= 1
-            if len(out) == k:
-                break
-        # Re-file only after picking, so no record goes twice into one message; oldest first keeps the order.
-        for item, b in reversed(moved):
-            if b >= limit:
-                del live[item[0]]
-                self._size -= 1
-            else:
-                if b == len(buckets):
-                    buckets.append([])
-                buckets[b].append(item)
-        return tuple(out)
-
-    def _compact(self) -> None:
-        live = self._live
-        self._buckets = [[item for item in bucket if live.get(item[0]) is item] for bucket in self._buckets]
-        self._size = sum(len(bucket) for bucket in self._buckets)
 
 
 def _well_formed(msg) -> bool:
@@ -284,8 +136,8 @@ class Membership:
         self._rng = rng
         self.self_id = self_id
         self.self_addr = self_addr
-        self._self = Member(self_id, self_addr, "alive", incarnation, dict(meta or {}), {}, 0, incarnation,
-                            now_ns, now_ns)
+        self._self = Member(self_id, self_addr, "alive", incarnation, dict(meta or {}), view_incarnation=incarnation,
+                            last_heard_ns=now_ns, state_since_ns=now_ns)
         self._members: dict[str, Member] = {self_id: self._self}
         # Other members that are alive or suspect, as a list for O(1) random picks (gossip, probes, sync).
         self._alive_ids: list[str] = []
@@ -308,8 +160,8 @@ class Membership:
         self._forwards: dict[int, tuple[str, int, int]] = {}  # our seq -> (requester addr, its seq, expiry)
         self._suspicions: list[tuple[int, str, int]] = []  # heap of (deadline_ns, peer_id, incarnation)
         self._forgets: list[tuple[int, str, int]] = []  # heap of (due_ns, peer_id, state_since_ns)
-        self._updates = _TransmitQueue()
-        self._views = _TransmitQueue()
+        self._updates = RumourQueue()
+        self._views = RumourQueue()
         self._limits_n = -1  # cluster size that `_retransmit_limit` and `_suspicion_ns` were computed for
         self._retransmit_limit = 0
         self._view_retransmit_limit = 0
@@ -324,6 +176,7 @@ class Membership:
         self._join_backoff_ms = 0
         self._join_retry_ns = _NEVER
         self._next_probe_ns = self._next_gossip_ns = self._next_sync_ns = _NEVER
+        self._pull_ns = _NEVER  # one state pull soon after joining
         self._next_reconnect_ns = 0
         self.counters = {"malformed": 0, "unexpected": 0, "refutations": 0}
 
@@ -421,6 +274,8 @@ class Membership:
                 self._send_joins(now_ns, out)
             if now_ns >= self._next_sync_ns:
                 self._push_pull(now_ns, out)
+            if now_ns >= self._pull_ns:
+                self._pull(out)
         if now_ns >= self._next_gossip_ns:
             self._gossip(now_ns, out)
         deadline = self.next_deadline_ns()
@@ -441,6 +296,10 @@ class Membership:
         """Every member we know, by peer id, this peer and remembered dead/left ones included."""
         return dict(self._members)
 
+    def member(self, peer_id: str) -> Member | None:
+        """One member by id, without copying the whole table as `members()` does."""
+        return self._members.get(peer_id)
+
     def alive(self) -> list[Member]:
         """This peer and every member that is alive or suspect (a suspect is still usable)."""
         return [self._self] + [self._members[pid] for pid in self._alive_ids]
@@ -451,7 +310,7 @@ class Membership:
             return _NEVER
         if self._left:
             return self._next_gossip_ns if len(self._updates) else _NEVER
-        t = min(self._next_probe_ns, self._next_gossip_ns, self._next_sync_ns, self._join_retry_ns)
+        t = min(self._next_probe_ns, self._next_gossip_ns, self._next_sync_ns, self._join_retry_ns, self._pull_ns)
         if self._probe_target is not None and not self._probe_acked and not self._probe_indirect_sent:
             t = min(t, self._probe_timeout_ns)
         if self._suspicions:
@@ -510,8 +369,8 @@ class Membership:
             self._spreading = True
         if not self._joined:
             # Peers that joined at the same time through other members may be missing from this state, and
-            # their join rumours may be over before they reach us: sync once more, soon, with someone else.
-            self._next_sync_ns = min(self._next_sync_ns, now_ns + 2 * self.config.probe_interval_ms * _MS)
+            # their join rumours may be over before they reach us: ask someone else for its state, soon.
+            self._pull_ns = now_ns + 2 * self.config.probe_interval_ms * _MS
         self._joined = True
         self._join_retry_ns = _NEVER
         if msg.want_reply:
@@ -738,6 +597,14 @@ class Membership:
             for snap in self._snapshots(want_reply=True):
                 out.append(Send(addr, snap))
 
+    def _pull(self, out: list) -> None:
+        """Ask a random member for its full state, sending only our own record: a one-way sync."""
+        self._pull_ns = _NEVER
+        if self._alive_ids:
+            me = self._self
+            out.append(Send(self._members[self._rng.choice(self._alive_ids)].addr,
+                            Snapshot(self.self_id, (self._record(me),), (self._view_record(me),), True)))
+
     def _send_joins(self, now_ns: int, out: list) -> None:
         if self._joined:
             self._join_retry_ns = _NEVER
@@ -782,10 +649,10 @@ class Membership:
             self._suspicion_ns = suspicion_timeout_ms(self.config, n) * _MS
 
     def _sync_interval_ns(self) -> int:
-        # memberlist's scaling: a full state costs O(N), so large clusters sync less often.
+        # A full state costs O(N), so above 32 members the interval grows with N: each peer then spends the
+        # same on syncs at any cluster size (156 s at 1,000 peers; memberlist's log scaling gives 180 s).
         n = len(self._alive_ids) + 1
-        scale = 1 if n <= 32 else math.ceil(math.log2(n) - 5) + 1
-        return self.config.sync_interval_ms * scale * _MS
+        return self.config.sync_interval_ms * max(1, math.ceil(n / 32)) * _MS
 
     def _pick_others(self, k: int) -> list[str]:
         """Up to k distinct random members other than us; cheaper than `rng.sample` for a small k."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from p2pcompute import serialization
-from p2pcompute.errors import ActorDiedError, TaskCancelledError
+from p2pcompute.errors import ActorDiedError, ActorUnavailableError, TaskCancelledError
 from p2pcompute.lease import messages as lm
 from p2pcompute.runtime import messages as rm
 
@@ -284,7 +284,7 @@ class ActorManager:
             self.rt._finish_with_error(rec, serialization.system_error_bytes(
                 TaskCancelledError(f"actor call {rec.name} ({rec.task_id}) was cancelled")))
         elif rec.task_id in caller.inflight:
-            self.rt._send(caller.ctl_addr, rm.CancelTask(rec.task_id, False))
+            self.rt._send(caller.ctl_addr, rm.CancelTask(rec.task_id, False, False))
 
     def _on_location(self, loc: rm.ActorLocation) -> None:
         caller = self.callers.get(loc.actor_id)
@@ -320,11 +320,15 @@ class ActorManager:
             elif retries != 0 and caller.state != "dead":
                 rec.options["max_task_retries"] = retries - 1 if retries > 0 else retries
                 caller.queue.appendleft(rec)
+            elif caller.state == "dead":
+                self._fail_call(rec, caller.error or serialization.system_error_bytes(ActorDiedError(
+                    f"actor call {rec.name} ({rec.task_id}) was lost: {why}")))
             else:
-                self._fail_call(rec, caller.error if caller.state == "dead" and caller.error else
-                                serialization.system_error_bytes(ActorDiedError(
-                                    f"actor call {rec.name} ({rec.task_id}) was lost: {why}. Set "
-                                    f"max_task_retries to retry calls across actor restarts")))
+                # The actor lives on (restarting): the call may or may not have run, so it is not retried
+                # unless the caller said calls are safe to repeat.
+                self._fail_call(rec, serialization.system_error_bytes(ActorUnavailableError(
+                    f"actor call {rec.name} ({rec.task_id}) was lost: {why}; the actor is restarting. Set "
+                    f"max_task_retries to retry calls across actor restarts")))
 
     def on_process_died(self, msg: rm.ProcessDied) -> None:
         for owned in list(self.owned.values()):

@@ -356,7 +356,8 @@ class ClientRuntime:
         if ev.address == self.peer_addr:
             log.error("lost the local peer at %s: %s", ev.address, ev.reason)
         else:
-            log.warning("process at %s unreachable: %s", ev.address, ev.reason)
+            # Deaths of processes are reported by peers (ProcessDied); this is only a hint.
+            log.info("process at %s unreachable: %s", ev.address, ev.reason)
 
     # ---- submitting ---------------------------------------------------------------------------------
 
@@ -722,7 +723,7 @@ class ClientRuntime:
 
     # ---- cancellation -------------------------------------------------------------------------------
 
-    def cancel(self, object_id: str, force: bool) -> None:
+    def cancel(self, object_id: str, force: bool, recursive: bool = True) -> None:
         def run():
             task_id = self.task_of_object.get(object_id)
             rec = self.tasks.get(task_id) if task_id else None
@@ -741,7 +742,7 @@ class ClientRuntime:
                     self._finish_with_error(rec, error)
                     return
                 if rec.held is not None:
-                    self._send(rec.held.worker_ctl_addr, rm.CancelTask(rec.task_id, force))
+                    self._send(rec.held.worker_ctl_addr, rm.CancelTask(rec.task_id, force, recursive))
                     if force:
                         self._send(rec.held.peer_addr, rm.ForceKillWorker(rec.held.worker_id, "cancel(force=True)"))
             elif rec.kind == "actor_call":
@@ -769,8 +770,9 @@ class ClientRuntime:
                     f"object {oid} was owned by process {msg.proc_id}, which died ({msg.reason}); an object "
                     f"lives only as long as the process that created it, so nothing can rebuild it")))
                 self._on_resolved(oid)
-        if msg.addr:
-            self.transport.forget(msg.addr)
+        for addr in (msg.addr, msg.task_addr):
+            if addr:
+                self.transport.forget(addr)
 
     def _fail_everything(self, why: str) -> None:
         error = serialization.system_error_bytes(PeerUnavailableError(why))

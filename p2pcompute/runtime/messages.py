@@ -47,6 +47,7 @@ class ProcessDied:
     kind: str
     reason: str
     addr: str
+    task_addr: str
 
 
 @message(404)
@@ -78,10 +79,12 @@ class NodesReply:
 
 @message(408)
 class CancelTask:
-    """Owner -> worker (client address): cancel `task_id` if queued or running there."""
+    """Owner -> worker (client address): cancel `task_id` if queued or running there (and, if `recursive`,
+    every task it submitted)."""
 
     task_id: str
     force: bool
+    recursive: bool
 
 
 @message(409)

@@ -220,7 +220,7 @@ class PeerDaemon:
             effects += self.lease.on_worker_died(now, proc.proc_id, reason)
         effects += self.lease.on_process_died(now, proc.proc_id)
         self._run(effects)
-        died = codec.encode(rm.ProcessDied(proc.proc_id, proc.kind, reason, proc.addr))
+        died = codec.encode(rm.ProcessDied(proc.proc_id, proc.kind, reason, proc.addr, proc.task_addr))
         for other in self.procs.values():
             if other.addr:
                 self.transport.send(other.addr, died)
@@ -410,6 +410,10 @@ class PeerDaemon:
         remove_store_dir(self.store_dir)
         self.transport.close()
         self.ctx.close()
+        if self.parent_pid:
+            # Embedded in a driver that is gone: nobody will come back for the sockets or logs.
+            import shutil
+            shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
 def _signal(proc: _Proc, sig: int) -> None:

@@ -63,8 +63,15 @@ class WorkerClient(ClientRuntime):
 
     def _on_cancel_request(self, msg: rm.CancelTask) -> None:
         ex = getattr(self, "executor", None)
-        if ex is not None:
-            ex.cancel(msg.task_id)
+        if ex is None:
+            return
+        if msg.recursive and ex.running == msg.task_id and ex.actor_id is None:
+            # Cancellation is recursive, as in Ray: what the cancelled task submitted goes too. A task
+            # worker runs one task at a time, so every unfinished task this process owns is its child.
+            for rec in list(self.tasks.values()):
+                if not rec.done:
+                    self.cancel(rec.return_ids[0] if rec.return_ids else rec.task_id, msg.force)
+        ex.cancel(msg.task_id)
 
 
 def _lm():

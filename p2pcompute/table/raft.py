@@ -390,7 +390,10 @@ class TableReplica:
             self.commit_index = candidate
             self._apply_committed(now_ns, out)
             if self.role == LEADER:
-                self._start_read_round(now_ns, out)
+                # Tell the followers now rather than at the next heartbeat: their subscribers' caches and
+                # their own state lag the leader by one round trip instead of a heartbeat interval.
+                if not self._start_read_round(now_ns, out):
+                    self._broadcast(now_ns, out)
                 self._maybe_change_config(now_ns, out)
 
     # ---- replication, follower side ----
@@ -520,11 +523,14 @@ class TableReplica:
         self._broadcast(now_ns, out)
         self._advance_commit(now_ns, out)
 
-    def _start_read_round(self, now_ns: int, out: list) -> None:
-        """Take up waiting reads once our no-op committed, with one heartbeat round confirming leadership."""
+    def _start_read_round(self, now_ns: int, out: list) -> bool:
+        """Take up waiting reads once our no-op committed, with one heartbeat round confirming leadership.
+        True if it broadcast that round."""
         if self.commit_index >= self._term_start_index and self._reads.start_round(self.commit_index):
             self._broadcast(now_ns, out)
             self._serve_reads(out)
+            return True
+        return False
 
     def _serve_reads(self, out: list) -> None:
         if self.role != LEADER or not self._reads.pending:
