@@ -134,6 +134,7 @@ def shutdown() -> None:
         rt, peer, ctx = _state["runtime"], _state["peer"], _state["ctx"]
         if rt is None or _state["worker"]:
             return
+        own_dir = _state.pop("own_dir", None)
         _refs.install_hooks(None)
         _state.update(runtime=None, peer=None, ctx=None)
         try:
@@ -143,6 +144,9 @@ def shutdown() -> None:
                 peer.stop()
             if ctx is not None:
                 ctx.close()
+            if own_dir:
+                import shutil
+                shutil.rmtree(own_dir, ignore_errors=True)
         try:
             atexit.unregister(shutdown)
         except Exception:

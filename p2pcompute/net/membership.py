@@ -21,7 +21,7 @@ suspicion; only the member's own refutation (with a higher incarnation) can.
 
 Dissemination. Each accepted change becomes a rumour in a transmit-limited queue and rides on pings, acks
 and gossip (to `gossip_fanout` random members every `gossip_interval_ms`), about
-`retransmit_mult * ceil(log10(N + 1))` times. Resource views spread the same way, each stamped with its
+`retransmit_mult * log10(N + 1)` times. Resource views spread the same way, each stamped with its
 owner's (incarnation, view_version): an older stamp never overwrites a newer one. Both queues send the
 entries sent fewest times first, newest first among those, and a message carries at most
 `max_updates_per_msg` and `max_views_per_msg` entries, so messages stay small at any cluster size.
@@ -58,7 +58,6 @@ from p2pcompute.net.membership_config import (
 )
 from p2pcompute.net.membership_messages import (
     ALIVE, DEAD, LEFT, STATE_NAMES, SUSPECT, Ack, Gossip, Join, Ping, PingReq, Snapshot, parse_member,
-    parse_view,
 )
 from p2pcompute.net.messages import FIELD_TYPES
 from p2pcompute.net.rumours import RumourQueue
@@ -243,7 +242,10 @@ class Membership:
             self.counters["unexpected"] += 1
             return []
         out: list[Effect] = []
+        idle = not (len(self._updates) or len(self._views))
         handler(self, now_ns, sender_addr, msg, out)
+        if idle and (len(self._updates) or len(self._views)):
+            out.append(Timer(self.next_deadline_ns()))  # gossip rounds start again: they idle while nothing is new
         m = self._members.get(msg.src_id)
         if m is not None and m is not self._self:
             m.last_heard_ns = now_ns
@@ -284,7 +286,11 @@ class Membership:
         return out
 
     def set_view(self, view: dict) -> None:
-        """Replace this peer's own resource view (plain data) and give it the next version."""
+        """Replace this peer's own resource view (plain data) and give it the next version.
+
+        It goes out with the next gossip round, which `next_deadline_ns()` now reports: a driver that only
+        follows Timer effects sends it at the latest with the next probe, within `probe_interval_ms`.
+        """
         if not isinstance(view, dict):
             raise InvalidArgumentError(f"a resource view must be a dict of plain data, not {type(view).__name__}")
         me = self._self
@@ -308,9 +314,12 @@ class Membership:
         """The earliest `now_ns` at which `on_tick` has work to do."""
         if not self._started:
             return _NEVER
+        # Gossip rounds only run while there is something to spread: most of the time there is not, and a
+        # thousand simulated peers should not wake up every 100 ms for nothing.
+        gossip_ns = self._next_gossip_ns if len(self._updates) or len(self._views) else _NEVER
         if self._left:
-            return self._next_gossip_ns if len(self._updates) else _NEVER
-        t = min(self._next_probe_ns, self._next_gossip_ns, self._next_sync_ns, self._join_retry_ns, self._pull_ns)
+            return gossip_ns if len(self._updates) else _NEVER
+        t = min(self._next_probe_ns, gossip_ns, self._next_sync_ns, self._join_retry_ns, self._pull_ns)
         if self._probe_target is not None and not self._probe_acked and not self._probe_indirect_sent:
             t = min(t, self._probe_timeout_ns)
         if self._suspicions:
@@ -352,12 +361,11 @@ class Membership:
 
     def _on_join(self, now_ns: int, sender: str, msg: Join, out: list) -> None:
         rec = parse_member((msg.src_id, msg.src_addr, ALIVE, msg.incarnation, msg.meta))
-        view = parse_view((msg.src_id, msg.incarnation, msg.view_version, msg.view))
-        if rec is None or view is None or not msg.src_addr:
+        if rec is None or not msg.src_addr:
             self.counters["malformed"] += 1
             return
         self._merge(now_ns, rec, sender, out)
-        self._merge_view(view, out)
+        self._merge_view((msg.src_id, msg.incarnation, msg.view_version, msg.view), out)
         for snap in self._snapshots(want_reply=False):
             out.append(Send(msg.src_addr, snap))
 
@@ -371,6 +379,7 @@ class Membership:
             # Peers that joined at the same time through other members may be missing from this state, and
             # their join rumours may be over before they reach us: ask someone else for its state, soon.
             self._pull_ns = now_ns + 2 * self.config.probe_interval_ms * _MS
+            self._next_sync_ns = now_ns + self._sync_interval_ns()  # now that we know how big the cluster is
         self._joined = True
         self._join_retry_ns = _NEVER
         if msg.want_reply:
@@ -396,14 +405,7 @@ class Membership:
             else:
                 self._merge(now_ns, rec, sender, out)
         for rec in views:
-            if type(rec) is tuple and len(rec) == 4 and type(rec[0]) is str:
-                m = members.get(rec[0])
-                if m is not None and m.view_version == rec[2] and m.view_incarnation == rec[1]:
-                    continue
-            if parse_view(rec) is None:
-                self.counters["malformed"] += 1
-            else:
-                self._merge_view(rec, out)
+            self._merge_view(rec, out)
 
     def _merge(self, now_ns: int, rec: tuple, sender: str | None, out: list) -> None:
         """Apply one member record by the SWIM precedence rules (module docstring); spread it if accepted."""
@@ -480,8 +482,15 @@ class Membership:
         if sender is not None:
             out.append(Send(sender, Gossip(self.self_id, (rec,), (view,))))
 
-    def _merge_view(self, rec: tuple, out: list) -> None:
+    def _merge_view(self, rec: object, out: list) -> None:
+        """Take a view record if it is well formed and newer than ours. Hot: one call per view received."""
+        if type(rec) is not tuple or len(rec) != 4:
+            self.counters["malformed"] += 1
+            return
         pid, inc, version, view = rec
+        if type(pid) is not str or type(inc) is not int or type(version) is not int or type(view) is not dict:
+            self.counters["malformed"] += 1
+            return
         m = self._members.get(pid)
         if m is None or m.state_code > SUSPECT:
             return
@@ -584,7 +593,10 @@ class Membership:
         self._next_gossip_ns = now_ns + self.config.gossip_interval_ms * _MS
         if not (len(self._updates) or len(self._views)) or not self._alive_ids:
             return
-        for pid in self._pick_others(self.config.gossip_fanout):
+        # Membership changes are urgent and must reach everyone; views are best effort, and while resources
+        # churn there is always a new one, so view-only rounds go to fewer members to bound their cost.
+        fanout = self.config.gossip_fanout if len(self._updates) else self.config.view_gossip_fanout
+        for pid in self._pick_others(fanout):
             ups, views = self._piggyback()
             if not ups and not views:
                 break
@@ -643,14 +655,17 @@ class Membership:
         n = len(self._alive_ids) + 1
         if n != self._limits_n:
             self._limits_n = n
-            rounds = max(1, math.ceil(math.log10(n + 1)))
-            self._retransmit_limit = self.config.retransmit_mult * rounds
-            self._view_retransmit_limit = self.config.view_retransmit_mult * rounds
+            # memberlist sends mult * ceil(log10(N + 1)) times, which jumps from 12 to 16 at N = 1,000; without the
+            # rounding up, mult * log10(N + 1) is smoother and 13 there (never less than mult, for small clusters).
+            log_n = math.log10(n + 1)
+            cfg = self.config
+            self._retransmit_limit = max(cfg.retransmit_mult, math.ceil(cfg.retransmit_mult * log_n))
+            self._view_retransmit_limit = max(cfg.view_retransmit_mult, math.ceil(cfg.view_retransmit_mult * log_n))
             self._suspicion_ns = suspicion_timeout_ms(self.config, n) * _MS
 
     def _sync_interval_ns(self) -> int:
         # A full state costs O(N), so above 32 members the interval grows with N: each peer then spends the
-        # same on syncs at any cluster size (156 s at 1,000 peers; memberlist's log scaling gives 180 s).
+        # same on syncs at any cluster size (160 s at 1,000 peers; memberlist's log scaling gives 180 s).
         n = len(self._alive_ids) + 1
         return self.config.sync_interval_ms * max(1, math.ceil(n / 32)) * _MS
 

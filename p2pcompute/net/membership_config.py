@@ -36,12 +36,13 @@ class MembershipConfig:
     retransmit_mult: int = 4
     view_retransmit_mult: int = 2  # a missed view is only stale until its next change or the next sync
     gossip_interval_ms: int = 100
-    gossip_fanout: int = 3
+    gossip_fanout: int = 3  # members sent each gossip round while membership changes are pending
+    view_gossip_fanout: int = 1  # ...and while only resource views are: they are best effort, and churn
     max_updates_per_msg: int = 8
     max_views_per_msg: int = 8
     dead_retention_ms: int = 120_000  # longer than any rumour lives, so none can revive a dead member
     reconnect_interval_ms: int = 1_000  # how often we tell one remembered dead member that it is dead
-    sync_interval_ms: int = 5_000  # push-pull anti-entropy; scaled up above 32 members (x6 at 1,000)
+    sync_interval_ms: int = 5_000  # push-pull anti-entropy; x ceil(N / 32) above 32 members: 160 s at 1,000
     join_retry_ms: int = 1_000  # first retry of an unanswered Join; doubles up to join_retry_max_ms
     join_retry_max_ms: int = 16_000
     leave_fanout: int = 8  # members told directly of a graceful leave
@@ -86,6 +87,8 @@ def likely_detection_bound_ms(config: MembershipConfig, n_members: int, miss_pro
     suspicion spreads by push gossip in about log_{f+1} N + (ln N + ln 1/p) / f rounds (fanout f), and each
     peer's suspicion timer runs out.
     """
+    if not 0 < miss_probability < 1:
+        raise InvalidArgumentError(f"miss_probability must be between 0 and 1, not {miss_probability!r}")
     others = max(1, n_members - 1)
     target = math.log(1 / miss_probability)
     k = 1

@@ -10,8 +10,9 @@ Two kinds of record ride on these messages, both plain tuples so the codec can c
 peer's resource view stamped with (incarnation, view_version); a newer stamp always wins.
 
 The codec checks only a field's outer type, so a remote can still put anything inside `updates` or
-`views`. `parse_member` and `parse_view` return None for a malformed record: the caller skips it and counts
-it, because a bad record is the sender's fault and must never crash the core.
+`views`. Every record is checked before use (`parse_member` here; view records where they are merged, in
+the core's hot loop); a malformed one is skipped and counted, because a bad record is the sender's fault
+and must never crash the core.
 
 Codes are append-only: never renumber or reuse one.
 """
@@ -107,13 +108,3 @@ def parse_member(rec: object) -> tuple | None:
         return None
     return rec
 
-
-def parse_view(rec: object) -> tuple | None:
-    """`rec` if it is a well-formed view record, else None."""
-    if type(rec) is not tuple or len(rec) != 4:
-        return None
-    peer_id, incarnation, version, view = rec
-    if (type(peer_id) is not str or type(incarnation) is not int or type(version) is not int
-            or type(view) is not dict):
-        return None
-    return rec

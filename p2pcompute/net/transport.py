@@ -214,6 +214,8 @@ class Transport:
         self.ctx = context
         self.proc_id = proc_id
         self.identity = f"{proc_id}#{role}".encode()
+        # Where to answer a peer we have not heard of yet: peers put their own address in their identity.
+        self.reply_addr: dict[str, str] = {}
         self.max_message_bytes = max_message_bytes
         self.unreachable_after_s = unreachable_after_ms / 1000
         # Keyed by the endpoint actually dialled: two spellings of one address (with or without the IPC
@@ -246,6 +248,10 @@ class Transport:
             self.tcp_endpoint = f"tcp://{advertise_host or tcp_host}:{port}"
         self.address = make_address(self.tcp_endpoint, self.ipc_endpoint)
         self._next_check = 0.0
+        if role == "p" and self.tcp_endpoint:
+            ident = f"{proc_id}#{role}#{self.tcp_endpoint}".encode()
+            if len(ident) <= 255:
+                self.identity = ident
 
     def _router(self, curve: bool):
         sock = self.ctx.zmq.socket(zmq.ROUTER)
@@ -381,7 +387,10 @@ class Transport:
                 continue
             ident = parts[0]
             payload = parts[1] if len(parts) == 2 else parts[1:]
-            sender = ident.split(b"#", 1)[0].decode("ascii", "replace")
+            pieces = ident.split(b"#", 2)
+            sender = pieces[0].decode("ascii", "replace")
+            if len(pieces) == 3 and sender not in self.reply_addr:
+                self.reply_addr[sender] = pieces[2].decode("ascii", "replace")
             frames.append((sender, payload))
 
     def _on_monitor(self, monitor) -> list:
@@ -421,9 +430,16 @@ class Transport:
                 out.since = now  # report again only after another full interval
         return events
 
-    def close(self) -> None:
-        for endpoint in list(self._outs):
-            self.forget(endpoint)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close every socket. With `linger_ms`, frames still queued get that long to go out (a goodbye)."""
+        for endpoint, out in list(self._outs.items()):
+            if linger_ms:
+                out.sock.setsockopt(zmq.LINGER, linger_ms)
+            self._monitors.pop(out.monitor, None)
+            out.sock.disable_monitor()
+            out.monitor.close(0)
+            out.sock.close()
+        self._outs.clear()
         for sock in self._routers:
             sock.close(0)
         self._routers.clear()

@@ -67,3 +67,54 @@ class ObjectSealed:
     object_id: str
     size: int
     owner_addr: str
+
+
+@message(207)
+class FetchObject:
+    """Client -> its local peer: make a local copy of `object_id`, held by the peer at `holder_addr`."""
+
+    request_id: str
+    object_id: str
+    size: int
+    holder_addr: str
+    owner_addr: str
+    reply_to: str
+
+
+@message(208)
+class ObjectFetched:
+    """Peer -> client: the object is in the local store at `store_path` (or `error` says why not)."""
+
+    request_id: str
+    object_id: str
+    store_path: str
+    error: str | None
+
+
+@message(209)
+class PullObject:
+    """Fetching peer -> holder peer: send bytes [offset, offset + length) of `object_id`."""
+
+    object_id: str
+    offset: int
+    length: int
+    reply_to: str
+
+
+@message(210)
+class ObjectChunk:
+    object_id: str
+    offset: int
+    total: int
+    data: bytes
+    error: str | None
+
+
+@message(211)
+class AddLocation:
+    """Peer -> owner: a copy of `object_id` now also lives on this peer; free it there too."""
+
+    object_id: str
+    peer_id: str
+    peer_addr: str
+    store_path: str

@@ -207,3 +207,11 @@ class ActorLocation:
 class KillActor:
     actor_id: str
     no_restart: bool
+
+
+@message(414)
+class StopPeer:
+    """CLI -> peer: leave the cluster gracefully and stop."""
+
+    reply_to: str
+    request_id: str

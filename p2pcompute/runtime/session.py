@@ -33,7 +33,7 @@ class EmbeddedPeer:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([config.package_root()] +
                                             [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        args = [sys.executable, "-m", "p2pcompute.runtime.peer", "--peer-id", self.peer_id,
+        args = [sys.executable, "-m", "p2pcompute.runtime.daemon", "--peer-id", self.peer_id,
                 "--session-dir", self.session_dir, "--store-dir", self.store_dir,
                 "--resources", json.dumps(total), "--parent-pid", str(os.getpid())]
         with open(log_path, "ab") as out:
