@@ -305,7 +305,8 @@ class SubmitterCore:
                 return self.on_revoked(now_ns, held.lease_id)
         return [], []
 
-    def on_peer_died(self, now_ns: int, peer_id: str) -> tuple[list[str], list]:
+    def on_peer_died(self, now_ns: int, peer_id: str, peer_addr: str = "") -> tuple[list[str], list]:
+        """A peer died: its leases are gone, and requests waiting there are asked again at the local peer."""
         lost: list[str] = []
         effects: list = []
         for held in list(self._leases.values()):
@@ -313,6 +314,18 @@ class SubmitterCore:
                 l, e = self.on_revoked(now_ns, held.lease_id)
                 lost += l
                 effects += e
+        if peer_addr:
+            for req in list(self._requests.values()):
+                if req.target_addr == peer_addr:
+                    state = self.keys.get(req.key)
+                    self._drop_request(state, req)
+                    if state is not None:
+                        state.template.first_target = None
+                        for task_id in state.queue:
+                            task = self.tasks.get(task_id)
+                            if task is not None and task.first_target == peer_addr:
+                                task.first_target = None
+                        effects += self._request_more(now_ns, state)
         return lost, effects
 
     def on_wanted(self, now_ns: int, lease_id: str) -> list:

@@ -50,13 +50,15 @@ class Free:
 
 
 class _Entry:
-    __slots__ = ("owner_addr", "owned", "local", "pins", "borrowers", "regs", "contains")
+    __slots__ = ("owner_addr", "owned", "local", "pins", "acks", "borrowers", "regs", "contains")
 
     def __init__(self, owner_addr: str, owned: bool):
         self.owner_addr = owner_addr
         self.owned = owned
         self.local = 0
         self.pins = 0
+        # forwards waiting for the owner's BorrowerAdded: pins a dead owner must release, kept apart
+        self.acks = 0
         # owner side: process id -> registrations not yet removed (may go briefly negative)
         self.borrowers: dict[str, int] | None = None
         # borrower side: registrations received that we must hand back with RemoveBorrower
@@ -65,7 +67,7 @@ class _Entry:
         self.contains: tuple[str, ...] = ()
 
     def in_use(self) -> bool:
-        if self.local > 0 or self.pins > 0:
+        if self.local > 0 or self.pins > 0 or self.acks > 0:
             return True
         if self.borrowers:
             for n in self.borrowers.values():
@@ -80,6 +82,10 @@ class ReferenceTable:
         self.self_addr = self_addr
         self._entries: dict[str, _Entry] = {}
         self._freed = 0
+        # Processes known dead, and peers (every process of a dead peer is dead): a late AddBorrower must
+        # not register them, and refs they own can no longer be acknowledged.
+        self._dead: set[str] = set()
+        self._dead_peers: set[str] = set()
 
     # ---- queries ------------------------------------------------------------------------------------
 
@@ -96,7 +102,7 @@ class ReferenceTable:
         entry = self._entries.get(object_id)
         if entry is None:
             return None
-        return {"owned": entry.owned, "local": entry.local, "pins": entry.pins,
+        return {"owned": entry.owned, "local": entry.local, "pins": entry.pins, "acks": entry.acks,
                 "borrowers": dict(entry.borrowers or {}), "regs": entry.regs, "contains": list(entry.contains)}
 
     def object_ids(self) -> list[str]:
@@ -173,15 +179,21 @@ class ReferenceTable:
 
     # ---- refs crossing process boundaries -----------------------------------------------------------
 
+    def is_dead(self, proc_id: str) -> bool:
+        return proc_id in self._dead or proc_id.split("-", 1)[0] in self._dead_peers
+
     def on_sent(self, object_id: str, owner_addr: str, dest_id: str) -> list:
-        """We put a ref to `object_id` in a message to process `dest_id`."""
-        if dest_id == self.self_id:
+        """We put a ref to `object_id` in a message to process `dest_id` (possibly ourselves: a self-send
+        registers like any other, and its arrival's `on_received` balances it)."""
+        if self.is_dead(dest_id):
             return []
         entry = self._entry(object_id, owner_addr)
         if entry.owned:
             self._add_borrower(entry, dest_id, 1)
             return []
-        entry.pins += 1
+        if self.is_dead(owner_id_of(object_id)):
+            return []  # nobody left to register with: the object is lost anyway
+        entry.acks += 1
         return [Send(entry.owner_addr, AddBorrower(object_id, dest_id, self.self_addr))]
 
     def on_received(self, object_id: str, owner_addr: str) -> None:
@@ -201,13 +213,17 @@ class ReferenceTable:
 
     def on_add_borrower(self, msg: AddBorrower) -> list:
         entry = self._entries.get(msg.object_id)
-        if entry is not None and entry.owned:
+        if entry is not None and entry.owned and not self.is_dead(msg.borrower_id):
             self._add_borrower(entry, msg.borrower_id, 1)
         # Ack even for an unknown object: the forwarder's pin must not leak because we already freed it.
         return [Send(msg.reply_to, BorrowerAdded(msg.object_id))]
 
     def on_borrower_added(self, msg: BorrowerAdded) -> list:
-        return self.unpin(msg.object_id)
+        entry = self._entries.get(msg.object_id)
+        if entry is None or entry.acks <= 0:
+            return []
+        entry.acks -= 1
+        return self._maybe_release(msg.object_id, entry)
 
     def on_remove_borrower(self, sender_id: str, msg: RemoveBorrower) -> list:
         entry = self._entries.get(msg.object_id)
@@ -227,11 +243,28 @@ class ReferenceTable:
             entry.borrowers.pop(proc_id, None)
 
     def on_process_died(self, proc_id: str) -> list:
-        """Forget what a dead process borrowed. Returns effects (frees)."""
+        """Forget what a dead process borrowed, and stop waiting for acknowledgements from it."""
+        self._dead.add(proc_id)
+        return self._forget_dead(lambda p: p == proc_id)
+
+    def on_peer_died(self, peer_id: str) -> list:
+        """Every process of a dead peer is dead: process ids start with their peer's id."""
+        self._dead_peers.add(peer_id)
+        prefix = peer_id + "-"
+        return self._forget_dead(lambda p: p.startswith(prefix))
+
+    def _forget_dead(self, dead) -> list:
         effects: list = []
         for object_id, entry in list(self._entries.items()):
-            if entry.borrowers and proc_id in entry.borrowers:
-                del entry.borrowers[proc_id]
+            changed = False
+            if entry.borrowers:
+                for proc in [p for p in entry.borrowers if dead(p)]:
+                    del entry.borrowers[proc]
+                    changed = True
+            if entry.acks and not entry.owned and dead(owner_id_of(object_id)):
+                entry.acks = 0  # the owner will never acknowledge
+                changed = True
+            if changed and object_id in self._entries:
                 effects += self._maybe_release(object_id, entry)
         return effects
 
@@ -256,7 +289,7 @@ class ReferenceTable:
             self._freed += 1
             effects.append(Free(object_id))
         else:
-            if entry.regs > 0:
+            if entry.regs > 0 and not self.is_dead(owner_id_of(object_id)):
                 effects.append(Send(entry.owner_addr, RemoveBorrower(object_id, entry.regs)))
             effects.append(Free(object_id))
         effects += self._release_contents(entry)

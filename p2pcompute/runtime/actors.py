@@ -45,6 +45,11 @@ class _Owned:
 class _Caller:
     actor_id: str
     owner_addr: str
+
+    @property
+    def owner_id(self) -> str:
+        return self.actor_id.split(".", 1)[0]
+
     state: str = "unknown"   # unknown | pending | alive | restarting | dead
     addr: str = ""
     ctl_addr: str = ""
@@ -330,22 +335,25 @@ class ActorManager:
                     f"actor call {rec.name} ({rec.task_id}) was lost: {why}; the actor is restarting. Set "
                     f"max_task_retries to retry calls across actor restarts")))
 
-    def on_process_died(self, msg: rm.ProcessDied) -> None:
+    def on_process_died(self, msg: rm.ProcessDied, is_dead) -> None:
+        """`is_dead(proc_id)` tells whether a process died with this news (one process, or a whole peer)."""
         for owned in list(self.owned.values()):
-            if owned.held is not None and owned.held.worker_id == msg.proc_id:
+            if owned.held is not None and is_dead(owned.held.worker_id):
                 self._worker_lost(owned, msg.reason)
         for caller in self.callers.values():
-            if caller.worker_id == msg.proc_id and caller.actor_id not in self.owned:
-                caller.state = "restarting"
-                self._lose_inflight(caller, f"the actor's worker died ({msg.reason})")
-                self._resolve(caller)
-            elif caller.actor_id not in self.owned and msg.addr and msg.addr == caller.owner_addr:
+            if caller.actor_id in self.owned:
+                continue
+            if is_dead(caller.owner_id):
                 caller.state = "dead"
                 caller.error = serialization.system_error_bytes(ActorDiedError(
                     f"actor {caller.actor_id}: its owner (the process that created it) died"))
                 self._lose_inflight(caller, "its owner died")
                 while caller.queue:
                     self._fail_call(caller.queue.popleft(), caller.error)
+            elif caller.worker_id and is_dead(caller.worker_id):
+                caller.state = "restarting"
+                self._lose_inflight(caller, f"the actor's worker died ({msg.reason})")
+                self._resolve(caller)
 
     # ---- messages -----------------------------------------------------------------------------------
 

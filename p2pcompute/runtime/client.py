@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from p2pcompute import serialization
-from p2pcompute.errors import (ActorDiedError, ObjectFreedError, OwnerDiedError, PeerUnavailableError,
+from p2pcompute.errors import (ActorDiedError, ObjectFreedError, ObjectLostError, OwnerDiedError, PeerUnavailableError,
                                RemoteProtocolError, TaskCancelledError, WorkerCrashedError)
 from p2pcompute.lease import messages as lm
 from p2pcompute.lease.submitter import ActorPlaced, Held, Push, SubmitterConfig, SubmitterCore, TaskInfo
@@ -756,23 +756,49 @@ class ClientRuntime:
     # ---- deaths -------------------------------------------------------------------------------------
 
     def _on_process_died(self, msg: rm.ProcessDied) -> None:
+        """A process died — or a whole peer (`kind == "peer"`), and with it every process whose id starts
+        with that peer's id."""
         now = now_ns()
-        self._run(self.refs.on_process_died(msg.proc_id))
-        lost, effects = self.submitter.on_worker_died(now, msg.proc_id)
+        if msg.kind == "peer":
+            prefix = msg.proc_id + "-"
+            self._run(self.refs.on_peer_died(msg.proc_id))
+            lost, effects = self.submitter.on_peer_died(now, msg.proc_id, msg.addr)
+            why = f"its peer {msg.proc_id} died"
+            is_dead = lambda proc: proc.startswith(prefix)  # noqa: E731
+        else:
+            self._run(self.refs.on_process_died(msg.proc_id))
+            lost, effects = self.submitter.on_worker_died(now, msg.proc_id)
+            why = f"its worker process died ({msg.reason})"
+            is_dead = msg.proc_id.__eq__
         self._run(effects)
-        self._lost_tasks(lost, f"its worker process died ({msg.reason})")
-        self.actors.on_process_died(msg)
-        # Objects owned by the dead process can never be produced now.
-        for oid in self.refs.borrowed_from(msg.proc_id):
+        self._lost_tasks(lost, why)
+        self.actors.on_process_died(msg, is_dead)
+        # Objects owned by a dead process can never be produced now.
+        for oid in self.refs.object_ids():
+            owner = oid.split(".", 1)[0]
+            if owner == self.proc_id or not is_dead(owner):
+                continue
             v = self.objects.values.get(oid)
             if v is None or v.state == PENDING:
                 self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(OwnerDiedError(
-                    f"object {oid} was owned by process {msg.proc_id}, which died ({msg.reason}); an object "
-                    f"lives only as long as the process that created it, so nothing can rebuild it")))
+                    f"object {oid} was owned by process {owner}, which died ({msg.reason}); an object lives "
+                    f"only as long as the process that created it, so nothing can rebuild it")))
                 self._on_resolved(oid)
+        if msg.kind == "peer":
+            self._lose_copies_on(msg.proc_id)
         for addr in (msg.addr, msg.task_addr):
             if addr:
                 self.transport.forget(addr)
+
+    def _lose_copies_on(self, peer_id: str) -> None:
+        """Drop locations on a dead peer; an owned object with no copy left is lost."""
+        for oid, v in list(self.objects.values.items()):
+            if v.state != STORED or not v.locations:
+                continue
+            v.locations = [loc for loc in v.locations if loc[0] != peer_id]
+            if not v.locations and self.refs.is_owned(oid):
+                self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(ObjectLostError(
+                    f"object {oid} was stored only on peer {peer_id}, which died")))
 
     def _fail_everything(self, why: str) -> None:
         error = serialization.system_error_bytes(PeerUnavailableError(why))
