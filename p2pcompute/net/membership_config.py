@@ -1,4 +1,4 @@
-"""Tuning of the membership protocol, and what it implies for failure-detection time.
+"""Tuning of the membership protocol, and how fast it detects a failure as a result.
 
 The defaults suit a LAN task system. Anchors: SWIM's expected first detection of about 1.6 probe periods,
 and HashiCorp memberlist's LAN profile (probe every 1 s, 500 ms probe timeout, 3 indirect checks, gossip
@@ -69,7 +69,7 @@ def detection_bound_ms(config: MembershipConfig, n_members: int) -> int:
     """Upper bound on the time from a crash until every live peer has marked the crashed one dead.
 
     Assumes no message loss and a stable membership of `n_members` (the crashed peer included), with each
-    `Timer` honoured on time. Every live peer detects the crash by its own probing, whatever the others do:
+    `Timer` honoured when due. Every live peer detects the crash by its own probing, whatever the others do:
     its round-robin list holds the M = n_members - 1 others in a fresh random order each cycle, so the crashed
     peer, last probed at or before the crash, is probed again within 2M - 1 periods; that probe fails by the
     end of its period (2M periods in all), and the suspicion timeout follows. Rumours can only make it sooner.

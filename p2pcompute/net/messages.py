@@ -3,7 +3,7 @@
 Each protocol module declares its messages with `@message(code)`. Codes are allocated in blocks so that
 modules never collide, and a code is never reused once released:
 
-    1-99     membership (p2pcompute.net.membership)
+    1-99     membership (p2pcompute.net.membership_messages)
     100-199  leases (p2pcompute.lease.messages)
     200-299  ownership and objects (p2pcompute.ownership.messages)
     300-399  replicated table (p2pcompute.table.messages)
