@@ -145,7 +145,10 @@ class LeaseCore:
     # ---- views of the cluster -----------------------------------------------------------------------
 
     def set_views(self, views: list[policy.PeerView]) -> None:
-        self.views = {v.peer_id: v for v in views if v.peer_id != self.peer_id}
+        # Copies: spilling adjusts our estimate of a peer's free resources, and the gossiped dicts are
+        # shared with the membership core.
+        self.views = {v.peer_id: policy.PeerView(v.peer_id, v.addr, v.total, dict(v.available), v.queued)
+                      for v in views if v.peer_id != self.peer_id}
 
     def local_view(self) -> dict:
         return {"total": dict(self.total), "available": dict(self.available), "queued": len(self.waiting)}
@@ -182,8 +185,7 @@ class LeaseCore:
             return [Send(req.holder_addr, LeaseRejected(req.request_id, "malformed resource shape", False))]
         target = self._spill_target(req)
         if target is not None:
-            self.spilled_total += 1
-            return [Send(req.holder_addr, LeaseSpillback(req.request_id, target.peer_id, target.addr))]
+            return [self._spill(req, target)]
         waiting = _Waiting(req, now_ns)
         if not resources.fits(req.shape, self.total):
             waiting.infeasible = True
@@ -225,6 +227,13 @@ class LeaseCore:
         if fits_here and policy.load_of(best) >= self._load():
             return None
         return best
+
+    def _spill(self, req: RequestLease, target: policy.PeerView) -> Send:
+        self.spilled_total += 1
+        # Until the next gossip about that peer, count what we just sent it, so the next spill prefers
+        # another peer instead of herding everything onto the one that looked emptiest.
+        resources.subtract(target.available, req.shape)
+        return Send(req.holder_addr, LeaseSpillback(req.request_id, target.peer_id, target.addr))
 
     def _load(self) -> float:
         return policy.load_of(policy.PeerView(self.peer_id, self.peer_addr, self.total, self.available,
@@ -463,9 +472,7 @@ class LeaseCore:
                 continue
             self.waiting.remove(waiting)
             self._by_request.pop(waiting.request.request_id, None)
-            self.spilled_total += 1
-            effects.append(Send(waiting.request.holder_addr,
-                                LeaseSpillback(waiting.request.request_id, target.peer_id, target.addr)))
+            effects.append(self._spill(waiting.request, target))
         return effects
 
     def _ask_idle_leases_back(self, now_ns: int) -> list:

@@ -144,6 +144,8 @@ class ClientRuntime:
                                       "store_dir": reply.store_dir, "total": reply.total, **reply.config}
                     self.store = LocalStore(reply.store_dir)
                     self.node_id = reply.peer_id
+                    alive = reply.config.get("alive_peers", 1)
+                    self.submitter.peers_that_fit = alive if isinstance(alive, int) and alive > 0 else 1
                     return
         raise PeerUnavailableError(f"the local peer at {self.peer_addr} did not answer within {timeout_s} s")
 
@@ -344,6 +346,9 @@ class ClientRuntime:
             fut = self._rpcs.pop(msg.request_id, None)
             if fut is not None:
                 fut.set_result(msg)
+        elif t is rm.ClusterInfo:
+            if msg.alive_peers > 0:
+                self.submitter.peers_that_fit = msg.alive_peers
         elif t is rm.Warning_:
             sys.stderr.write(f"p2pcompute: {msg.text}\n")
             sys.stderr.flush()

@@ -215,3 +215,10 @@ class StopPeer:
 
     reply_to: str
     request_id: str
+
+
+@message(415)
+class ClusterInfo:
+    """Peer -> local clients: how many peers are alive (bounds how many lease requests are worth sending)."""
+
+    alive_peers: int

@@ -290,7 +290,8 @@ class PeerDaemon:
         proc.job_id = msg.job_id
         proc.job_env = msg.job_env if isinstance(msg.job_env, dict) else {}
         self._send(msg.addr, rm.ClientRegistered(self.peer_id, self.addr, self.store_dir, self.total,
-                                                 {"machine": machine_id()}))
+                                                 {"machine": machine_id(),
+                                                  "alive_peers": len(self._other_peers()) + 1}))
 
     # ---- effects ------------------------------------------------------------------------------------
 
@@ -333,6 +334,7 @@ class PeerDaemon:
             self.transport.forget(eff.addr)
         elif eff.state == "alive":
             self.lease.set_views(self._peer_views())
+        self._tell_locals(rm.ClusterInfo(len(self._other_peers()) + 1))
 
     # ---- reports ------------------------------------------------------------------------------------
 

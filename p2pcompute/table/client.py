@@ -31,11 +31,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.net.effects import Effect, Send, Timer
 from p2pcompute.table.effects import Reply, TableEvent
 from p2pcompute.table.messages import (NOT_LEADER, TIMEOUT, ClientReply, ClientRequest, Subscribe, TableSnapshot,
                                        TableUpdate, replicas_ok, well_typed)
-from p2pcompute.table.state import TableState, change_ok, is_read
+from p2pcompute.table.state import TableState, change_ok, is_read, op_problem
 
 MS = 1_000_000
 
@@ -85,7 +86,10 @@ class TableClient:
 
     def submit(self, now_ns: int, op: tuple, *, linearizable: bool = False) -> tuple[int, list[Effect]]:
         """Start `op`; its outcome comes back later as a `Reply` effect with the returned request id (at once
-        for a read the cache can answer)."""
+        for a read the cache can answer). Raises InvalidArgumentError for an op of the wrong shape."""
+        problem = op_problem(op)
+        if problem is not None:
+            raise InvalidArgumentError(f"table operation {op!r}: {problem}")
         request_id = self._next_request_id
         self._next_request_id += 1
         if is_read(op) and not linearizable and self.cache_usable(now_ns):

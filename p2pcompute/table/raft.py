@@ -349,8 +349,10 @@ class TableReplica:
                     self._next[peer] <= self.log.last_index():
                 self._send_append(now_ns, peer, out)
         else:
-            self._next[peer] = max(self._match[peer] + 1, min(self._next[peer] - 1, m.conflict_index), 1)
-            self._send_append(now_ns, peer, out)
+            lowered = max(self._match[peer] + 1, min(self._next[peer] - 1, m.conflict_index), 1)
+            if lowered < self._next[peer]:  # retry at once only when backing off: never a tight loop
+                self._next[peer] = lowered
+                self._send_append(now_ns, peer, out)
         self._serve_reads(out)
 
     def _on_install_snapshot_reply(self, now_ns: int, sender: str, m: InstallSnapshotReply, out: list) -> None:

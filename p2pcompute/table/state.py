@@ -288,6 +288,15 @@ def _lookup(op: Any) -> tuple[Callable, int]:
     return spec
 
 
+def op_problem(op: Any) -> str | None:
+    """Why `op` is not a well-formed operation (its shape: name and number of arguments), or None."""
+    try:
+        _lookup(op)
+    except _BadOp as exc:
+        return str(exc)
+    return None
+
+
 def change_ok(change: Any) -> bool:
     """Is `change` a well-formed `(table, key, record)`? For changes and records that came from the network."""
     if not (isinstance(change, tuple) and len(change) == 3 and change[0] in TABLES and isinstance(change[1], str)):
@@ -302,5 +311,4 @@ def change_ok(change: Any) -> bool:
 
 def is_read(op: Any) -> bool:
     """True for a well-formed read-only operation (served without the log, by ReadIndex or a cache)."""
-    return (isinstance(op, tuple) and bool(op) and isinstance(op[0], str) and op[0] in READ_OPS
-            and len(op) == _OPS[op[0]][1] + 1)
+    return op_problem(op) is None and op[0] in READ_OPS
