@@ -151,7 +151,7 @@ class LeaseMachine(RuleBasedStateMachine):
         for lid in list(self.leases):
             self.drop_lease(lid)
             self.apply(self.core.on_return_lease(self.now, lid, False))
-        for _ in range(20):
+        for _ in range(len(self.core.waiting) + 20):  # each round frees the whole peer, so this suffices
             while self.starting:
                 wid = self.starting.pop()
                 self.apply(self.core.on_worker_registered(self.now, wid, f"t-{wid}", f"c-{wid}"))
