@@ -77,14 +77,15 @@ class ActorClass:
             return api._named_actor(self, name, o, args, kwargs)
         return self._create(args, kwargs)
 
-    def _create(self, args: tuple, kwargs: dict, detached: bool = False) -> "ActorHandle":
+    def _create(self, args: tuple, kwargs: dict, detached: bool = False, actor_id: str | None = None,
+                name_key: str | None = None, name_record: dict | None = None) -> "ActorHandle":
         rt = _runtime()
         o = self._options
         code_id, code = self._export()
         blob, args_object, slot_refs, nested = pack_args(rt, args, kwargs)
         # Like Ray: an actor needs no CPU to exist unless it asks for one, so many actors fit a small machine.
         shape = opt.shape_of(o, 0)
-        actor_id = rt.new_id()
+        actor_id = actor_id or rt.new_id()
         max_task_retries = o.get("max_task_retries", 0)
         handle = ActorHandle(actor_id, rt.addr, self._cls.__qualname__, self._methods, max_task_retries)
         wire = {}
@@ -96,7 +97,8 @@ class ActorClass:
                          0, False, actor_id=actor_id)
         max_restarts = o.get("max_restarts", 0)
         detached = detached or o.get("lifetime") == "detached"
-        rt.call_soon(lambda: rt.actors.create(rec, max_restarts if max_restarts >= 0 else -1, detached))
+        rt.call_soon(lambda: rt.actors.create(rec, max_restarts if max_restarts >= 0 else -1, detached,
+                                              name_key, name_record))
         return handle
 
 

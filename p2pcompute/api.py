@@ -77,6 +77,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             from p2pcompute.runtime import attach
             attach.attach(_state, address, token)
         atexit.register(shutdown)
+        _register_job()
         return _info()
 
 
@@ -101,6 +102,15 @@ def _start_embedded(num_cpus, num_gpus, custom) -> None:
     _state.update(runtime=rt, peer=peer, ctx=ctx)
     _refs.install_hooks(rt.ops.append)
     rt.start()
+
+
+def _register_job() -> None:
+    import time
+    rt = _state["runtime"]
+    env = rt.job_env
+    rt.table_async(("job_register", rt.job_id, {"job_id": rt.job_id, "entry": env.get("entry", ""),
+                                                 "peer": rt.node_id, "driver": rt.proc_id, "pid": os.getpid(),
+                                                 "start_time": time.time(), "state": "RUNNING"}))
 
 
 def _default_memory() -> float:

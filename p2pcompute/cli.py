@@ -218,10 +218,37 @@ def cmd_status(args) -> int:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    table = status.get("table") or {}
+    if table:
+        print(f"table: {len(table.get('replicas', []))} replica(s) {', '.join(table.get('replicas', []))}; "
+              f"leader {table.get('leader') or 'unknown'}; this peer is {table.get('role')}")
     pending = [d for n in nodes for d in n.get("PendingDemand", [])]
     if pending:
         print(f"pending demand: {len(pending)} request(s), e.g. {pending[0]['shape']}"
               + (" (fits no peer)" if pending[0].get("infeasible") else ""))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from p2pcompute.runtime import messages as rm
+    _state, reply = _request(args.home, lambda addr: rm.TableOp("jobs", ("job_list",), True, addr))
+    if not reply.ok:
+        raise CommandError(f"the table did not answer: {reply.error}")
+    jobs = [record for _job_id, record in reply.result]
+    if args.json:
+        print(json.dumps(jobs, indent=2, default=str))
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    rows = [["JOB", "STATE", "PEER", "STARTED", "ENTRY"]]
+    for job in sorted(jobs, key=lambda j: j.get("start_time", 0)):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.get("start_time", 0)))
+        rows.append([job.get("job_id", "?"), job.get("state", "?"), job.get("peer", "?"), started,
+                     str(job.get("entry", ""))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
 
 
@@ -277,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--home", default=None)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    jobs = sub.add_parser("jobs", help="list the cluster's jobs (one per driver)")
+    jobs.add_argument("--home", default=None)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
     stop = sub.add_parser("stop", help="leave the cluster gracefully and stop the local peer")
     stop.add_argument("--home", default=None)
     stop.set_defaults(func=cmd_stop)

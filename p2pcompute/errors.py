@@ -163,6 +163,10 @@ class AuthenticationError(PeerUnavailableError):
     """The peer refused us: the cluster token is wrong or missing."""
 
 
+class TableError(P2PError):
+    """An operation on the replicated metadata table was refused (the message says why)."""
+
+
 class ProtocolError(P2PError):
     """Base of wire-protocol errors."""
 

@@ -39,6 +39,8 @@ class _Owned:
     error: bytes | None = None
     subscribers: set = field(default_factory=set)
     killed: bool = False
+    name_key: str | None = None      # claimed in the table; released when the actor dies for good
+    name_record: dict | None = None
 
 
 @dataclass(eq=False)
@@ -90,14 +92,18 @@ class ActorManager:
 
     # ---- owner side ---------------------------------------------------------------------------------
 
-    def create(self, rec: "TaskRecord", max_restarts: int, detached: bool) -> None:
+    def create(self, rec: "TaskRecord", max_restarts: int, detached: bool, name_key: str | None = None,
+               name_record: dict | None = None) -> None:
         """I/O thread: place a new actor. `rec` is its creation task (its return id is the actor id)."""
         actor_id = rec.actor_id
-        owned = _Owned(actor_id, rec.name, rec, max_restarts, detached)
+        owned = _Owned(actor_id, rec.name, rec, max_restarts, detached, name_key=name_key,
+                       name_record=name_record)
         self.owned[actor_id] = owned
         self._caller(actor_id, self.rt.addr).state = "pending"
-        # The constructor's arguments must outlive the first construction: a restart runs it again.
         refs = self.rt.refs
+        if name_key is not None:
+            refs.pin(actor_id, self.rt.addr)  # its name holds it alive, whoever holds handles
+        # The constructor's arguments must outlive the first construction: a restart runs it again.
         for oid, owner in rec.slot_refs + rec.nested_refs:
             refs.pin(oid, owner)
         if rec.args_object is not None:
@@ -146,6 +152,10 @@ class ActorManager:
         if rec.args_object is not None:
             effects += refs.unpin(rec.args_object[0])
         self._publish(owned)
+        if owned.name_key is not None:
+            self.rt.table_async(("release", owned.name_key, owned.name_record))
+            effects += refs.unpin(owned.actor_id)
+            owned.name_key = None
         self.rt._run(effects)
 
     def _worker_lost(self, owned: _Owned, reason: str) -> None:
@@ -206,6 +216,11 @@ class ActorManager:
             return
         if no_restart:
             owned.killed = True
+            if owned.name_key is not None:
+                # The name is free from this moment, so get_actor() after kill() never finds the dead actor.
+                self.rt.table_async(("release", owned.name_key, owned.name_record))
+                owned.name_key = None
+                self.rt._run(self.rt.refs.unpin(actor_id))
         if owned.held is not None:
             self.rt._send(owned.held.peer_addr, rm.ForceKillWorker(owned.held.worker_id, "kill(actor)"))
         elif owned.state in ("pending", "restarting") and no_restart:

@@ -24,8 +24,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from p2pcompute import serialization
-from p2pcompute.errors import (ActorDiedError, ObjectFreedError, ObjectLostError, OwnerDiedError, PeerUnavailableError,
-                               RemoteProtocolError, TaskCancelledError, WorkerCrashedError)
+from p2pcompute.errors import (ActorDiedError, ObjectFreedError, ObjectLostError, OwnerDiedError,
+                               PeerUnavailableError, RemoteProtocolError, TableError, TaskCancelledError,
+                               WorkerCrashedError)
 from p2pcompute.lease import messages as lm
 from p2pcompute.lease.submitter import ActorPlaced, Held, Push, SubmitterConfig, SubmitterCore, TaskInfo
 from p2pcompute.net import codec
@@ -342,7 +343,7 @@ class ClientRuntime:
             self._on_log(msg)
         elif t is rm.ProcessDied:
             self._on_process_died(msg)
-        elif t is rm.NodesReply or t is rm.PeerStatusReply:
+        elif t is rm.NodesReply or t is rm.PeerStatusReply or t is rm.TableOpReply:
             fut = self._rpcs.pop(msg.request_id, None)
             if fut is not None:
                 fut.set_result(msg)
@@ -841,6 +842,21 @@ class ClientRuntime:
 
         self.call_soon(send)
         return fut.result(timeout_s)
+
+    def table(self, op: tuple, *, linearizable: bool = False, timeout_s: float = 30.0):
+        """Run an operation on the replicated table through the local peer; returns its result."""
+        try:
+            reply = self.peer_request(lambda rid: rm.TableOp(rid, op, linearizable, self.addr), timeout_s)
+        except TimeoutError:
+            raise PeerUnavailableError(f"the replicated table did not answer {op[0]!r} within {timeout_s} s "
+                                       f"(is a majority of its replicas alive?)") from None
+        if not reply.ok:
+            raise TableError(f"table operation {op[0]!r} failed: {reply.error}")
+        return reply.result
+
+    def table_async(self, op: tuple) -> None:
+        """Fire and forget (the outcome is not needed, e.g. releasing a name of a dead actor)."""
+        self.call_soon(lambda: self._send(self.peer_addr, rm.TableOp(self.new_id(), op, False, self.addr)))
 
     def future_of(self, ref: ObjectRef) -> Future:
         fut: Future = Future()

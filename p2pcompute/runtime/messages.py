@@ -5,6 +5,8 @@ Append-only: never reuse or renumber a code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from p2pcompute.net.messages import message
 
 
@@ -222,3 +224,21 @@ class ClusterInfo:
     """Peer -> local clients: how many peers are alive (bounds how many lease requests are worth sending)."""
 
     alive_peers: int
+
+
+@message(416)
+class TableOp:
+    """Client -> its local peer: run `op` on the replicated table (see p2pcompute/table/state.py)."""
+
+    request_id: str
+    op: tuple
+    linearizable: bool
+    reply_to: str
+
+
+@message(417)
+class TableOpReply:
+    request_id: str
+    ok: bool
+    result: Any
+    error: str | None

@@ -1,11 +1,54 @@
-"""Named actors: claimed in the replicated metadata table so a name means one actor cluster-wide."""
+"""Named actors: a name is claimed in the replicated metadata table, so it means one actor cluster-wide.
+
+The creator claims `namespace/name` with the actor's handle record *before* creating the actor. Claims are
+linearizable: when two processes race, exactly one claim succeeds; the loser gets the winner's handle
+(`get_if_exists=True`) or a `NameTakenError`. A named actor is held alive by its name: it lives until it is
+killed or dies for good (or its owner dies), and then its owner releases the name.
+"""
 
 from __future__ import annotations
 
+from p2pcompute.errors import InvalidArgumentError, NameTakenError
+
+DEFAULT_NAMESPACE = "default"
+
+
+def key_of(name: str, namespace: str | None) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"an actor name must be a non-empty string, not {name!r}")
+    ns = namespace or DEFAULT_NAMESPACE
+    if not isinstance(ns, str) or "/" in ns:
+        raise InvalidArgumentError(f"a namespace must be a string without '/', not {ns!r}")
+    return f"{ns}/{name}"
+
+
+def handle_from(record: dict):
+    from p2pcompute.actor import ActorHandle
+    return ActorHandle(record["actor_id"], record["owner"], record["class"], record["methods"],
+                       record.get("max_task_retries", 0))
+
 
 def get_actor(rt, name: str, namespace: str | None):
-    raise NotImplementedError("named actors need the replicated metadata table, which is not built yet")
+    key = key_of(name, namespace)
+    # Linearizable: an actor created (and announced) just before must be found.
+    record = rt.table(("get_name", key), linearizable=True)
+    if record is None:
+        ns = namespace or DEFAULT_NAMESPACE
+        raise InvalidArgumentError(f"no actor named {name!r} in namespace {ns!r} (it was never created, was "
+                                   f"killed, or died for good)")
+    return handle_from(record)
 
 
 def create_named(rt, actor_class, name: str, options: dict, args: tuple, kwargs: dict):
-    raise NotImplementedError("named actors need the replicated metadata table, which is not built yet")
+    key = key_of(name, options.get("namespace"))
+    actor_id = rt.new_id()
+    record = {"actor_id": actor_id, "owner": rt.addr, "class": actor_class._cls.__qualname__,
+              "methods": actor_class._methods, "max_task_retries": options.get("max_task_retries", 0)}
+    claimed, holder = rt.table(("claim", key, record))
+    if not claimed:
+        if options.get("get_if_exists"):
+            return handle_from(holder)
+        raise NameTakenError(f"an actor named {name!r} already exists in namespace "
+                             f"{options.get('namespace') or DEFAULT_NAMESPACE!r} (class {holder.get('class')}); "
+                             f"use get_actor({name!r}) or options(get_if_exists=True)")
+    return actor_class._create(args, kwargs, actor_id=actor_id, name_key=key, name_record=record)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import deque
 import shutil
 import time
 
@@ -31,6 +32,7 @@ from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.store import LocalStore, remove_store_dir
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.processes import Processes, child_env, exit_reason
+from p2pcompute.runtime.table_service import TableService
 from p2pcompute.runtime.transfers import TransferServer
 
 log = logging.getLogger("p2pcompute.peer")
@@ -70,6 +72,7 @@ class PeerDaemon:
         self._parent_fd = -1
         self._running = True
         self._leaving = False
+        self._inbox: deque = deque()
         self._deadline_ns = 0
         self._next_view_ns = 0
         self._last_view: dict | None = None
@@ -80,14 +83,22 @@ class PeerDaemon:
             meta = {"machine": machine_id(), "store": store_dir, "pid": os.getpid(), "version": 1}
             self.membership = Membership(peer_id, self.addr, config=membership_config or MembershipConfig(),
                                          rng=random.Random(), now_ns=now, meta=meta)
-            self.membership.set_view(self._view())
-            self._run(self.membership.start(now, list(seeds or [])))
+            self._seeds = list(seeds or [])
+        # The first peer of a cluster (and an embedded peer) starts the table; others are added by its leader.
+        self.table = TableService(self, now, bootstrap=not seeds)
         if parent_pid:
             self._parent_fd = self.processes.watch_pid(parent_pid)
             if self._parent_fd < 0:
                 raise SystemExit("the process that started this embedded peer is already gone")
+        if self.membership is not None:
+            self.membership.set_view(self._view())
+            self._run(self.membership.start(now, self._seeds))
         count = prestart if prestart is not None else self.lease.pool_size
         self._run(self.lease.prestart(now, count))
+
+    @staticmethod
+    def now() -> int:
+        return time.monotonic_ns()
 
     # ---- local processes ----------------------------------------------------------------------------
 
@@ -113,6 +124,7 @@ class PeerDaemon:
             effects += self.lease.on_worker_died(now, proc.proc_id, reason)
         effects += self.lease.on_process_died(now, proc.proc_id)
         self._run(effects)
+        self.table.on_process_died(now, proc.proc_id, proc.kind, proc.job_id, clean=code == 0)
         died = rm.ProcessDied(proc.proc_id, proc.kind, reason, proc.addr, proc.task_addr)
         self._tell_locals(died)
         for peer in self._other_peers():
@@ -120,6 +132,12 @@ class PeerDaemon:
         for addr in (proc.addr, proc.task_addr):
             if addr:
                 self.transport.forget(addr)
+
+    def proc_at(self, addr: str) -> str:
+        for proc in self.processes.procs.values():
+            if proc.addr == addr:
+                return proc.proc_id
+        return ""
 
     def _tell_locals(self, msg) -> None:
         data = codec.encode(msg)
@@ -148,7 +166,7 @@ class PeerDaemon:
     def serve(self) -> None:
         try:
             while self._running:
-                delta_ms = max(0.0, (self._deadline_ns - time.monotonic_ns()) / 1e6)
+                delta_ms = 0.0 if self._inbox else max(0.0, (self._deadline_ns - time.monotonic_ns()) / 1e6)
                 frames, fds, events = self.transport.poll(min(delta_ms, 100.0))
                 for fd in fds:
                     if fd == self.waker.fd:
@@ -160,6 +178,8 @@ class PeerDaemon:
                         self.processes.on_fd(fd)
                 for sender, data in frames:
                     self._on_frame(sender, data)
+                while self._inbox:
+                    self._handle(self.peer_id, self._inbox.popleft())
                 for ev in events:
                     log.warning("cannot reach %s: %s (%d messages dropped)", ev.address, ev.reason, ev.dropped)
                 now = time.monotonic_ns()
@@ -182,11 +202,21 @@ class PeerDaemon:
         self._run(self.lease.on_tick(now))
         self.processes.on_tick()
         self.transfers.on_tick(now)
+        if self.membership is None:
+            self.table.on_tick(now, {self.peer_id: self.addr}, [])
+        else:
+            members = self.membership.alive()
+            self.table.on_tick(now, {m.peer_id: m.addr for m in members},
+                               [m.view for m in members if m.peer_id != self.peer_id and m.view])
 
     def _view(self) -> dict:
-        return {"total": dict(self.lease.total), "available": dict(self.lease.available),
+        view = {"total": dict(self.lease.total), "available": dict(self.lease.available),
                 "queued": len(self.lease.waiting), "store_used": self.store_used,
                 "workers": len(self.lease.workers), "pending": self.lease.pending_demand()[:8]}
+        table = self.table.view_info() if hasattr(self, "table") else None
+        if table is not None:
+            view["table"] = table
+        return view
 
     def _peer_views(self) -> list[PeerView]:
         out = []
@@ -205,12 +235,17 @@ class PeerDaemon:
         except RemoteProtocolError as exc:
             log.warning("dropped a bad frame from %s: %s", sender, exc)
             return
+        self._handle(sender, msg)
+
+    def _handle(self, sender: str, msg) -> None:
         try:
             self._dispatch(sender, msg)
         except Exception:
             log.exception("error while handling %s from %s", type(msg).__name__, sender)
 
     def _sender_addr(self, sender: str) -> str | None:
+        if sender == self.peer_id:
+            return self.addr
         addr = self.transport.reply_addr.get(sender)
         if addr is None and self.membership is not None:
             member = self.membership.members().get(sender)
@@ -240,6 +275,8 @@ class PeerDaemon:
                 self._free(oid)
         elif t in self.transfers.handles:
             self.transfers.dispatch(sender, msg)
+        elif t in self.table.handles:
+            self.table.dispatch(now, self._sender_addr(sender), msg)
         elif t is rm.RegisterClient:
             self._on_register_client(sender, msg)
         elif t is rm.RegisterWorker:
@@ -296,6 +333,9 @@ class PeerDaemon:
     # ---- effects ------------------------------------------------------------------------------------
 
     def _send(self, to: str, msg) -> None:
+        if to == self.addr:
+            self._inbox.append(msg)  # to ourselves (our table replica and client talk): no socket needed
+            return
         try:
             self.transport.send(to, codec.encode(msg))
         except ValueError as exc:
@@ -330,6 +370,7 @@ class PeerDaemon:
             self._run(self.lease.on_peer_died(now, eff.peer_id))
             self.lease.set_views(self._peer_views())
             self._tell_locals(rm.ProcessDied(eff.peer_id, "peer", f"peer {eff.state}", eff.addr, ""))
+            self.table.on_peer_died(now, eff.peer_id)
             self.transfers.on_peer_died(eff.peer_id, eff.addr)
             self.transport.forget(eff.addr)
         elif eff.state == "alive":
@@ -375,7 +416,7 @@ class PeerDaemon:
                              "blocked": w.blocked} for w in self.lease.workers.values()],
                 "leases": [{"id": l.lease_id, "holder": l.request.holder_id, "worker": l.worker_id,
                             "shape": l.shape} for l in self.lease.leases.values()],
-                "waiting": self.lease.pending_demand()}
+                "waiting": self.lease.pending_demand(), "table": self.table.status()}
 
     # ---- shutdown -----------------------------------------------------------------------------------
 

@@ -112,6 +112,8 @@ class TableReplica:
         self._leader_contact_ns: int | None = None  # when we last heard from a leader of our term
         self._election_deadline_ns = 0
         self._reset_election_timer(now_ns)
+        if fresh_bootstrap and set(self._replicas) == {node_id}:
+            self._election_deadline_ns = now_ns  # alone in a new table: nobody to wait for, lead at once
         self._prevoting = False
         self._votes: set[str] = set()
         # Leader only: per follower, replication progress and when it last answered.
