@@ -73,6 +73,9 @@ class ActorClass:
         from p2pcompute import api
         o = self._options
         name = o.get("name")
+        if o.get("lifetime") == "detached" and not getattr(_runtime(), "is_keeper", False):
+            from p2pcompute.runtime import names
+            return names.create_detached(_runtime(), self, o, args, kwargs)
         if name is not None:
             return api._named_actor(self, name, o, args, kwargs)
         return self._create(args, kwargs)

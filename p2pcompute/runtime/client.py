@@ -119,6 +119,7 @@ class ClientRuntime:
         self.peer_info: dict = {}
         self.store: LocalStore | None = None
         self.actors = ActorManager(self)
+        self.handlers: dict = {}  # extra message handlers, for special processes (the keeper)
         # Workers queue their user code's output here (see runtime.output); drivers print what arrives.
         self.output = OutputBuffer()
         if kind == "driver":
@@ -355,6 +356,12 @@ class ClientRuntime:
             sys.stderr.flush()
         elif t is rm.CancelTask:
             self._on_cancel_request(msg)
+        elif t in self.handlers:
+            self.handlers[t](msg)
+        elif t is rm.KeeperAddress or t is rm.DetachedCreated:
+            fut = self._rpcs.pop(msg.request_id, None)
+            if fut is not None:
+                fut.set_result(msg)
         else:
             self.actors.dispatch(sender, msg)
 

@@ -242,3 +242,35 @@ class TableOpReply:
     ok: bool
     result: Any
     error: str | None
+
+
+@message(418)
+class CreateDetached:
+    """Driver -> its peer's keeper: create a detached actor. `spec` is a pickle of (class, args, kwargs,
+    options); `job_env` lets the keeper import what the class needs."""
+
+    request_id: str
+    reply_to: str
+    spec: bytes
+    job_env: dict
+
+
+@message(419)
+class DetachedCreated:
+    request_id: str
+    record: dict | None     # the handle record (actor_id, owner, class, methods, max_task_retries)
+    error: bytes | None     # a packed error (see serialization.system_error_bytes / serialize_error)
+
+
+@message(420)
+class KeeperRequest:
+    """Driver -> its peer: where is this peer's keeper of detached actors (start it if needed)?"""
+
+    request_id: str
+    reply_to: str
+
+
+@message(421)
+class KeeperAddress:
+    request_id: str
+    addr: str

@@ -52,3 +52,22 @@ def create_named(rt, actor_class, name: str, options: dict, args: tuple, kwargs:
                              f"{options.get('namespace') or DEFAULT_NAMESPACE!r} (class {holder.get('class')}); "
                              f"use get_actor({name!r}) or options(get_if_exists=True)")
     return actor_class._create(args, kwargs, actor_id=actor_id, name_key=key, name_record=record)
+
+
+def create_detached(rt, actor_class, options: dict, args: tuple, kwargs: dict):
+    """Hand the construction to the keeper of our peer, which owns the actor from then on."""
+    from p2pcompute import serialization
+    from p2pcompute.runtime import messages as rm
+    if options.get("name") is not None:
+        key_of(options["name"], options.get("namespace"))
+    spec_options = {k: v for k, v in options.items() if k != "lifetime"}
+    ser = serialization.serialize((actor_class._cls, args, kwargs, spec_options))
+    if ser.refs:
+        raise InvalidArgumentError("a detached actor's constructor takes plain arguments, not object refs "
+                                   "(it outlives the process that owns them); pass refs to a method instead")
+    keeper = rt.peer_request(lambda rid: rm.KeeperRequest(rid, rt.addr), timeout_s=60).addr
+    reply = rt.peer_request(lambda rid: rm.CreateDetached(rid, rt.addr, ser.to_blob(), rt.job_env),
+                            timeout_s=120, to=keeper)
+    if reply.error is not None:
+        raise serialization.error_from_bytes(reply.error)
+    return handle_from(reply.record)

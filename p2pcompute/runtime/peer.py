@@ -73,6 +73,10 @@ class PeerDaemon:
         self._running = True
         self._leaving = False
         self._inbox: deque = deque()
+        self.keeper_id = ""
+        self.keeper_addr = ""
+        self._keeper_waiters: list = []
+        self._keeper_popen = None
         self._deadline_ns = 0
         self._next_view_ns = 0
         self._last_view: dict | None = None
@@ -308,9 +312,37 @@ class PeerDaemon:
             self._send(msg.reply_to, rm.NodesReply(msg.request_id, self.nodes()))
         elif t is rm.PeerStatusRequest:
             self._send(msg.reply_to, rm.PeerStatusReply(msg.request_id, self.status()))
+        elif t is rm.KeeperRequest:
+            self._keeper_request(msg)
+        elif t is rm.KeeperAddress:
+            self.keeper_addr = msg.addr
+            for request_id, reply_to in self._keeper_waiters:
+                self._send(reply_to, rm.KeeperAddress(request_id, msg.addr))
+            self._keeper_waiters = []
         elif t is rm.StopPeer:
             self._send(msg.reply_to, rm.PeerStatusReply(msg.request_id, {"stopping": True}))
             self.leave()
+
+    def _keeper_request(self, msg: rm.KeeperRequest) -> None:
+        keeper = self.processes.procs.get(self.keeper_id) if self.keeper_id else None
+        if keeper is not None and self.keeper_addr:
+            self._send(msg.reply_to, rm.KeeperAddress(msg.request_id, self.keeper_addr))
+            return
+        self._keeper_waiters.append((msg.request_id, msg.reply_to))
+        if self._keeper_popen is not None and self._keeper_popen.poll() is None:
+            return  # starting
+        import subprocess
+        import sys
+        argv = [sys.executable, "-m", "p2pcompute.runtime.keeper", "--peer", self.addr, "--peer-id", self.peer_id,
+                "--sock-dir", self.session_dir]
+        if self.tcp_host:
+            argv += ["--tcp-host", self.tcp_host] + (["--advertise-host", self.advertise_host]
+                                                      if self.advertise_host else [])
+        with open(os.path.join(self.log_dir, "keeper.log"), "ab") as out:
+            self._keeper_popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                                  env=self.processes.env, close_fds=True)
+        self.keeper_id = f"{self.peer_id}-k{self._keeper_popen.pid}"
+        self.keeper_addr = ""
 
     def _free(self, oid) -> None:
         if isinstance(oid, str) and oid and "/" not in oid and not oid.startswith("."):
@@ -421,6 +453,8 @@ class PeerDaemon:
     # ---- shutdown -----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        if self._keeper_popen is not None and self._keeper_popen.poll() is None:
+            self._keeper_popen.terminate()
         self.processes.shutdown()
         remove_store_dir(self.store_dir)
         # A leaving peer lets its goodbye go out before the sockets close.

@@ -1,0 +1,94 @@
+"""The keeper: a long-lived process of a peer that owns the detached actors created through that peer.
+
+An actor is owned by the process that creates it, and dies with it. A detached actor must outlive its
+creator, so the creator hands its construction to the keeper of its peer (started on first use), which
+becomes the owner: it places the actor, restarts it per `max_restarts`, and holds its name. The creator
+gets an ordinary handle whose owner is the keeper. The keeper lives as long as its peer.
+
+Detached actors live until killed (`kill(handle)`), whoever holds handles or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import sys
+import threading
+
+from p2pcompute import serialization
+from p2pcompute.errors import P2PError
+from p2pcompute.runtime import messages as rm
+
+log = logging.getLogger("p2pcompute.keeper")
+
+
+def _serve(rt, requests: queue.Queue) -> None:
+    from p2pcompute.actor import ActorClass
+    from p2pcompute.runtime import names
+    while True:
+        msg = requests.get()
+        try:
+            env = msg.job_env if isinstance(msg.job_env, dict) else {}
+            for path in env.get("sys_path", []):
+                if isinstance(path, str) and path not in sys.path:
+                    sys.path.append(path)
+            cls, args, kwargs, options = serialization.deserialize(msg.spec)
+            options = dict(options, lifetime="detached")
+            actor_class = ActorClass(cls, options)
+            if options.get("name"):
+                handle = names.create_named(rt, actor_class, options["name"], options, args, kwargs)
+            else:
+                handle = actor_class._create(args, kwargs, detached=True)
+            record = {"actor_id": handle._actor_id, "owner": handle._owner, "class": handle._class_name,
+                      "methods": handle._methods, "max_task_retries": handle._max_task_retries}
+            reply = rm.DetachedCreated(msg.request_id, record, None)
+            rt.keep.append(handle)  # the keeper's own handle: never dropped, so never collected
+        except P2PError as exc:
+            reply = rm.DetachedCreated(msg.request_id, None, serialization.system_error_bytes(exc))
+        except Exception as exc:  # noqa: BLE001 - the creator's class or arguments; their fault, say so
+            reply = rm.DetachedCreated(msg.request_id, None, serialization.serialize_error(
+                exc, function_name="creating a detached actor", pid=os.getpid(), node_id=rt.node_id))
+        rt.ops.append(("send", msg.reply_to, reply))
+        rt.waker.wake()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="p2pcompute-keeper")
+    parser.add_argument("--peer", required=True)
+    parser.add_argument("--peer-id", required=True)
+    parser.add_argument("--sock-dir", required=True)
+    parser.add_argument("--tcp-host", default=None)
+    parser.add_argument("--advertise-host", default=None)
+    args = parser.parse_args(argv)
+    from p2pcompute.runtime.worker import _die_with_parent
+    _die_with_parent()
+    logging.basicConfig(level=os.environ.get("P2P_LOG_LEVEL", "WARNING"))
+    from p2pcompute import object_ref
+    from p2pcompute.net.transport import Context, CurveKeys
+    from p2pcompute.runtime.client import ClientRuntime
+    from p2pcompute.state import STATE
+    token = os.environ.pop("P2P_CLUSTER_TOKEN", None)
+    ctx = Context(CurveKeys.from_token(token) if token and args.tcp_host else None)
+    proc_id = f"{args.peer_id}-k{os.getpid()}"
+    rt = ClientRuntime(ctx, proc_id=proc_id, kind="driver", job_id=proc_id,
+                       job_env={"sys_path": list(sys.path), "cwd": os.getcwd(), "entry": "keeper"},
+                       peer_addr=args.peer, sock_dir=args.sock_dir, tcp_host=args.tcp_host,
+                       advertise_host=args.advertise_host)
+    rt.keep = []
+    rt.is_keeper = True
+    requests: queue.Queue = queue.Queue()
+    rt.handlers[rm.CreateDetached] = requests.put
+    STATE.update(runtime=rt, worker=True)
+    object_ref.install_hooks(rt.ops.append)
+    rt.start()
+    rt.ops.append(("send", args.peer, rm.KeeperAddress("keeper", rt.addr)))
+    rt.waker.wake()
+    threading.Thread(target=_serve, args=(rt, requests), daemon=True, name="p2p-keeper").start()
+    rt._stopped.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
