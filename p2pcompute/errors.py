@@ -151,6 +151,18 @@ class OwnerDiedError(ObjectLostError):
     """
 
 
+class ArgumentLostError(ObjectLostError):
+    """A worker could not read a task's argument: every copy it was told of is gone. The owner rebuilds the
+    argument (if it can) and runs the task again; users see this only if nothing can be rebuilt."""
+
+    def __init__(self, message: str = "", object_id: str = ""):
+        super().__init__(message)
+        self.object_id = object_id
+
+    def __reduce__(self):
+        return (ArgumentLostError, (self.args[0] if self.args else "", self.object_id))
+
+
 class ObjectFreedError(ObjectLostError):
     """The object was already freed (for example with `internal.free`), so it cannot be read."""
 

@@ -51,7 +51,7 @@ def pack_args(rt, args: tuple, kwargs: dict):
     # Large arguments go to the store once; the worker maps them instead of receiving a copy.
     oid = rt.new_id()
     rt.store.write(oid, ser)
-    return None, [oid, ser.nbytes, rt.store.path], slot_refs, ser.refs
+    return None, [oid, ser.nbytes, rt.store.path, rt.peer_addr, rt.node_id], slot_refs, ser.refs
 
 
 def _which_argument(args: tuple, kwargs: dict, exc: Exception) -> Exception:

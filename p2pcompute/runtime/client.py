@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from p2pcompute import serialization
-from p2pcompute.errors import (ActorDiedError, ObjectFreedError, ObjectLostError, OwnerDiedError,
+from p2pcompute.errors import (ActorDiedError, ArgumentLostError, ObjectFreedError, ObjectLostError, OwnerDiedError,
                                PeerUnavailableError, RemoteProtocolError, TableError, TaskCancelledError,
                                WorkerCrashedError)
 from p2pcompute.lease import messages as lm
@@ -82,6 +82,11 @@ class TaskRecord:
     scheduled: bool = False
     push_ns: int = 0
     locality: dict = field(default_factory=dict)
+    # lineage: the arguments stay pinned while stored results may need rebuilding
+    lineage_pinned: bool = False
+    lineage_live: int = 0
+    rebuilds: int = 0
+    arg_losses: int = 0
 
 
 class ClientRuntime:
@@ -107,6 +112,9 @@ class ClientRuntime:
         self.tasks: dict[str, TaskRecord] = {}
         self.task_of_object: dict[str, str] = {}
         self.dep_waiters: dict[str, list[TaskRecord]] = {}
+        # object id -> the task that made it, for stored results that can be rebuilt if their copies are lost
+        self.lineage: dict[str, TaskRecord] = {}
+        self._stores: dict[str, LocalStore] = {}
         self.sent_code: set = set()
         self.sent_env: set = set()
         self._counter = itertools.count(1)
@@ -332,6 +340,8 @@ class ClientRuntime:
             self._on_get_object(sender, msg)
         elif t is om.ObjectStatus:
             self._on_object_status(msg)
+        elif t is om.AddLocation:
+            self._on_add_location(msg)
         elif t is om.AddBorrower:
             self._run(self.refs.on_add_borrower(msg))
         elif t is om.BorrowerAdded:
@@ -358,7 +368,7 @@ class ClientRuntime:
             self._on_cancel_request(msg)
         elif t in self.handlers:
             self.handlers[t](msg)
-        elif t is rm.KeeperAddress or t is rm.DetachedCreated:
+        elif t is rm.KeeperAddress or t is rm.DetachedCreated or t is om.ObjectFetched:
             fut = self._rpcs.pop(msg.request_id, None)
             if fut is not None:
                 fut.set_result(msg)
@@ -390,7 +400,7 @@ class ClientRuntime:
         for oid, owner in rec.nested_refs:
             refs.pin(oid, owner)
         if rec.args_object is not None:
-            oid, size, path = rec.args_object
+            oid, size, path = rec.args_object[:3]
             if oid not in self.objects.values:  # first submission (not a retry): account for the blob
                 self.objects.resolve(oid, STORED, size=size, locations=[[self.node_id, self.peer_addr, path]])
                 self._send(self.peer_addr, om.ObjectSealed(oid, size, self.addr))
@@ -433,15 +443,17 @@ class ClientRuntime:
             if v.state == INLINE:
                 slots.append(["inline", v.data])
             elif v.state == STORED:
-                peer_id, peer_addr, store_path = v.locations[0]
-                slots.append(["stored", oid, v.size, store_path, peer_addr])
-                locality[peer_id] = locality.get(peer_id, 0) + v.size
+                slots.append(["stored", oid, v.size, [list(l) for l in v.locations], _owner])
+                for peer_id, peer_addr, _path in v.locations:
+                    entry = locality.get(peer_id)
+                    locality[peer_id] = [(entry[0] if entry else 0) + v.size, peer_addr]
             else:
                 # A failed argument fails the task with the same error, without running it.
                 self._finish_with_error(rec, v.error)
                 return
         if rec.args_object is not None:
-            locality[self.node_id] = locality.get(self.node_id, 0) + rec.args_object[1]
+            entry = locality.get(self.node_id)
+            locality[self.node_id] = [(entry[0] if entry else 0) + rec.args_object[1], self.peer_addr]
         rec.slots = slots
         rec.locality = locality
         rec.scheduled = True
@@ -453,10 +465,12 @@ class ClientRuntime:
     def _task_info(self, rec: TaskRecord) -> TaskInfo:
         opts = rec.options
         first_target = None
+        locality = {peer: entry[0] for peer, entry in rec.locality.items()}
         if rec.locality:
-            best = max(rec.locality.items(), key=lambda kv: kv[1])
-            if best[1] >= INLINE_MAX_BYTES:
-                first_target = self.peer_addr_of(best[0])
+            # Ask first the peer holding most bytes of the arguments, if that is enough to matter.
+            best_peer, (best_bytes, best_addr) = max(rec.locality.items(), key=lambda kv: kv[1][0])
+            if best_bytes >= INLINE_MAX_BYTES and best_peer != self.node_id:
+                first_target = best_addr
         strategy = opts.get("scheduling_strategy") or "DEFAULT"
         affinity = soft = None
         if isinstance(strategy, tuple):  # ("NODE_AFFINITY", node_id, soft)
@@ -465,10 +479,7 @@ class ClientRuntime:
         key = (tuple(sorted(rec.shape.items())), rec.code_id, strategy, affinity,
                first_target, rec.kind == "actor_create" and rec.task_id)
         return TaskInfo(rec.task_id, key, rec.shape, strategy, affinity, bool(soft) if soft is not None else True,
-                        rec.locality, first_target, actor=rec.kind == "actor_create")
-
-    def peer_addr_of(self, peer_id: str) -> str | None:
-        return self.peer_addr if peer_id == self.node_id else None
+                        locality, first_target, actor=rec.kind == "actor_create")
 
     def push_message(self, rec: TaskRecord, worker_id: str, seq: int = 0) -> rm.PushTask:
         code = None
@@ -505,6 +516,8 @@ class ClientRuntime:
         if rec.kind == "task":
             self._run(self.submitter.on_task_done(now_ns(), rec.task_id, msg.exec_ns))
         if msg.system_error is not None:
+            if self._argument_lost(rec, msg.system_error):
+                return
             self._finish_with_error(rec, msg.system_error)
             return
         if len(msg.returns) != len(rec.return_ids):
@@ -524,6 +537,42 @@ class ClientRuntime:
         elif rec.kind == "actor_call":
             self.actors.on_call_done(rec)
         self._complete(rec)
+
+    def _argument_lost(self, rec: TaskRecord, error: bytes) -> bool:
+        """The worker could not read an argument: forget the copy it was told of, rebuild, and run again."""
+        exc = serialization.error_from_bytes(error)
+        if not isinstance(exc, ArgumentLostError) or rec.arg_losses >= 3:
+            return False
+        rec.arg_losses += 1
+        oid = exc.object_id
+        v = self.objects.values.get(oid)
+        if v is None or v.state != STORED:
+            return False
+        if rec.kind == "task":
+            self.submitter.forget_task(rec.task_id)
+        v.locations = [loc for loc in v.locations if self._copy_readable(oid, loc)]
+        if not v.locations:
+            if self.refs.is_owned(oid):
+                self._object_lost(oid, "a worker could not read any copy")
+            else:
+                self._refetch(oid)
+        rec.scheduled = False
+        rec.held = None
+        self._resolve_deps(rec)
+        return True
+
+    def _copy_readable(self, oid: str, loc: list) -> bool:
+        """Whether a copy still exists, as far as this process can tell (only local stores are checked)."""
+        path = loc[2]
+        if os.path.isdir(path):
+            return self._store_at(path).exists(oid)
+        return True
+
+    def _store_at(self, path: str) -> LocalStore:
+        store = self._stores.get(path)
+        if store is None:
+            store = self._stores[path] = LocalStore(path)
+        return store
 
     def _store_return(self, oid: str, entry: list, node_id: str) -> None:
         kind = entry[0]
@@ -568,6 +617,22 @@ class ClientRuntime:
         self.tasks.pop(rec.task_id, None)
         for oid in rec.return_ids:
             self.task_of_object.pop(oid, None)
+        if rec.lineage_pinned:
+            return  # a rebuild finished; the arguments stay pinned by lineage
+        if rec.kind == "task" and not rec.cancelled:
+            values = self.objects.values
+            stored = [oid for oid in rec.return_ids
+                      if (v := values.get(oid)) is not None and v.state == STORED and oid in self.refs]
+            if stored:
+                # Its results live on other peers' stores: keep what rebuilding them needs.
+                rec.lineage_pinned = True
+                rec.lineage_live = len(stored)
+                for oid in stored:
+                    self.lineage[oid] = rec
+                return
+        self._release_args(rec)
+
+    def _release_args(self, rec: TaskRecord) -> None:
         refs = self.refs
         effects: list = []
         for oid, _ in rec.slot_refs:
@@ -639,12 +704,34 @@ class ClientRuntime:
         self.call_soon(register)
 
     def read_stored(self, object_id: str, v) -> memoryview:
-        for _peer_id, _peer_addr, store_path in v.locations:
-            if store_path == self.store.path:
+        return self.read_object(object_id, v.size, v.locations, self.addr if self.refs.is_owned(object_id)
+                                else self._owner_addr(object_id))
+
+    def _owner_addr(self, object_id: str) -> str:
+        entry = self.refs._entries.get(object_id)
+        return entry.owner_addr if entry is not None else ""
+
+    def read_object(self, object_id: str, size: int, locations: list, owner_addr: str) -> memoryview:
+        """Map a stored object: from a store on this machine if any holds it, else pull a copy into ours
+        (through our peer, which shares one transfer among all local readers). Any thread but the I/O one."""
+        for _peer_id, _peer_addr, path in locations:
+            if path == self.store.path or os.path.isdir(path):
+                try:
+                    return self._store_at(path).read(object_id)
+                except ObjectLostError:
+                    continue
+        if self.store.exists(object_id):
+            return self.store.read(object_id)
+        errors = []
+        for peer_id, peer_addr, _path in locations:
+            if peer_id == self.node_id:
+                continue
+            reply = self.peer_request(lambda rid: om.FetchObject(rid, object_id, size, peer_addr, owner_addr,
+                                                                 self.addr), timeout_s=max(60.0, size / 50e6))
+            if reply.error is None:
                 return self.store.read(object_id)
-            if os.path.isdir(store_path):  # another peer's store on this machine
-                return LocalStore(store_path).read(object_id)
-        raise OwnerDiedError(f"object {object_id} is held only by peers this process cannot reach")
+            errors.append(reply.error)
+        raise ObjectLostError(f"object {object_id}: no copy could be read ({'; '.join(errors) or 'none left'})")
 
     def _fetch(self, object_ids: list[str]) -> None:
         """Ask owners about borrowed objects we need and know nothing of yet."""
@@ -722,8 +809,23 @@ class ClientRuntime:
             self._run(self.refs.adopt_contained(oid, contained))
         self._on_resolved(oid)
 
+    def _on_add_location(self, msg: om.AddLocation) -> None:
+        v = self.objects.values.get(msg.object_id)
+        if v is None or msg.object_id not in self.refs or v.state != STORED:
+            self._send(msg.peer_addr, om.FreeObjects([msg.object_id]))  # already gone: drop the copy too
+            return
+        loc = [msg.peer_id, msg.peer_addr, msg.store_path]
+        if loc not in v.locations:
+            v.locations.append(loc)
+
     def _on_free(self, object_id: str) -> None:
         v = self.objects.drop(object_id)
+        rec = self.lineage.pop(object_id, None)
+        if rec is not None:
+            rec.lineage_live -= 1
+            if rec.lineage_live <= 0 and rec.task_id not in self.tasks:
+                rec.lineage_pinned = False
+                self._release_args(rec)
         if v is None or not self.refs.is_owned(object_id):
             return
         if v.state == STORED:
@@ -804,14 +906,71 @@ class ClientRuntime:
                 self.transport.forget(addr)
 
     def _lose_copies_on(self, peer_id: str) -> None:
-        """Drop locations on a dead peer; an owned object with no copy left is lost."""
+        """Drop locations on a dead peer. An owned object with no copy left is rebuilt from its lineage; a
+        borrowed one is asked of its owner again (which rebuilds it)."""
         for oid, v in list(self.objects.values.items()):
             if v.state != STORED or not v.locations:
                 continue
-            v.locations = [loc for loc in v.locations if loc[0] != peer_id]
-            if not v.locations and self.refs.is_owned(oid):
-                self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(ObjectLostError(
-                    f"object {oid} was stored only on peer {peer_id}, which died")))
+            left = [loc for loc in v.locations if loc[0] != peer_id]
+            if len(left) == len(v.locations):
+                continue
+            v.locations = left
+            if left:
+                continue
+            if self.refs.is_owned(oid):
+                self._object_lost(oid, f"its only copy was on peer {peer_id}, which died")
+            else:
+                self._refetch(oid)
+
+    def _refetch(self, oid: str) -> None:
+        self.objects.reset(oid)
+        v = self.objects.values.get(oid)
+        if v is not None:
+            v.requested = False
+        self._fetch([oid])
+
+    def _object_lost(self, oid: str, why: str) -> None:
+        """An owned object lost every copy: run the task that made it again, or fail it clearly."""
+        v = self.objects.values.get(oid)
+        if v is None or oid not in self.refs:
+            return
+        rec = self.lineage.get(oid)
+        if rec is None:
+            made_by_put = oid not in self.task_of_object
+            self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(ObjectLostError(
+                f"object {oid} is lost: {why}. " + ("It was made by put(), which keeps no lineage, so it cannot "
+                                                     "be rebuilt; keep important values alive on several peers "
+                                                     "or recompute them in a task" if made_by_put else
+                                                     "It cannot be rebuilt."))))
+            self._on_resolved(oid)
+            return
+        if rec.task_id in self.tasks:
+            self.objects.reset(oid)
+            return  # already being rebuilt
+        limit = rec.options.get("max_retries", 3)
+        if 0 <= limit <= rec.rebuilds:
+            self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(ObjectLostError(
+                f"object {oid} is lost ({why}) and was already rebuilt {rec.rebuilds} time(s), the task's "
+                f"max_retries")))
+            self._on_resolved(oid)
+            return
+        rec.rebuilds += 1
+        log.info("rebuilding %s by re-running %s (%s)", oid, rec.name, why)
+        for rid in rec.return_ids:
+            rv = self.objects.values.get(rid)
+            if rv is not None and rv.state == STORED and not rv.locations:
+                self.objects.reset(rid)
+        rec.done = rec.scheduled = False
+        rec.held = None
+        self.tasks[rec.task_id] = rec
+        for rid in rec.return_ids:
+            self.task_of_object[rid] = rec.task_id
+        # Its own arguments may be lost too: rebuild them first (recursively).
+        for dep, _owner in rec.slot_refs:
+            dv = self.objects.values.get(dep)
+            if dv is not None and dv.state == STORED and not dv.locations and self.refs.is_owned(dep):
+                self._object_lost(dep, why)
+        self._resolve_deps(rec)
 
     def _fail_everything(self, why: str) -> None:
         error = serialization.system_error_bytes(PeerUnavailableError(why))
@@ -908,11 +1067,38 @@ class ClientRuntime:
                 raise timeout_error([i for i, f in zip(ids, flags) if not f], timeout)
         out = []
         for oid in ids:
-            v = values.get(oid)
+            out.append(self._load(oid, deadline, timeout))
+        return out
+
+    def _load(self, oid: str, deadline, timeout):
+        """One value; a stored object whose copies vanished is rebuilt (or re-asked of its owner) and read
+        again, a few times at most."""
+        for _attempt in range(5):
+            v = self.objects.values.get(oid)
             if v is None:
                 raise ObjectFreedError(f"object {oid} was freed while being read")
-            out.append(load_value(v, oid, self.read_stored))
-        return out
+            try:
+                return load_value(v, oid, self.read_stored)
+            except ObjectLostError:
+                if v.state != STORED:
+                    raise
+            self.call(lambda: self._lost_on_read(oid), timeout_s=30)
+            flags = self.objects.wait_ready([oid], 1, deadline, self._request_fetch)
+            if not flags[0]:
+                raise timeout_error([oid], timeout)
+        raise ObjectLostError(f"object {oid} could not be read after several attempts to rebuild it")
+
+    def _lost_on_read(self, oid: str) -> None:
+        v = self.objects.values.get(oid)
+        if v is None or v.state != STORED:
+            return
+        v.locations = [loc for loc in v.locations if self._copy_readable(oid, loc)]
+        if v.locations:
+            v.locations = []  # every copy we know failed to read: treat them all as gone
+        if self.refs.is_owned(oid):
+            self._object_lost(oid, "no copy could be read")
+        else:
+            self._refetch(oid)
 
     def _request_fetch(self, ids: list[str]) -> None:
         self.ops.append(("fetch", ids))

@@ -27,7 +27,8 @@ import time
 from collections import deque
 
 from p2pcompute import serialization
-from p2pcompute.errors import ActorDiedError, InvalidArgumentError, RemoteProtocolError, TaskCancelledError
+from p2pcompute.errors import (ActorDiedError, ArgumentLostError, InvalidArgumentError, ObjectLostError,
+                               RemoteProtocolError, TaskCancelledError)
 from p2pcompute.net import codec
 from p2pcompute.net.transport import Context, CurveKeys, Transport
 from p2pcompute.ownership.store import LocalStore
@@ -200,8 +201,8 @@ class Executor:
         if msg.args is not None:
             blob = msg.args
         elif msg.args_object:
-            oid, _size, path = msg.args_object[0], msg.args_object[1], msg.args_object[2]
-            blob = self._store(path).read(oid)
+            oid, size, path, holder_addr, holder_id = msg.args_object[:5]
+            blob = self._read_arg(oid, size, [[holder_id, holder_addr, path]], msg.owner_addr)
         else:
             return (), {}
         args, kwargs = serialization.deserialize(blob)
@@ -211,11 +212,17 @@ class Executor:
                 if slot[0] == "inline":
                     values.append(serialization.deserialize(slot[1], writable=True))
                 else:
-                    _, oid, _size, path, _holder = slot
-                    values.append(serialization.deserialize(self._store(path).read(oid)))
+                    _, oid, size, locations, owner = slot
+                    values.append(serialization.deserialize(self._read_arg(oid, size, locations, owner)))
             args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
             kwargs = {k: (values[v.index] if type(v) is ArgSlot else v) for k, v in kwargs.items()}
         return args, kwargs
+
+    def _read_arg(self, oid: str, size: int, locations: list, owner: str) -> memoryview:
+        try:
+            return self.client.read_object(oid, size, locations, owner)
+        except ObjectLostError as exc:
+            raise ArgumentLostError(f"argument {oid} of this task could not be read: {exc}", oid) from None
 
     def _execute(self, msg: rm.PushTask) -> None:
         client = self.client
@@ -268,7 +275,7 @@ class Executor:
                 del args, kwargs
             self.running = None
             returns = self._pack_returns(msg, result)
-        except TaskCancelledError as exc:
+        except (TaskCancelledError, ArgumentLostError) as exc:
             self.running = None
             self._interrupt_target = None
             _current.reset(token)
@@ -340,7 +347,7 @@ class Executor:
             del args, kwargs
             self.running = None
             returns = self._pack_returns(msg, result)
-        except TaskCancelledError as exc:
+        except (TaskCancelledError, ArgumentLostError) as exc:
             self.running = None
             _current.reset(token)
             self._reply_system(msg, exc)
