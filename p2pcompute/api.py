@@ -29,7 +29,7 @@ _state = STATE
 
 # Accepted for compatibility with Ray's init(); they change nothing here.
 _IGNORED_INIT_OPTIONS = {"include_dashboard", "dashboard_host", "dashboard_port", "log_to_driver",
-                         "configure_logging", "logging_format", "_temp_dir", "object_store_memory"}
+                         "configure_logging", "logging_format", "_temp_dir"}
 
 
 _runtime = runtime
@@ -48,7 +48,8 @@ def is_initialized() -> bool:
 
 def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
          resources: dict | None = None, token: str | None = None, ignore_reinit_error: bool = False,
-         namespace: str | None = None, logging_level: int | str | None = None, **kwargs) -> dict:
+         namespace: str | None = None, logging_level: int | str | None = None,
+         object_store_memory: int | None = None, **kwargs) -> dict:
     """Start p2pcompute in this process.
 
     With no address, start an embedded local peer with `num_cpus` workers (default: all CPUs); it stops
@@ -68,12 +69,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             logging.getLogger("p2pcompute").setLevel(logging_level)
         address = address or os.environ.get("P2P_ADDRESS") or None
         token = token or os.environ.get("P2P_TOKEN") or None
+        if object_store_memory is not None and (isinstance(object_store_memory, bool) or
+                                                not isinstance(object_store_memory, int) or object_store_memory <= 0):
+            raise InvalidArgumentError(f"object_store_memory must be a number of bytes > 0, not {object_store_memory!r}")
         if address is None:
-            _start_embedded(num_cpus, num_gpus, resources)
+            _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
         else:
-            if num_cpus is not None or num_gpus is not None or resources:
-                raise InvalidArgumentError("num_cpus, num_gpus and resources describe a new peer; when joining "
-                                           "a running peer (address=...), set them on `p2p start`/`p2p join`")
+            if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
+                raise InvalidArgumentError("num_cpus, num_gpus, resources and object_store_memory describe a new "
+                                           "peer; when joining a running peer (address=...), set them on "
+                                           "`p2p start` / `p2p join`")
             from p2pcompute.runtime import attach
             attach.attach(_state, address, token)
         atexit.register(shutdown)
@@ -81,14 +86,14 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         return _info()
 
 
-def _start_embedded(num_cpus, num_gpus, custom) -> None:
+def _start_embedded(num_cpus, num_gpus, custom, store_capacity=None) -> None:
     from p2pcompute.net.transport import Context
     from p2pcompute.runtime.client import ClientRuntime
     from p2pcompute.runtime.session import EmbeddedPeer, new_id
     cpus = os.cpu_count() or 1 if num_cpus is None else num_cpus
     total = resources.make_shape(cpus, num_gpus or 0, _default_memory(), custom)
     total.setdefault(resources.CPU, 0)
-    peer = EmbeddedPeer(total)
+    peer = EmbeddedPeer(total, store_capacity=store_capacity)
     ctx = Context()
     # Process ids start with their peer's id, so anyone can tell which peer a process lived on.
     proc_id = f"{peer.peer_id}-d{new_id()[:6]}"

@@ -74,6 +74,8 @@ def _launch(args, seeds: list[str], token: str) -> dict:
            "--resources", json.dumps(shape)]
     if seeds:
         cmd += ["--join", *seeds]
+    if getattr(args, "object_store_memory", None):
+        cmd += ["--store-capacity", str(args.object_store_memory)]
     env = dict(os.environ, P2P_CLUSTER_TOKEN=token)
     from p2pcompute import config
     env["PYTHONPATH"] = os.pathsep.join([config.package_root()] +
@@ -192,6 +194,15 @@ def _fmt_bytes(n) -> str:
     return str(n)
 
 
+def _fmt_store(node: dict) -> str:
+    text = _fmt_bytes(node.get("StoreUsed", 0))
+    if node.get("StoreCapacity"):
+        text += f"/{_fmt_bytes(node['StoreCapacity'])}"
+    if node.get("Spilled"):
+        text += f" +{_fmt_bytes(node['Spilled'])} spilled"
+    return text
+
+
 def cmd_status(args) -> int:
     from p2pcompute.runtime import messages as rm
     state, reply = _request(args.home, lambda addr: rm.PeerStatusRequest(addr, "status"))
@@ -213,7 +224,7 @@ def cmd_status(args) -> int:
         me = n["NodeID"] == status["peer_id"]
         rows.append([n["NodeID"] + (" *" if me else ""), tcp.replace("tcp://", ""), n.get("State", "?"),
                      f"{total.get('CPU', 0):g}/{avail.get('CPU', 0):g}", other or "-", str(n.get("Queued", 0)),
-                     _fmt_bytes(n.get("StoreUsed", 0)), "now" if me else (f"{heard:.1f} s ago" if heard is not None
+                     _fmt_store(n), "now" if me else (f"{heard:.1f} s ago" if heard is not None
                                                                           else "-")])
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
@@ -289,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--num-cpus", type=float, default=None, help="CPUs to offer (default: all)")
         p.add_argument("--num-gpus", type=float, default=None)
         p.add_argument("--resources", default=None, help="custom resources as JSON, e.g. '{\"tpu\": 2}'")
+        p.add_argument("--object-store-memory", type=int, default=None,
+                       help="bytes of shared memory for objects (default 30%% of RAM); beyond it objects spill "
+                            "to HOME/spill")
         p.add_argument("--home", default=None, help="state directory (default ~/.p2pcompute or $P2P_HOME)")
         p.add_argument("--token", default=None, help="cluster token (visible in process lists; prefer a file)")
         p.add_argument("--token-file", default=None, help="file holding the cluster token")

@@ -35,6 +35,7 @@ def _parse(argv):
     parser.add_argument("--resources", default="{}", help="JSON dict of resource units (fixed point)")
     parser.add_argument("--parent-pid", type=int, default=0)
     parser.add_argument("--prestart", type=int, default=None)
+    parser.add_argument("--store-capacity", type=int, default=None, help="bytes of shared memory for objects")
     return parser.parse_args(argv)
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     own.propagate = False
     if args.home is None:
         daemon = PeerDaemon(peer_id=peer_id, session_dir=args.session_dir, store_dir=args.store_dir, total=total,
-                            parent_pid=args.parent_pid, prestart=args.prestart)
+                            parent_pid=args.parent_pid, prestart=args.prestart, store_capacity=args.store_capacity)
         state = None
         home = None
     else:
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         if not token:
             print("no cluster token: pass --token/--token-file to p2p start or p2p join", file=sys.stderr)
             return 2
-        store_dir = create_store_dir(f"p2p-{peer_id}")
+        store_dir = create_store_dir(f"p2p-{peer_id}", spill_dir=os.path.join(home.path, "spill", peer_id))
         daemon = PeerDaemon(peer_id=peer_id, session_dir=home.run_dir, store_dir=store_dir, total=total,
                             tcp_host=args.host, tcp_port=args.port, advertise_host=args.advertise_host,
-                            token=token, seeds=list(args.join), prestart=args.prestart, log_dir=home.log_dir)
+                            token=token, seeds=list(args.join), prestart=args.prestart, log_dir=home.log_dir,
+                            store_capacity=args.store_capacity)
         state = {"peer_id": peer_id, "pid": os.getpid(), "address": daemon.addr,
                  "tcp": daemon.transport.tcp_endpoint, "bind_host": args.host,
                  "advertise_host": args.advertise_host, "run_dir": home.run_dir, "store_dir": store_dir,

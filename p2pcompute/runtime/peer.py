@@ -32,6 +32,7 @@ from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.store import LocalStore, remove_store_dir
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.processes import Processes, child_env, exit_reason
+from p2pcompute.runtime.store_manager import StoreManager, default_capacity
 from p2pcompute.runtime.table_service import TableService
 from p2pcompute.runtime.transfers import TransferServer
 
@@ -45,7 +46,8 @@ class PeerDaemon:
     def __init__(self, *, peer_id: str, session_dir: str, store_dir: str, total: dict, parent_pid: int = 0,
                  tcp_host: str | None = None, tcp_port: int = 0, advertise_host: str | None = None,
                  token: str | None = None, seeds: list[str] | None = None, prestart: int | None = None,
-                 membership_config: MembershipConfig | None = None, log_dir: str | None = None):
+                 membership_config: MembershipConfig | None = None, log_dir: str | None = None,
+                 store_capacity: int | None = None):
         self.peer_id = peer_id
         self.session_dir = session_dir
         self.store_dir = store_dir
@@ -66,8 +68,7 @@ class PeerDaemon:
         self.processes = Processes(self.transport, self.log_dir, child_env(token if tcp_host else None),
                                    self._on_exit)
         self.transfers = TransferServer(self)
-        self.objects: dict[str, int] = {}  # object id -> bytes, for accounting
-        self.store_used = 0
+        self.objects = StoreManager(self.store, store_capacity or default_capacity())
         self.parent_pid = parent_pid
         self._parent_fd = -1
         self._running = True
@@ -215,7 +216,8 @@ class PeerDaemon:
 
     def _view(self) -> dict:
         view = {"total": dict(self.lease.total), "available": dict(self.lease.available),
-                "queued": len(self.lease.waiting), "store_used": self.store_used,
+                "queued": len(self.lease.waiting), "store_used": self.objects.used,
+                "store_capacity": self.objects.capacity, "spilled": self.objects.spilled_bytes,
                 "workers": len(self.lease.workers), "pending": self.lease.pending_demand()[:8]}
         table = self.table.view_info() if hasattr(self, "table") else None
         if table is not None:
@@ -271,9 +273,9 @@ class PeerDaemon:
                 log.debug("%s from %s -> %s", msg, sender, effects)
             self._run(effects)
         elif t is om.ObjectSealed:
-            if msg.object_id not in self.objects and msg.size >= 0:
-                self.objects[msg.object_id] = msg.size
-                self.store_used += msg.size
+            if _valid_object_id(msg.object_id):
+                self.objects.sealed(msg.object_id, msg.size)
+                self.objects.maybe_spill()
         elif t is om.FreeObjects:
             for oid in msg.object_ids:
                 self._free(oid)
@@ -345,9 +347,8 @@ class PeerDaemon:
         self.keeper_addr = ""
 
     def _free(self, oid) -> None:
-        if isinstance(oid, str) and oid and "/" not in oid and not oid.startswith("."):
-            self.store.delete(oid)
-            self.store_used -= self.objects.pop(oid, 0)
+        if _valid_object_id(oid):
+            self.objects.free(oid)
 
     def _on_register_client(self, sender: str, msg: rm.RegisterClient) -> None:
         proc = self.processes.procs.get(msg.proc_id)
@@ -415,7 +416,8 @@ class PeerDaemon:
         return {"NodeID": self.peer_id, "Alive": True, "State": "alive", "Address": self.addr,
                 "Resources": resources.to_user(self.lease.total),
                 "Available": resources.to_user(self.lease.available),
-                "Queued": len(self.lease.waiting), "StoreUsed": self.store_used,
+                "Queued": len(self.lease.waiting), "StoreUsed": self.objects.used,
+                "StoreCapacity": self.objects.capacity, "Spilled": self.objects.spilled_bytes,
                 "Workers": len(self.lease.workers), "PendingDemand": self.lease.pending_demand(),
                 "LastHeardS": 0.0}
 
@@ -434,7 +436,8 @@ class PeerDaemon:
             out.append({"NodeID": m.peer_id, "Alive": m.state in ("alive", "suspect"), "State": m.state,
                         "Address": m.addr, "Resources": resources.to_user(total),
                         "Available": resources.to_user(avail), "Queued": v.get("queued", 0),
-                        "StoreUsed": v.get("store_used", 0), "Workers": v.get("workers", 0),
+                        "StoreUsed": v.get("store_used", 0), "StoreCapacity": v.get("store_capacity", 0),
+                        "Spilled": v.get("spilled", 0), "Workers": v.get("workers", 0),
                         "PendingDemand": v.get("pending", []),
                         "LastHeardS": round((now - m.last_heard_ns) / 1e9, 2) if m.last_heard_ns else None})
         return sorted(out, key=lambda n: n["NodeID"])
@@ -463,3 +466,8 @@ class PeerDaemon:
         if self.parent_pid:
             # Embedded in a driver that is gone: nobody will come back for the sockets or logs.
             shutil.rmtree(self.session_dir, ignore_errors=True)
+
+
+def _valid_object_id(oid) -> bool:
+    """Object ids name files in the store: never a path, never hidden."""
+    return isinstance(oid, str) and 0 < len(oid) < 200 and "/" not in oid and not oid.startswith(".")

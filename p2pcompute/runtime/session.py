@@ -24,11 +24,11 @@ def new_id() -> str:
 class EmbeddedPeer:
     """A peer daemon process private to this driver; it exits when the driver does."""
 
-    def __init__(self, total: dict, start_timeout_s: float = 30.0):
+    def __init__(self, total: dict, start_timeout_s: float = 30.0, store_capacity: int | None = None):
         self.peer_id = new_id()
         # mkdtemp makes a 0700 directory: only this user can reach the sockets inside.
         self.session_dir = tempfile.mkdtemp(prefix="p2p-", dir=_short_tmp())
-        self.store_dir = create_store_dir(f"p2p-{self.peer_id}")
+        self.store_dir = create_store_dir(f"p2p-{self.peer_id}", spill_dir=os.path.join(self.session_dir, "spill"))
         log_path = os.path.join(self.session_dir, "peer.log")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([config.package_root()] +
@@ -36,6 +36,8 @@ class EmbeddedPeer:
         args = [sys.executable, "-m", "p2pcompute.runtime.daemon", "--peer-id", self.peer_id,
                 "--session-dir", self.session_dir, "--store-dir", self.store_dir,
                 "--resources", json.dumps(total), "--parent-pid", str(os.getpid())]
+        if store_capacity:
+            args += ["--store-capacity", str(int(store_capacity))]
         with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                          close_fds=True)

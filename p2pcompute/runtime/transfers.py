@@ -14,6 +14,7 @@ import logging
 import os
 import time
 
+from p2pcompute.errors import ObjectLostError
 from p2pcompute.ownership import messages as om
 
 log = logging.getLogger("p2pcompute.transfers")
@@ -112,8 +113,8 @@ class TransferServer:
         store = self.peer.store
         os.rename(transfer.tmp, store.file_of(transfer.object_id))
         del self.transfers[transfer.object_id]
-        self.peer.objects[transfer.object_id] = transfer.size
-        self.peer.store_used += transfer.size
+        self.peer.objects.sealed(transfer.object_id, transfer.size)
+        self.peer.objects.maybe_spill()
         for reply_to, request_id in transfer.waiters:
             self._reply(reply_to, request_id, transfer.object_id, None)
         self.peer._send(transfer.owner_addr, om.AddLocation(transfer.object_id, self.peer.peer_id, self.peer.addr,
@@ -152,10 +153,9 @@ class TransferServer:
         if not _valid_id(oid) or msg.offset < 0 or not 0 < msg.length <= CHUNK_BYTES * 2:
             self.peer._send(msg.reply_to, om.ObjectChunk(oid, msg.offset, 0, b"", "bad pull request"))
             return
-        path = self.peer.store.file_of(oid)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+            fd = self.peer.store.open_fd(oid)
+        except ObjectLostError:
             self.peer._send(msg.reply_to, om.ObjectChunk(oid, msg.offset, 0, b"",
                                                          f"object {oid} is not held by peer {self.peer.peer_id}"))
             return

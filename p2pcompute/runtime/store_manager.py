@@ -1,0 +1,98 @@
+"""The peer's accounting of its machine's object store, and the spilling policy.
+
+Clients write objects straight into the store directory and tell the peer (`ObjectSealed`); owners tell it
+when to free them (`FreeObjects`). When the bytes in memory pass `spill_threshold` of the capacity, the
+oldest objects move to the spill directory on disk until usage is back under `spill_target`. A spilled
+object is read in place (mapped from disk), so nothing waits for a restore. Objects are never evicted:
+only spilled, and only freed when their owner says so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from p2pcompute.ownership.store import LocalStore
+
+log = logging.getLogger("p2pcompute.store")
+
+
+def default_capacity() -> int:
+    """30% of RAM, as Ray does, but never more than the shared-memory filesystem can hold."""
+    import os
+    try:
+        import psutil
+        ram = psutil.virtual_memory().total
+    except Exception:
+        ram = 8 << 30
+    capacity = int(ram * 0.3)
+    try:
+        st = os.statvfs("/dev/shm")
+        capacity = min(capacity, int(st.f_blocks * st.f_frsize * 0.9))
+    except OSError:
+        pass
+    return capacity
+
+
+class StoreManager:
+    def __init__(self, store: LocalStore, capacity: int, spill_threshold: float = 0.8, spill_target: float = 0.6,
+                 max_spill_per_tick: int = 512 << 20):
+        self.store = store
+        self.capacity = capacity
+        self.spill_threshold = spill_threshold
+        self.spill_target = spill_target
+        self.max_spill_per_tick = max_spill_per_tick
+        self.in_memory: dict[str, int] = {}  # insertion order = age: the oldest spill first
+        self.spilled: dict[str, int] = {}
+        self.used = 0
+        self.spilled_bytes = 0
+        self.spills = 0
+
+    def sealed(self, object_id: str, size: int) -> None:
+        if object_id in self.in_memory or object_id in self.spilled or size < 0:
+            return
+        if self.store.is_spilled(object_id):  # written straight to disk because memory was full
+            self.spilled[object_id] = size
+            self.spilled_bytes += size
+        else:
+            self.in_memory[object_id] = size
+            self.used += size
+
+    def free(self, object_id: str) -> None:
+        self.store.delete(object_id)
+        size = self.in_memory.pop(object_id, None)
+        if size is not None:
+            self.used -= size
+        size = self.spilled.pop(object_id, None)
+        if size is not None:
+            self.spilled_bytes -= size
+
+    def maybe_spill(self) -> int:
+        """Spill the oldest objects while over the threshold; returns the bytes spilled this call."""
+        if self.store.spill_dir is None or self.used <= self.capacity * self.spill_threshold:
+            return 0
+        moved = 0
+        target = self.capacity * self.spill_target
+        for object_id in list(self.in_memory):
+            if self.used <= target or moved >= self.max_spill_per_tick:
+                break
+            size = self.in_memory[object_id]
+            try:
+                ok = self.store.spill(object_id)
+            except OSError as exc:
+                log.error("cannot spill %s to %s: %s", object_id, self.store.spill_dir, exc)
+                return moved
+            del self.in_memory[object_id]
+            self.used -= size
+            if ok:
+                self.spilled[object_id] = size
+                self.spilled_bytes += size
+                moved += size
+                self.spills += 1
+        if moved:
+            log.info("spilled %.1f MiB to %s (memory store now %.1f of %.1f MiB)", moved / 2**20,
+                     self.store.spill_dir, self.used / 2**20, self.capacity / 2**20)
+        return moved
+
+    def summary(self) -> dict:
+        return {"used": self.used, "capacity": self.capacity, "spilled": self.spilled_bytes,
+                "objects": len(self.in_memory), "spilled_objects": len(self.spilled)}
