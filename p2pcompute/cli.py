@@ -263,6 +263,17 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from p2pcompute.internal import format_report
+    from p2pcompute.runtime import messages as rm
+    _state, reply = _request(args.home, lambda addr: rm.MemoryRequest("memory", addr, True), timeout_s=15)
+    if args.json:
+        print(json.dumps(reply.peers, indent=2, default=str))
+    else:
+        print(format_report(reply.peers))
+    return 0
+
+
 def cmd_stop(args) -> int:
     from p2pcompute.runtime import messages as rm
     from p2pcompute.runtime.home import Home
@@ -318,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--home", default=None)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    memory = sub.add_parser("memory", help="objects held on every peer, their owners and who references them")
+    memory.add_argument("--home", default=None)
+    memory.add_argument("--json", action="store_true")
+    memory.set_defaults(func=cmd_memory)
     jobs = sub.add_parser("jobs", help="list the cluster's jobs (one per driver)")
     jobs.add_argument("--home", default=None)
     jobs.add_argument("--json", action="store_true")

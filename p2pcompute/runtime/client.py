@@ -366,6 +366,12 @@ class ClientRuntime:
             sys.stderr.flush()
         elif t is rm.CancelTask:
             self._on_cancel_request(msg)
+        elif t is rm.RefsRequest:
+            self._send(msg.reply_to, rm.RefsReply(msg.request_id, self.proc_id, self._refs_report()))
+        elif t is rm.MemoryReply:
+            fut = self._rpcs.pop(msg.request_id, None)
+            if fut is not None:
+                fut.set_result(msg)
         elif t in self.handlers:
             self.handlers[t](msg)
         elif t is rm.KeeperAddress or t is rm.DetachedCreated or t is om.ObjectFetched:
@@ -1035,6 +1041,19 @@ class ClientRuntime:
 
         threading.Thread(target=waiter, daemon=True, name="p2p-future").start()
         return fut
+
+    def _refs_report(self, limit: int = 2000) -> list:
+        out = []
+        values = self.objects.values
+        names = {PENDING: "pending", INLINE: "inline", STORED: "stored", ERROR: "error"}
+        for oid in self.refs.object_ids()[:limit]:
+            c = self.refs.counts(oid)
+            if c is None:
+                continue
+            v = values.get(oid)
+            out.append([oid, c["owned"], c["local"], c["pins"] + c["acks"], c["borrowers"],
+                        names.get(v.state, "?") if v is not None else "unknown", v.size if v is not None else 0])
+        return out
 
     def debug_state(self) -> dict:
         """A snapshot of this process's scheduling state, for debugging (read racily, from any thread)."""

@@ -274,3 +274,33 @@ class KeeperRequest:
 class KeeperAddress:
     request_id: str
     addr: str
+
+
+@message(422)
+class MemoryRequest:
+    """What objects are held where, and who references them. `cluster`: ask every peer, not just one."""
+
+    request_id: str
+    reply_to: str
+    cluster: bool
+
+
+@message(423)
+class MemoryReply:
+    request_id: str
+    peers: list        # one report (plain dict) per peer that answered in time
+
+
+@message(424)
+class RefsRequest:
+    """Peer -> local client: your reference table, for a memory report."""
+
+    request_id: str
+    reply_to: str
+
+
+@message(425)
+class RefsReply:
+    request_id: str
+    proc_id: str
+    refs: list         # [[object_id, owned, local, pins, borrowers_dict, state, size], ...]

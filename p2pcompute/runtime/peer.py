@@ -31,6 +31,7 @@ from p2pcompute.net.transport import Context, CurveKeys, Transport, Waker, machi
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.store import LocalStore, remove_store_dir
 from p2pcompute.runtime import messages as rm
+from p2pcompute.runtime.memory import MemoryReports
 from p2pcompute.runtime.processes import Processes, child_env, exit_reason
 from p2pcompute.runtime.store_manager import StoreManager, default_capacity
 from p2pcompute.runtime.table_service import TableService
@@ -68,12 +69,15 @@ class PeerDaemon:
         self.processes = Processes(self.transport, self.log_dir, child_env(token if tcp_host else None),
                                    self._on_exit)
         self.transfers = TransferServer(self)
+        self.memory = MemoryReports(self)
         self.objects = StoreManager(self.store, store_capacity or default_capacity())
         self.parent_pid = parent_pid
         self._parent_fd = -1
         self._running = True
         self._leaving = False
         self._inbox: deque = deque()
+        self._next_rejoin_ns = time.monotonic_ns() + 30_000_000_000
+        self._seeds: list[str] = []
         self.keeper_id = ""
         self.keeper_addr = ""
         self._keeper_waiters: list = []
@@ -186,17 +190,37 @@ class PeerDaemon:
                 while self._inbox:
                     self._handle(self.peer_id, self._inbox.popleft())
                 for ev in events:
-                    log.warning("cannot reach %s: %s (%d messages dropped)", ev.address, ev.reason, ev.dropped)
+                    self._on_unreachable(ev)
                 now = time.monotonic_ns()
                 if now >= self._deadline_ns:
                     self._tick(now)
         finally:
             self.shutdown()
 
+    def _on_unreachable(self, ev) -> None:
+        known = any(ev.address in (p.addr, p.task_addr) for p in self.processes.procs.values())
+        if self.membership is not None:
+            known = known or any(m.addr == ev.address for m in self.membership.alive())
+        # Short-lived callers (p2p status, a finished driver) vanish without a goodbye: only say something
+        # about processes we still believe alive.
+        (log.warning if known else log.debug)("cannot reach %s: %s (%d messages dropped)", ev.address,
+                                              ev.reason, ev.dropped)
+
+    def _rejoin_if_cut_off(self, now: int) -> None:
+        """A partition longer than membership remembers dead peers is not healed by gossip: ask the seeds
+        we started from again, every so often, while any of them is not alive to us."""
+        if now < self._next_rejoin_ns or not self._seeds:
+            return
+        self._next_rejoin_ns = now + 30_000_000_000
+        alive_addrs = " ".join(m.addr for m in self.membership.alive())
+        if any(seed not in alive_addrs for seed in self._seeds):
+            self._run(self.membership.start(now, self._seeds))
+
     def _tick(self, now: int) -> None:
         self._deadline_ns = now + _TICK_NS
         if self.membership is not None:
             self._run(self.membership.on_tick(now))
+            self._rejoin_if_cut_off(now)
             if now >= self._next_view_ns:
                 self._next_view_ns = now + _VIEW_EVERY_NS
                 view = self._view()
@@ -207,6 +231,7 @@ class PeerDaemon:
         self._run(self.lease.on_tick(now))
         self.processes.on_tick()
         self.transfers.on_tick(now)
+        self.memory.on_tick()
         if self.membership is None:
             self.table.on_tick(now, {self.peer_id: self.addr}, [])
         else:
@@ -281,6 +306,8 @@ class PeerDaemon:
                 self._free(oid)
         elif t in self.transfers.handles:
             self.transfers.dispatch(sender, msg)
+        elif t in self.memory.handles:
+            self.memory.dispatch(sender, msg)
         elif t in self.table.handles:
             self.table.dispatch(now, self._sender_addr(sender), msg)
         elif t is rm.RegisterClient:
