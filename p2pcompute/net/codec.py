@@ -9,13 +9,14 @@ plain data (no classes, no functions, no code): the worst a hostile frame can do
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import struct
 from typing import Any
 
 from p2pcompute.errors import LocalProtocolError, RemoteProtocolError
-from p2pcompute.net.messages import FIELD_TYPES, GETTERS, PROTOCOL_VERSION, REGISTRY
+from p2pcompute.net.messages import BLOBS, FIELD_TYPES, GETTERS, PROTOCOL_VERSION, REGISTRY
 
 _HEADER = struct.Struct(">BH")
 HEADER_SIZE = _HEADER.size
@@ -44,7 +45,27 @@ def encode(msg: Any) -> bytes:
     return header + _dumps(getter(msg), protocol=5)
 
 
-def decode(frame: bytes | memoryview) -> Any:
+def encode_frames(msg: Any) -> list:
+    """Like `encode`, as a list of frames: a message with a blob field sends it as a second, raw frame."""
+    index = BLOBS.get(type(msg))
+    if index is None:
+        return [encode(msg)]
+    values = list(GETTERS[type(msg)](msg))
+    blob = values[index]
+    values[index] = None
+    header = _HEADERS.get(msg.TYPE) or _HEADER.pack(PROTOCOL_VERSION, msg.TYPE)
+    return [header + _dumps(tuple(values), protocol=5), blob]
+
+
+def decode(frame) -> Any:
+    """A message from one frame, or from [body, blob] for a message with a blob field."""
+    if type(frame) is list:
+        try:
+            return _decode_with_blob(frame)
+        except RemoteProtocolError:
+            raise
+        except Exception as exc:
+            raise RemoteProtocolError(f"undecodable frames ({type(exc).__name__}: {exc})") from None
     try:
         return _decode(frame)
     except RemoteProtocolError:
@@ -53,7 +74,22 @@ def decode(frame: bytes | memoryview) -> Any:
         raise RemoteProtocolError(f"undecodable frame ({type(exc).__name__}: {exc})") from None
 
 
-def _decode(frame: bytes | memoryview) -> Any:
+def _decode_with_blob(frames: list) -> Any:
+    if len(frames) != 2:
+        raise RemoteProtocolError(f"a message arrived in {len(frames)} frames; at most 2 are allowed")
+    body, blob = frames
+    if len(body) < HEADER_SIZE:
+        raise RemoteProtocolError("frame shorter than the header")
+    _version, code = _HEADER.unpack_from(body)
+    cls = REGISTRY.get(code)
+    index = BLOBS.get(cls) if cls is not None else None
+    if index is None:
+        raise RemoteProtocolError(f"message type {code} does not carry a second frame")
+    msg = _decode(body, blob_index=index)
+    return dataclasses.replace(msg, **{FIELD_TYPES[cls][index][0]: blob})
+
+
+def _decode(frame: bytes | memoryview, blob_index: int | None = None) -> Any:
     if len(frame) < HEADER_SIZE:
         raise RemoteProtocolError(f"frame of {len(frame)} bytes is shorter than the {HEADER_SIZE}-byte header")
     version, code = _HEADER.unpack_from(frame)
@@ -69,7 +105,13 @@ def _decode(frame: bytes | memoryview) -> Any:
     spec = FIELD_TYPES[cls]
     if type(values) is not tuple or len(values) != len(spec):
         raise RemoteProtocolError(f"{cls.__name__}: expected {len(spec)} fields")
-    for value, (name, accepted) in zip(values, spec):
+    for i, (value, (name, accepted)) in enumerate(zip(values, spec)):
+        if i == blob_index:
+            if value is not None:
+                raise RemoteProtocolError(f"{cls.__name__}.{name} must travel in its own frame")
+            continue
         if type(value) not in accepted and (not isinstance(value, accepted) or type(value) is bool):
             raise RemoteProtocolError(f"{cls.__name__}.{name}: {type(value).__name__} is not allowed")
+    if BLOBS.get(cls) is not None and blob_index is None and values[BLOBS[cls]] is None:
+        raise RemoteProtocolError(f"{cls.__name__} arrived without its data frame")
     return cls(*values)

@@ -31,12 +31,18 @@ REGISTRY: dict[int, type] = {}
 FIELD_TYPES: dict[type, tuple[tuple[str, tuple[type, ...]], ...]] = {}
 # class -> function returning the tuple of its field values (attrgetter is several times faster than a loop)
 GETTERS: dict[type, object] = {}
+# class -> index of the bytes field that travels as a raw frame of its own (bulk data: never pickled)
+BLOBS: dict[type, int] = {}
 
 _PLAIN = (type(None), bool, int, float, str, bytes, tuple, list, dict)
 
 
-def message(code: int) -> Callable[[type[T]], type[T]]:
-    """Class decorator: make `cls` a frozen message dataclass with wire type `code`."""
+def message(code: int, blob: str | None = None) -> Callable[[type[T]], type[T]]:
+    """Class decorator: make `cls` a frozen message dataclass with wire type `code`.
+
+    `blob` names a bytes field that travels as a separate frame, untouched by pickle: bulk data is then
+    copied neither into nor out of the message body.
+    """
 
     def register(cls: type[T]) -> type[T]:
         if code in REGISTRY:
@@ -47,6 +53,8 @@ def message(code: int) -> Callable[[type[T]], type[T]]:
         hints = typing.get_type_hints(cls)
         FIELD_TYPES[cls] = tuple((f.name, _runtime_types(hints[f.name])) for f in dataclasses.fields(cls))
         names = [f.name for f in dataclasses.fields(cls)]
+        if blob is not None:
+            BLOBS[cls] = names.index(blob)
         if len(names) == 1:
             single = operator.attrgetter(names[0])
             GETTERS[cls] = lambda msg: (single(msg),)

@@ -156,6 +156,7 @@ class Waker:
 
 
 _EVENTS = zmq.EVENTS
+_RCVMORE = zmq.RCVMORE
 _POLLIN = zmq.POLLIN
 _CONNECT_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED if hasattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED") else zmq.EVENT_CONNECTED
 _AUTH_FAIL = 0
@@ -180,8 +181,9 @@ class _Out:
 class Context:
     """A process's ZeroMQ context plus, when TCP is used, the ZAP authenticator thread."""
 
-    def __init__(self, curve: CurveKeys | None = None):
-        self.zmq = zmq.Context()
+    def __init__(self, curve: CurveKeys | None = None, io_threads: int = 1):
+        # Encryption runs in libzmq's I/O threads: a peer moving bulk data to several readers uses two.
+        self.zmq = zmq.Context(io_threads=io_threads)
         self.curve = curve
         self._auth: ThreadAuthenticator | None = None
         if curve is not None:
@@ -372,21 +374,26 @@ class Transport:
         return frames, fds, events
 
     def _drain(self, sock, frames: list, max_frames: int) -> None:
-        recv = sock.recv_multipart
+        recv = sock.recv
         get = sock.get
         for _ in range(max_frames):
             # Ask before reading: a recv that raises zmq.Again costs more than the message itself.
             if not get(_EVENTS) & _POLLIN:
                 return
             try:
-                parts = recv(zmq.NOBLOCK)
+                ident = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(parts) < 2:
+            if not get(_RCVMORE):
                 self.rejected_frames += 1
                 continue
-            ident = parts[0]
-            payload = parts[1] if len(parts) == 2 else parts[1:]
+            payload = recv()
+            if get(_RCVMORE):
+                # A bulk frame follows: keep it in zmq's buffer rather than copy it into a bytes object.
+                payload = [payload, recv(copy=False).buffer]
+                while get(_RCVMORE):  # more frames than any message has: drain them, then reject
+                    recv()
+                    payload.append(b"")
             pieces = ident.split(b"#", 2)
             sender = pieces[0].decode("ascii", "replace")
             if len(pieces) == 3 and sender not in self.reply_addr:

@@ -101,7 +101,7 @@ class PullObject:
     reply_to: str
 
 
-@message(210)
+@message(210, blob="data")
 class ObjectChunk:
     object_id: str
     offset: int

@@ -45,6 +45,9 @@ from p2pcompute.runtime.objects import (ERROR, INLINE, PENDING, STORED, ObjectTa
 log = logging.getLogger("p2pcompute.client")
 
 INLINE_MAX_BYTES = 100 * 1024
+# Benchmarks and tests of the transfer path: never map another peer's store on this machine, pull a copy
+# as if it were on another machine.
+_FORCE_TRANSFERS = os.environ.get("P2P_FORCE_TRANSFERS") == "1"
 _TICK_NS = 100_000_000
 
 
@@ -721,7 +724,7 @@ class ClientRuntime:
         """Map a stored object: from a store on this machine if any holds it, else pull a copy into ours
         (through our peer, which shares one transfer among all local readers). Any thread but the I/O one."""
         for _peer_id, _peer_addr, path in locations:
-            if path == self.store.path or os.path.isdir(path):
+            if path == self.store.path or (os.path.isdir(path) and not _FORCE_TRANSFERS):
                 try:
                     return self._store_at(path).read(object_id)
                 except ObjectLostError:

@@ -26,6 +26,7 @@ from p2pcompute.lease.core import Infeasible, LeaseCore, StartWorker, StopWorker
 from p2pcompute.lease.policy import PeerView
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send, Timer
+from p2pcompute.net.messages import BLOBS
 from p2pcompute.net.membership import Membership, MembershipConfig, MemberChanged
 from p2pcompute.net.transport import Context, CurveKeys, Transport, Waker, machine_id
 from p2pcompute.ownership import messages as om
@@ -56,7 +57,7 @@ class PeerDaemon:
         self.tcp_host = tcp_host
         self.advertise_host = advertise_host
         self.clustered = tcp_host is not None
-        self.ctx = Context(CurveKeys.from_token(token) if token and tcp_host else None)
+        self.ctx = Context(CurveKeys.from_token(token) if token and tcp_host else None, io_threads=2)
         self.transport = Transport(self.ctx, peer_id, "p", ipc_path=os.path.join(session_dir, "peer"),
                                    tcp_host=tcp_host, tcp_port=tcp_port, advertise_host=advertise_host)
         self.addr = self.transport.address
@@ -397,7 +398,10 @@ class PeerDaemon:
             self._inbox.append(msg)  # to ourselves (our table replica and client talk): no socket needed
             return
         try:
-            self.transport.send(to, codec.encode(msg))
+            if type(msg) in BLOBS:
+                self.transport.send_frames(to, codec.encode_frames(msg))
+            else:
+                self.transport.send(to, codec.encode(msg))
         except ValueError as exc:
             log.warning("cannot send %s to %s: %s", type(msg).__name__, to, exc)
 
