@@ -51,6 +51,11 @@ class LeaseConfig:
     lease_wanted_after_ms: int = 20
     # A worker that does not register in this long is considered failed to start.
     worker_start_timeout_ms: int = 60_000
+    # A request asking the peer that holds most of its arguments waits here this long for a worker before
+    # it may go elsewhere: moving the task is cheaper than moving its data only once the wait gets long.
+    locality_wait_ms: int = 1_000
+    # Arguments smaller than this do not make a peer worth waiting for.
+    locality_min_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,7 @@ class LeaseCore:
         self._seq = 0
         self._next_requeue_ns = 0
         self._warned_shapes: set = set()
+        self._spread_next = 0  # round robin over peers for the SPREAD strategy
         self.granted_total = 0
         self.spilled_total = 0
         # Test-only switch: grant without reserving resources (the simulator must catch this).
@@ -196,7 +202,30 @@ class LeaseCore:
             effects += self._warn_infeasible(waiting)
         return effects
 
-    def _spill_target(self, req: RequestLease) -> policy.PeerView | None:
+    def _holds_its_data(self, req: RequestLease, waited_ns: int) -> bool:
+        """This peer holds most of the request's argument bytes, and it has not waited too long for it."""
+        locality = req.locality if isinstance(req.locality, dict) else {}
+        here = locality.get(self.peer_id, 0)
+        if not isinstance(here, int) or here < self.config.locality_min_bytes:
+            return False
+        if waited_ns > self.config.locality_wait_ms * 1_000_000:
+            return False
+        return all(not isinstance(v, int) or v <= here for v in locality.values())
+
+    def _spread_target(self, req: RequestLease) -> policy.PeerView | None:
+        """SPREAD places request after request on the next peer in turn (this one included), so a batch of
+        tasks lands evenly whatever their length; a spilled request stays where it lands."""
+        candidates = sorted([self.peer_id] + [v.peer_id for v in self.views.values()
+                                              if resources.fits(req.shape, v.total)])
+        if not resources.fits(req.shape, self.total):
+            candidates.remove(self.peer_id)
+        if not candidates:
+            return None
+        choice = candidates[self._spread_next % len(candidates)]
+        self._spread_next += 1
+        return None if choice == self.peer_id else self.views[choice]
+
+    def _spill_target(self, req: RequestLease, waited_ns: int = 0) -> policy.PeerView | None:
         """Where to send `req` instead of serving it here, or None to serve (or queue) it here."""
         if req.spilled > 0:
             return None
@@ -214,11 +243,9 @@ class LeaseCore:
                 policy.pick(policy.feasible(views, req.shape), self.rng, self.config.choices)
         fits_here = resources.fits(req.shape, self.available)
         if req.strategy == "SPREAD":
-            others = policy.available_now(views, req.shape)
-            best = policy.pick(others, self.rng, self.config.choices)
-            if best is not None and (not fits_here or policy.load_of(best) < self._load()):
-                return best
-            return None
+            return self._spread_target(req) if waited_ns == 0 else None
+        if self._holds_its_data(req, waited_ns):
+            return None  # wait for a worker here rather than move the data
         if fits_here and self.utilization() < self.config.spread_threshold:
             return None  # pack locally while lightly loaded
         best = policy.pick(policy.available_now(views, req.shape), self.rng, self.config.choices)
@@ -391,6 +418,8 @@ class LeaseCore:
             if waiting.worker_id is not None:
                 continue  # resources reserved; waiting for its worker to register
             req = waiting.request
+            if req.affinity is not None and req.affinity != self.peer_id and not req.soft:
+                continue  # hard affinity to another peer: it waits for that peer, never runs here
             if not self._test_ignore_capacity and not resources.fits(req.shape, self.available):
                 continue
             if waiting.infeasible:
@@ -467,7 +496,7 @@ class LeaseCore:
         for waiting in list(self.waiting):
             if waiting.worker_id is not None or waiting.request.spilled > 0:
                 continue
-            target = self._spill_target(waiting.request)
+            target = self._spill_target(waiting.request, max(1, now_ns - waiting.since_ns))
             if target is None:
                 continue
             self.waiting.remove(waiting)

@@ -42,6 +42,8 @@ class SubmitterConfig:
     pipeline_target_ms: float = 2.0
     retry_backoff_ms: int = 50
     request_timeout_ms: int = 30_000
+    # SPREAD asks for a lease per task, at most this many at once.
+    spread_max_pending: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ class SubmitterCore:
     # ---- pushing ------------------------------------------------------------------------------------
 
     def _depth(self, state: _KeyState) -> int:
-        if state.template.actor:
+        if state.template.actor or state.template.strategy == "SPREAD":
             return 1
         avg_ms = state.exec_ns_avg / 1e6
         if avg_ms <= 0:
@@ -201,7 +203,11 @@ class SubmitterCore:
             return effects
         if now_ns < state.retry_at_ns:
             return [Timer(state.retry_at_ns)]
-        limit = max(1, min(self.config.max_pending_requests, max(1, self.peers_that_fit)))
+        if state.template.strategy == "SPREAD":
+            # One lease per task: each request is placed on the next peer in turn.
+            limit = self.config.spread_max_pending
+        else:
+            limit = max(1, min(self.config.max_pending_requests, max(1, self.peers_that_fit)))
         want = min(len(state.queue), limit) - len(state.requests)
         task = self.tasks.get(state.queue[0]) or state.template
         for _ in range(max(0, want)):
@@ -354,6 +360,8 @@ class SubmitterCore:
             state.exec_ns_avg = exec_ns if state.exec_ns_avg == 0 else 0.8 * state.exec_ns_avg + 0.2 * exec_ns
         if now_ns - held.granted_ns > self.config.lease_reuse_ms * 1_000_000 and (held.wanted or state.queue):
             held.draining = True  # fairness: after the reuse window, let others have this worker
+        if state.template.strategy == "SPREAD":
+            held.draining = True  # a SPREAD lease serves one task; the next goes to the next peer
         effects = self._pump(now_ns, state)
         if not held.inflight and held in state.leases:
             effects += self._maybe_release(now_ns, state, held)

@@ -175,6 +175,7 @@ class ClientRuntime:
         def leave():
             self._run(self.submitter.release_all())
             self._run(self.actors.release_all())
+            self._free_all_stored()
             self._send(self.peer_addr, rm.Unregister(self.proc_id))
             self._running = False
             done.set()
@@ -817,6 +818,17 @@ class ClientRuntime:
         if contained:
             self._run(self.refs.adopt_contained(oid, contained))
         self._on_resolved(oid)
+
+    def _free_all_stored(self) -> None:
+        """Leaving: every stored object this process owns dies with it, so free the copies now rather than
+        leave them to the peers' cleanup."""
+        by_holder: dict[str, list[str]] = {}
+        for oid, v in list(self.objects.values.items()):
+            if v.state == STORED and self.refs.is_owned(oid):
+                for _peer_id, peer_addr, _path in v.locations:
+                    by_holder.setdefault(peer_addr, []).append(oid)
+        for addr, oids in by_holder.items():
+            self._send(addr, om.FreeObjects(oids))
 
     def _on_add_location(self, msg: om.AddLocation) -> None:
         v = self.objects.values.get(msg.object_id)

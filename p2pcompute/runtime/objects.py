@@ -58,9 +58,11 @@ class ObjectTable:
             v.contained = contained or []
             v.state = state
             waiters, v.waiters = v.waiters, None
-        if waiters:
-            for lock in waiters:
-                _release(lock)
+            if waiters:
+                for waiter, n in waiters:
+                    waiter.need -= n
+                    if waiter.need == 0 or (waiter.need < 0 and waiter.need + n > 0):
+                        _release(waiter.lock)
         return v
 
     def reset(self, object_id: str) -> None:
@@ -75,9 +77,9 @@ class ObjectTable:
         with self.lock:
             v = self.values.pop(object_id, None)
             waiters = v.waiters if v is not None else None
-        if waiters:
-            for lock in waiters:
-                _release(lock)
+            if waiters:
+                for waiter, _n in waiters:
+                    _release(waiter.lock)  # the waiter rechecks and finds it gone
         return v
 
     # ---- user threads -------------------------------------------------------------------------------
@@ -88,52 +90,57 @@ class ObjectTable:
 
         `on_missing(ids)` is called (once, outside the lock) for ids not known yet, so the I/O thread can ask
         their owners. Returns the ready flags in input order.
-        """
-        lock = threading.Lock()
-        lock.acquire()
-        asked = False
-        while True:
-            unknown = []
-            with self.lock:
-                flags = []
-                for oid in object_ids:
-                    v = self.values.get(oid)
-                    if v is None or v.state == PENDING:
-                        flags.append(False)
-                        if v is None:
-                            unknown.append(oid)
-                            v = self.values[oid] = ObjectValue()
-                        if v.waiters is None:
-                            v.waiters = [lock]
-                        elif lock not in v.waiters:
-                            v.waiters.append(lock)
-                    else:
-                        flags.append(True)
-                ready = sum(flags)
-            if ready >= num:
-                self._unregister(object_ids, lock)
-                return flags
-            if not asked:
-                asked = True
-                on_missing(object_ids)
-            if deadline is None:
-                lock.acquire()
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0 or not lock.acquire(timeout=left):
-                    self._unregister(object_ids, lock)
-                    with self.lock:
-                        return [oid in self.values and self.values[oid].state != PENDING for oid in object_ids]
 
-    def _unregister(self, object_ids: list[str], lock) -> None:
+        The waiter counts down as objects resolve (the I/O thread decrements it), so waiting for n objects
+        costs O(n) in all, not a rescan of the whole list on every arrival.
+        """
+        waiter = _Waiter()
         with self.lock:
+            counts: dict[str, int] = {}
             for oid in object_ids:
+                counts[oid] = counts.get(oid, 0) + 1
+            ready = 0
+            pending = []
+            for oid, n in counts.items():
                 v = self.values.get(oid)
-                if v is not None and v.waiters:
-                    try:
-                        v.waiters.remove(lock)
-                    except ValueError:
-                        pass
+                if v is not None and v.state != PENDING:
+                    ready += n
+                    continue
+                pending.append(oid)
+                if v is None:
+                    v = self.values[oid] = ObjectValue()
+                if v.waiters is None:
+                    v.waiters = []
+                v.waiters.append((waiter, n))
+            waiter.need = num - ready
+            if waiter.need <= 0:
+                self._unregister(counts, waiter)
+                return self._flags(object_ids)
+        on_missing(pending)  # borrowed objects we know nothing of yet: the I/O thread asks their owners
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
+        with self.lock:
+            self._unregister(counts, waiter)
+            return self._flags(object_ids)
+
+    def _flags(self, object_ids: list[str]) -> list[bool]:
+        values = self.values
+        return [(v := values.get(oid)) is not None and v.state != PENDING for oid in object_ids]
+
+    def _unregister(self, counts: dict, waiter: "_Waiter") -> None:
+        for oid in counts:
+            v = self.values.get(oid)
+            if v is not None and v.waiters:
+                v.waiters = [w for w in v.waiters if w[0] is not waiter] or None
+
+
+class _Waiter:
+    __slots__ = ("lock", "need")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.need = 0
 
 
 def _release(lock) -> None:

@@ -135,6 +135,7 @@ class PeerDaemon:
         effects += self.lease.on_process_died(now, proc.proc_id)
         self._run(effects)
         self.table.on_process_died(now, proc.proc_id, proc.kind, proc.job_id, clean=code == 0)
+        self._free_owned_by(lambda owner: owner == proc.proc_id)
         died = rm.ProcessDied(proc.proc_id, proc.kind, reason, proc.addr, proc.task_addr)
         self._tell_locals(died)
         for peer in self._other_peers():
@@ -329,6 +330,7 @@ class PeerDaemon:
             # A process on another peer died: reclaim what it leased here, and tell our clients.
             if msg.proc_id not in self.processes.procs:
                 self._run(self.lease.on_process_died(now, msg.proc_id))
+                self._free_owned_by(lambda owner: owner == msg.proc_id)
                 self._tell_locals(msg)
                 for addr in (msg.addr, msg.task_addr):
                     if addr:
@@ -373,6 +375,12 @@ class PeerDaemon:
                                                   env=self.processes.env, close_fds=True)
         self.keeper_id = f"{self.peer_id}-k{self._keeper_popen.pid}"
         self.keeper_addr = ""
+
+    def _free_owned_by(self, dead) -> None:
+        """Objects whose owner died can never be read again (their metadata died with it): free them."""
+        for oid in list(self.objects.in_memory) + list(self.objects.spilled):
+            if dead(oid.split(".", 1)[0]):
+                self.objects.free(oid)
 
     def _free(self, oid) -> None:
         if _valid_object_id(oid):
@@ -435,6 +443,8 @@ class PeerDaemon:
             self.lease.set_views(self._peer_views())
             self._tell_locals(rm.ProcessDied(eff.peer_id, "peer", f"peer {eff.state}", eff.addr, ""))
             self.table.on_peer_died(now, eff.peer_id)
+            prefix = eff.peer_id + "-"
+            self._free_owned_by(lambda owner: owner.startswith(prefix))
             self.transfers.on_peer_died(eff.peer_id, eff.addr)
             self.transport.forget(eff.addr)
         elif eff.state == "alive":
