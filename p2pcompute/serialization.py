@@ -42,9 +42,13 @@ class Serialized:
 
     @property
     def nbytes(self) -> int:
+        if not self.buffers:
+            return _HEAD.size + len(self.meta)
         return blob_size(len(self.meta), [memoryview(b).nbytes for b in self.buffers])
 
     def to_blob(self) -> bytes:
+        if not self.buffers:  # the common small value: one concatenation, no scratch buffer
+            return _HEAD.pack(_MAGIC, 0, len(self.meta)) + self.meta
         out = bytearray(self.nbytes)
         write_blob(out, self.meta, self.buffers)
         return bytes(out)
@@ -82,7 +86,24 @@ def record_ref(object_id: str, owner_addr: str) -> None:
         refs.append((object_id, owner_addr))
 
 
+_SIMPLE = (int, float, str, bool, type(None))
+
+
+def _simple(value: Any, depth: int = 0) -> bool:
+    """Plain builtin data that pickle by value with the C pickler exactly as cloudpickle would, faster."""
+    t = type(value)
+    if t in _SIMPLE or (t is bytes and len(value) < 4096):
+        return True
+    if depth < 3 and (t is tuple or t is list) and len(value) <= 32:
+        return all(_simple(v, depth + 1) for v in value)
+    if depth < 3 and t is dict and len(value) <= 32:
+        return all(type(k) is str and _simple(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def serialize(value: Any, *, out_of_band: bool = True) -> Serialized:
+    if _simple(value):
+        return Serialized(pickle.dumps(value, protocol=5))
     buffers: list = []
     previous = getattr(_context, "refs", None)
     _context.refs = []

@@ -194,6 +194,8 @@ class SubmitterCore:
         return effects
 
     def _request_more(self, now_ns: int, state: _KeyState) -> list:
+        if not state.queue and not state.requests:
+            return []
         effects: list = []
         if not state.queue:
             # Nothing waits: outstanding requests would only grab workers we do not need.
