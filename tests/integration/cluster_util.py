@@ -57,10 +57,12 @@ class Peer:
         return {n["NodeID"]: n["State"] for n in self.status()["nodes"]}
 
     def alive(self) -> bool:
+        """Running (a killed peer can linger as a zombie until its new parent reaps it: that is dead)."""
         try:
-            os.kill(self.pid, 0)
-            return True
-        except (ProcessLookupError, FileNotFoundError, KeyError, ValueError):
+            pid = self.pid
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, KeyError, ValueError, IndexError):
             return False
 
 
