@@ -251,6 +251,8 @@ def _fmt(value: float | None, unit: str) -> str:
     if unit == "/s":
         return f"{value:,.0f}/s"
     if unit == "ms":
+        if value < 1:
+            return f"{value * 1000:,.0f} us"
         return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
     return f"{value:.2f} s"
 

@@ -40,6 +40,8 @@ class SubmitterConfig:
     pipeline_depth_max: int = 32
     # Tasks shorter than this are pipelined deeper, so the round trip hides behind queued work.
     pipeline_target_ms: float = 2.0
+    # Tasks at least this long are pushed one at a time.
+    pipeline_long_ms: float = 50.0
     retry_backoff_ms: int = 50
     request_timeout_ms: int = 30_000
     # SPREAD asks for a lease per task, at most this many at once.
@@ -161,11 +163,14 @@ class SubmitterCore:
         if state.template.actor or state.template.strategy == "SPREAD":
             return 1
         avg_ms = state.exec_ns_avg / 1e6
-        if avg_ms <= 0:
-            # Unknown length: one at a time, so two long tasks never queue on one worker while another idles.
+        if avg_ms <= 0 or avg_ms >= self.config.pipeline_long_ms:
+            # Unknown or long: one at a time, so two long tasks never queue on one worker while another
+            # idles; the round trip between them costs little next to the task.
             return 1
-        depth = int(self.config.pipeline_target_ms / avg_ms) + 1
-        return max(1, min(self.config.pipeline_depth_max, depth))
+        # Short: keep the next task(s) waiting at the worker, so the round trip back here is hidden behind
+        # the running one.
+        depth = int(self.config.pipeline_target_ms / avg_ms) + 2
+        return max(2, min(self.config.pipeline_depth_max, depth))
 
     def _pump(self, now_ns: int, state: _KeyState) -> list:
         effects: list = []
