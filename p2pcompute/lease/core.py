@@ -507,12 +507,14 @@ class LeaseCore:
     def _ask_idle_leases_back(self, now_ns: int) -> list:
         """Holders keep a lease briefly after their queue empties; if others wait, nudge them to return it."""
         wait_ns = self.config.lease_wanted_after_ms * 1_000_000
-        if not any(now_ns - w.since_ns >= wait_ns and w.worker_id is None and not w.infeasible
-                   for w in self.waiting):
+        waiters = {w.request.holder_id for w in self.waiting
+                   if now_ns - w.since_ns >= wait_ns and w.worker_id is None and not w.infeasible}
+        if not waiters:
             return []
         effects = []
         for lease in self.leases.values():
-            if not lease.request.actor and not lease.wanted_sent:
+            # A holder's own waiting requests are no reason to give its leases back: only others' are.
+            if not lease.request.actor and not lease.wanted_sent and waiters - {lease.request.holder_id}:
                 lease.wanted_sent = True
                 effects.append(Send(lease.request.holder_addr, LeaseWanted(lease.lease_id)))
         return effects

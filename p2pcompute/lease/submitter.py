@@ -365,8 +365,8 @@ class SubmitterCore:
             return []
         if exec_ns > 0:
             state.exec_ns_avg = exec_ns if state.exec_ns_avg == 0 else 0.8 * state.exec_ns_avg + 0.2 * exec_ns
-        if now_ns - held.granted_ns > self.config.lease_reuse_ms * 1_000_000 and (held.wanted or state.queue):
-            held.draining = True  # fairness: after the reuse window, let others have this worker
+        if held.wanted and now_ns - held.granted_ns > self.config.lease_reuse_ms * 1_000_000:
+            held.draining = True  # fairness: others wait and the reuse window is over: let them have it
         if state.template.strategy == "SPREAD":
             held.draining = True  # a SPREAD lease serves one task; the next goes to the next peer
         effects = self._pump(now_ns, state)

@@ -99,6 +99,8 @@ class LineForwarder(io.TextIOBase):
         pass  # whole lines only; a partial line waits for its newline or for the end of its task
 
     def end_of_task(self) -> None:
+        if not self._partial:  # nearly always: nothing half-printed, no lock needed
+            return
         with self._lock:
             lines, self._partial = ([self._partial] if self._partial else []), ""
         if lines:

@@ -118,16 +118,13 @@ class Executor:
                 self._stop = True
 
     def run(self) -> None:
+        queue = self.queue
         while not self._stop:
-            if not self.queue:
-                self._receive(1000)
-            else:
+            self._receive(0 if queue else 1000)
+            while queue and not self._stop:
+                self._execute(queue.popleft())
+                # Between tasks, take in what arrived: a cancel for a queued task must be seen before it runs.
                 self._receive(0)
-            while self.queue and not self._stop:
-                msg = self.queue.popleft()
-                self._execute(msg)
-                if self.queue:
-                    self._receive(0)
 
     def bounce_queued(self) -> None:
         """The running task is about to block: give tasks queued behind it back to their submitters."""
@@ -200,6 +197,8 @@ class Executor:
     def _args(self, msg: rm.PushTask):
         if msg.args is not None:
             blob = msg.args
+            if blob == _EMPTY_ARGS and not msg.slots:
+                return (), {}
         elif msg.args_object:
             oid, size, path, holder_addr, holder_id = msg.args_object[:5]
             blob = self._read_arg(oid, size, [[holder_id, holder_addr, path]], msg.owner_addr)
@@ -400,6 +399,8 @@ class Executor:
     def _pack_returns(self, msg: rm.PushTask, result) -> list:
         n = len(msg.return_ids)
         if n == 1:
+            if result is None:
+                return _NONE_RETURNS
             values = [result]
         elif n == 0:
             values = []
@@ -454,6 +455,10 @@ class Executor:
         else:
             self._send_output(msg.owner_addr)
             self.tasks.send(msg.owner_addr, codec.encode(reply))
+
+
+_EMPTY_ARGS = serialization.serialize(((), {})).to_blob()
+_NONE_RETURNS = [["inline", serialization.serialize(None).to_blob(), []]]
 
 
 def _om():

@@ -163,3 +163,10 @@ def test_malformed_shapes_are_rejected_not_crashed_on():
     bad = RequestLease("r1", "h", "addr-h", "job", {"CPU": "lots"}, 0, "DEFAULT", None, True, False, {})
     effects = c.on_request_lease(1, bad)
     assert effects and "malformed" in effects[0].msg.reason
+
+
+def test_a_holders_own_waiting_requests_do_not_ask_for_its_leases():
+    c = core(cpus=1, lease_wanted_after_ms=0, requeue_interval_ms=1)
+    grants(c.on_request_lease(1, request("r1", holder="a")))
+    c.on_request_lease(2, request("r2", holder="a"))  # the same holder wants more: not a reason to give back
+    assert not [e for e in c.on_tick(10_000_000) if isinstance(e, Send) and isinstance(e.msg, LeaseWanted)]

@@ -154,12 +154,23 @@ def test_bounced_tasks_go_back_to_the_front_and_the_busy_lease_is_returned():
     assert sends(effects, RequestLease)  # asks for another worker rather than wait behind the blocked one
 
 
-def test_fairness_window_drains_a_busy_lease():
+def test_fairness_window_keeps_a_busy_lease_while_nobody_else_waits():
     c = core(lease_reuse_ms=10)
     req = sends(c.submit(0, task(0)), RequestLease)[0]
     for i in range(1, 5):
         c.submit(0, task(i))
     c.on_message(1, grant(req))
+    effects = c.on_task_done(20 * MS, "t0")  # past the reuse window, but no LeaseWanted: keep going
+    assert pushes(effects) == ["t1"] and not sends(effects, ReturnLease)
+
+
+def test_fairness_window_drains_a_busy_lease_when_others_wait():
+    c = core(lease_reuse_ms=10)
+    req = sends(c.submit(0, task(0)), RequestLease)[0]
+    for i in range(1, 5):
+        c.submit(0, task(i))
+    c.on_message(1, grant(req))
+    assert c.on_message(2, LeaseWanted("l1")) == []  # busy: noted, returned when its window is over
     effects = c.on_task_done(20 * MS, "t0")  # past the reuse window with work still queued
     assert pushes(effects) == [] and sends(effects, ReturnLease)
     # The queued tasks still have a request in line at the peer, behind whoever was waiting.
