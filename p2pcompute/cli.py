@@ -74,6 +74,8 @@ def _launch(args, seeds: list[str], token: str) -> dict:
            "--resources", json.dumps(shape)]
     if seeds:
         cmd += ["--join", *seeds]
+    if getattr(args, "prestart", None) is not None:
+        cmd += ["--prestart", str(args.prestart)]
     if getattr(args, "object_store_memory", None):
         cmd += ["--store-capacity", str(args.object_store_memory)]
     env = dict(os.environ, P2P_CLUSTER_TOKEN=token)
@@ -229,6 +231,10 @@ def cmd_status(args) -> int:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    jobs = status.get("jobs") or []
+    if jobs:
+        running = [j for j in jobs if j.get("state") == "RUNNING"]
+        print(f"jobs: {len(running)} running, {len(jobs)} in all (`p2p jobs` lists them)")
     table = status.get("table") or {}
     if table:
         print(f"table: {len(table.get('replicas', []))} replica(s) {', '.join(table.get('replicas', []))}; "
@@ -314,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--object-store-memory", type=int, default=None,
                        help="bytes of shared memory for objects (default 30%% of RAM); beyond it objects spill "
                             "to HOME/spill")
+        p.add_argument("--prestart", type=int, default=None,
+                       help="workers to start at once, before any task asks (default: one per CPU)")
         p.add_argument("--home", default=None, help="state directory (default ~/.p2pcompute or $P2P_HOME)")
         p.add_argument("--token", default=None, help="cluster token (visible in process lists; prefer a file)")
         p.add_argument("--token-file", default=None, help="file holding the cluster token")

@@ -192,6 +192,11 @@ class LeaseCore:
         target = self._spill_target(req)
         if target is not None:
             return [self._spill(req, target)]
+        if req.spilled > 0 and not resources.fits(req.shape, self.total):
+            # Sent here on a stale view: we never fit it. Back to the submitter's own peer, which knows more
+            # (or will wait for a peer that fits) — a retry there, never a loop.
+            return [Send(req.holder_addr, LeaseRejected(req.request_id, f"peer {self.peer_id} cannot fit "
+                                                                        f"{resources.describe(req.shape)}", True))]
         waiting = _Waiting(req, now_ns)
         if not resources.fits(req.shape, self.total):
             waiting.infeasible = True

@@ -492,7 +492,9 @@ class PeerDaemon:
                              "blocked": w.blocked} for w in self.lease.workers.values()],
                 "leases": [{"id": l.lease_id, "holder": l.request.holder_id, "worker": l.worker_id,
                             "shape": l.shape} for l in self.lease.leases.values()],
-                "waiting": self.lease.pending_demand(), "table": self.table.status()}
+                "waiting": self.lease.pending_demand(), "table": self.table.status(),
+                "jobs": [record for _job, record in self.table.client.cache.read(("job_list",))[1] or []]
+                if self.table.client.cache_usable(time.monotonic_ns()) else []}
 
     # ---- shutdown -----------------------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class TableService:
         self._alive: dict[str, str] = {}
         self.handles = _TO_REPLICA + _TO_CLIENT + (rm.TableOp,)
         self.run(self.replica.on_tick(now_ns))
+        # Keep a cache of the table fresh by subscription: most reads then never leave this peer.
+        self.run(self.client.subscribe(now_ns))
 
     # ---- inputs -------------------------------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class TableService:
         if alive != self._alive:
             self._alive = dict(alive)
             self.run(self.replica.on_members(now_ns, alive))
-        if not self.known_replicas:
+        if not self.known_replicas or (self.leader is None and self.replica.role != "leader"):
             self._learn_from_views(now_ns, views)
         self.run(self.replica.on_tick(now_ns))
         self.run(self.client.on_tick(now_ns))
@@ -128,6 +130,7 @@ class TableService:
                 leader = info.get("leader")
                 hint = (leader, replicas[leader]) if isinstance(leader, str) and leader in replicas else None
                 self.known_replicas = replicas
+                self.leader = hint
                 self.run(self.client.update_replicas(now_ns, replicas, hint))
                 return
 
