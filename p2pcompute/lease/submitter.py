@@ -57,6 +57,14 @@ class Push:
 
 
 @dataclass(frozen=True, slots=True)
+class Steal:
+    """Effect: ask the worker of `lease` to hand back these tasks, queued there and not started yet."""
+
+    lease: "Held"
+    task_ids: tuple
+
+
+@dataclass(frozen=True, slots=True)
 class ActorPlaced:
     """Effect: the actor-creation task `task_id` was pushed on `lease`, which now belongs to the actor."""
 
@@ -78,6 +86,7 @@ class Held:
     idle_since_ns: int = 0
     wanted: bool = False
     draining: bool = False  # no new pushes; return when inflight is empty
+    stealing: set = field(default_factory=set)  # tasks we asked its worker to hand back
 
 
 @dataclass(slots=True)
@@ -174,35 +183,54 @@ class SubmitterCore:
 
     def _pump(self, now_ns: int, state: _KeyState) -> list:
         effects: list = []
-        depth = self._depth(state)
         if state.queue:
-            for held in state.leases:
-                if held.draining:
-                    continue
-                while state.queue and len(held.inflight) < depth:
-                    task_id = state.queue.popleft()
-                    held.inflight[task_id] = now_ns
-                    self._lease_of_task[task_id] = held
-                    if state.template.actor:
-                        # The lease now belongs to the actor; it leaves this key's pool.
-                        state.leases.remove(held)
-                        self._leases.pop(held.lease_id, None)
-                        held.inflight.clear()
-                        self._lease_of_task.pop(task_id, None)
-                        self.tasks.pop(task_id, None)
-                        effects.append(ActorPlaced(task_id, held))
+            if state.template.actor:
+                return self._place_actor(state) + self._request_more(now_ns, state)
+            depth = self._depth(state)
+            # Level by level: every lease gets a first task before any gets a second, so an idle worker is
+            # never passed over for a queue behind a busy one.
+            leases = [held for held in state.leases if not held.draining]
+            queue = state.queue
+            for level in range(1, depth + 1):
+                for held in leases:
+                    if not queue:
                         break
-                    effects.append(Push(task_id, held))
-                if not state.queue:
+                    if len(held.inflight) < level:
+                        task_id = queue.popleft()
+                        held.inflight[task_id] = now_ns
+                        self._lease_of_task[task_id] = held
+                        effects.append(Push(task_id, held))
+                if not queue:
                     break
         effects += self._request_more(now_ns, state)
         return effects
 
+    def _place_actor(self, state: _KeyState) -> list:
+        """An actor-creation key: each granted lease takes one creation task and leaves the pool for good."""
+        effects = []
+        for held in list(state.leases):
+            if not state.queue:
+                break
+            if held.draining or held.inflight:
+                continue
+            task_id = state.queue.popleft()
+            state.leases.remove(held)
+            self._leases.pop(held.lease_id, None)
+            self.tasks.pop(task_id, None)
+            effects.append(ActorPlaced(task_id, held))
+        return effects
+
     def _request_more(self, now_ns: int, state: _KeyState) -> list:
-        if not state.queue and not state.requests:
+        # Tasks not started yet: queued here, or pipelined behind a running one at a worker. A task pushed
+        # deep on one worker still wants a worker of its own, or a long task ahead of it would hold it up.
+        backlog = len(state.queue)
+        for held in state.leases:
+            if len(held.inflight) > 1:
+                backlog += len(held.inflight) - 1
+        if not backlog and not state.requests:
             return []
         effects: list = []
-        if not state.queue:
+        if not backlog:
             # Nothing waits: outstanding requests would only grab workers we do not need.
             for req in list(state.requests.values()):
                 effects.append(Send(req.target_addr, CancelLeaseRequest(req.request_id)))
@@ -215,8 +243,9 @@ class SubmitterCore:
             limit = self.config.spread_max_pending
         else:
             limit = max(1, min(self.config.max_pending_requests, max(1, self.peers_that_fit)))
-        want = min(len(state.queue), limit) - len(state.requests)
-        task = self.tasks.get(state.queue[0]) or state.template
+        want = min(backlog, limit) - len(state.requests)
+        task = self.tasks.get(state.queue[0]) if state.queue else None
+        task = task or state.template
         for _ in range(max(0, want)):
             target = task.first_target or self.local_peer_addr
             effects.append(self._send_request(now_ns, state, target, 0, task))
@@ -261,13 +290,28 @@ class SubmitterCore:
         self._drop_request(state, req)
         if state is None:
             return [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
-        held = Held(msg.lease_id, msg.worker_id, msg.worker_addr, msg.worker_ctl_addr, msg.peer_id, msg.peer_addr, req.key, now_ns,
-                    idle_since_ns=now_ns)
+        held = Held(msg.lease_id, msg.worker_id, msg.worker_addr, msg.worker_ctl_addr, msg.peer_id, msg.peer_addr,
+                    req.key, now_ns, idle_since_ns=now_ns)
         state.leases.append(held)
         self._leases[held.lease_id] = held
         effects = self._pump(now_ns, state)
         if not held.inflight and held in state.leases:
-            effects += self._maybe_release(now_ns, state, held)
+            effects += self._steal_for(state, held) or self._maybe_release(now_ns, state, held)
+        return effects
+
+    def _steal_for(self, state: _KeyState, idle: Held) -> list:
+        """An idle lease while another of the same key has tasks queued behind a running one: take them
+        back, so a long task never holds up short ones that another worker could run now."""
+        if state.queue or state.template.actor:
+            return []
+        effects = []
+        for held in state.leases:
+            if held is idle or len(held.inflight) < 2:
+                continue
+            waiting = [t for t in list(held.inflight)[1:] if t not in held.stealing]
+            if waiting:
+                held.stealing.update(waiting)
+                effects.append(Steal(held, tuple(waiting)))
         return effects
 
     def on_spillback(self, now_ns: int, msg: LeaseSpillback) -> list:
@@ -276,9 +320,9 @@ class SubmitterCore:
             return []
         state = self.keys.get(req.key)
         self._drop_request(state, req)
-        if state is None or not state.queue:
+        if state is None or not (state.queue or any(len(h.inflight) > 1 for h in state.leases)):
             return []
-        task = self.tasks.get(state.queue[0]) or state.template
+        task = (self.tasks.get(state.queue[0]) if state.queue else None) or state.template
         return [self._send_request(now_ns, state, msg.target_addr, req.spilled + 1, task)]
 
     def on_rejected(self, now_ns: int, msg: LeaseRejected) -> list:
@@ -360,6 +404,7 @@ class SubmitterCore:
         if held is None:
             return []
         held.inflight.pop(task_id, None)
+        held.stealing.discard(task_id)
         state = self.keys.get(held.key)
         if state is None:
             return []
@@ -371,7 +416,7 @@ class SubmitterCore:
             held.draining = True  # a SPREAD lease serves one task; the next goes to the next peer
         effects = self._pump(now_ns, state)
         if not held.inflight and held in state.leases:
-            effects += self._maybe_release(now_ns, state, held)
+            effects += self._steal_for(state, held) or self._maybe_release(now_ns, state, held)
         return effects
 
     def forget_task(self, task_id: str) -> None:
@@ -382,7 +427,8 @@ class SubmitterCore:
         self.tasks.pop(task_id, None)
 
     def bounce(self, now_ns: int, task_ids: list[str]) -> list:
-        """A worker returned tasks it had not started (it blocked in `get`): queue them again, first."""
+        """A worker returned tasks it had not started — we stole them, or it blocked in `get` — queue
+        them again, first."""
         effects: list = []
         touched = {}
         for task_id in reversed(task_ids):
@@ -390,7 +436,10 @@ class SubmitterCore:
             task = self.tasks.get(task_id)
             if held is not None:
                 held.inflight.pop(task_id, None)
-                held.draining = True  # its worker is busy in a blocking get; don't feed it more
+                if task_id in held.stealing:
+                    held.stealing.discard(task_id)
+                else:
+                    held.draining = True  # its worker is busy in a blocking get; don't feed it more
             if task is None:
                 continue
             state = self.keys.get(task.key)

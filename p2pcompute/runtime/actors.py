@@ -304,7 +304,7 @@ class ActorManager:
             self.rt._finish_with_error(rec, serialization.system_error_bytes(
                 TaskCancelledError(f"actor call {rec.name} ({rec.task_id}) was cancelled")))
         elif rec.task_id in caller.inflight:
-            self.rt._send(caller.ctl_addr, rm.CancelTask(rec.task_id, False, False))
+            self.rt._send(caller.ctl_addr, rm.CancelTask(rec.task_id, False, False, self.rt.addr))
 
     def _on_location(self, loc: rm.ActorLocation) -> None:
         caller = self.callers.get(loc.actor_id)

@@ -28,7 +28,7 @@ from p2pcompute.errors import (ActorDiedError, ArgumentLostError, ObjectFreedErr
                                PeerUnavailableError, RemoteProtocolError, TableError, TaskCancelledError,
                                WorkerCrashedError)
 from p2pcompute.lease import messages as lm
-from p2pcompute.lease.submitter import ActorPlaced, Held, Push, SubmitterConfig, SubmitterCore, TaskInfo
+from p2pcompute.lease.submitter import ActorPlaced, Held, Push, Steal, SubmitterConfig, SubmitterCore, TaskInfo
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.net.transport import Transport, Waker
@@ -305,6 +305,8 @@ class ClientRuntime:
                 self._on_free(eff.object_id)
             elif t is ActorPlaced:
                 self.actors.on_placed(eff.task_id, eff.lease)
+            elif t is Steal:
+                self._send(eff.lease.worker_ctl_addr, rm.StealTasks(list(eff.task_ids), self.addr))
 
     def _send(self, to: str, msg) -> None:
         try:
@@ -448,9 +450,13 @@ class ClientRuntime:
         slots = []
         values = self.objects.values
         locality: dict = {}
+        waiting = []
         for oid, _owner in rec.slot_refs:
-            v = values[oid]
-            if v.state == INLINE:
+            v = values.get(oid)
+            if v is None or v.state == PENDING:
+                # Ready when counted, but reset since (its copies were lost and it is being rebuilt).
+                waiting.append(oid)
+            elif v.state == INLINE:
                 slots.append(["inline", v.data])
             elif v.state == STORED:
                 slots.append(["stored", oid, v.size, [list(l) for l in v.locations], _owner])
@@ -459,8 +465,15 @@ class ClientRuntime:
                     locality[peer_id] = [(entry[0] if entry else 0) + v.size, peer_addr]
             else:
                 # A failed argument fails the task with the same error, without running it.
-                self._finish_with_error(rec, v.error)
+                self._finish_with_error(rec, v.error or serialization.system_error_bytes(
+                    ObjectLostError(f"argument {oid} failed")))
                 return
+        if waiting:
+            rec.deps_left = len(waiting)
+            for oid in waiting:
+                self.dep_waiters.setdefault(oid, []).append(rec)
+            self._fetch([oid for oid in waiting if not self.refs.is_owned(oid)])
+            return
         if rec.args_object is not None:
             entry = locality.get(self.node_id)
             locality[self.node_id] = [(entry[0] if entry else 0) + rec.args_object[1], self.peer_addr]
@@ -551,21 +564,29 @@ class ClientRuntime:
     def _argument_lost(self, rec: TaskRecord, error: bytes) -> bool:
         """The worker could not read an argument: forget the copy it was told of, rebuild, and run again."""
         exc = serialization.error_from_bytes(error)
-        if not isinstance(exc, ArgumentLostError) or rec.arg_losses >= 3:
+        if not isinstance(exc, ArgumentLostError):
             return False
-        rec.arg_losses += 1
         oid = exc.object_id
         v = self.objects.values.get(oid)
-        if v is None or v.state != STORED:
+        if v is None:
             return False
-        if rec.kind == "task":
-            self.submitter.forget_task(rec.task_id)
-        v.locations = [loc for loc in v.locations if self._copy_readable(oid, loc)]
-        if not v.locations:
+        if v.state == ERROR:
+            self._finish_with_error(rec, v.error)
+            return True
+        if v.state == STORED:
+            rec.arg_losses += 1
+            if rec.arg_losses > 5:
+                return False
+            # The worker tried every copy it was told of and could read none: they are gone (a dead
+            # holder's death may not have reached us yet).
+            v.locations = []
             if self.refs.is_owned(oid):
                 self._object_lost(oid, "a worker could not read any copy")
             else:
                 self._refetch(oid)
+        # PENDING: being rebuilt (or re-asked of its owner); the task runs again once it is ready.
+        if rec.kind == "task":
+            self.submitter.forget_task(rec.task_id)
         rec.scheduled = False
         rec.held = None
         self._resolve_deps(rec)
@@ -657,6 +678,7 @@ class ClientRuntime:
             self._run(effects)
 
     def _finish_with_error(self, rec: TaskRecord, error: bytes) -> None:
+        assert error is not None, "every failure carries its error"
         if rec.kind == "task" and rec.scheduled:
             self.submitter.forget_task(rec.task_id)
         for oid in rec.return_ids:
@@ -878,7 +900,7 @@ class ClientRuntime:
                     self._finish_with_error(rec, error)
                     return
                 if rec.held is not None:
-                    self._send(rec.held.worker_ctl_addr, rm.CancelTask(rec.task_id, force, recursive))
+                    self._send(rec.held.worker_ctl_addr, rm.CancelTask(rec.task_id, force, recursive, self.addr))
                     if force:
                         self._send(rec.held.peer_addr, rm.ForceKillWorker(rec.held.worker_id, "cancel(force=True)"))
             elif rec.kind == "actor_call":

@@ -87,6 +87,7 @@ class CancelTask:
     task_id: str
     force: bool
     recursive: bool
+    reply_to: str
 
 
 @message(409)
@@ -304,3 +305,12 @@ class RefsReply:
     request_id: str
     proc_id: str
     refs: list         # [[object_id, owned, local, pins, borrowers_dict, state, size], ...]
+
+
+@message(426)
+class StealTasks:
+    """Submitter -> a leased worker's I/O thread: hand back these tasks if they have not started; the answer
+    is a `TasksBounced` (to `reply_to`) listing those that will not run here."""
+
+    task_ids: list
+    reply_to: str

@@ -150,6 +150,15 @@ class PeerDaemon:
                 return proc.proc_id
         return ""
 
+    def dead_peer_at(self, addr: str) -> str | None:
+        """The id of the dead (or departed) peer at `addr`, if membership says so."""
+        if self.membership is None:
+            return None
+        for member in self.membership.members().values():
+            if member.addr == addr and member.state in ("dead", "left"):
+                return member.peer_id
+        return None
+
     def _tell_locals(self, msg) -> None:
         data = codec.encode(msg)
         for other in self.processes.procs.values():

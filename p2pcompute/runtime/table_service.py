@@ -8,9 +8,11 @@ the leader and keeps a read cache fresh by subscription, so lookups rarely cross
 Whom to ask: replicas put the replica set they know in their peer's gossiped view (`view["table"]`); a peer
 that knows no replica yet takes it from there.
 
-Replica state is kept in memory only. That is safe here because a peer never comes back under the same id:
-a restarted peer is a new node, which the leader adds as a fresh member (and catches up), while its old id
-is replaced as dead. Losing a majority of the replicas at once loses the table (see docs/architecture.md).
+Replica state is kept in memory only. That is safe here because a peer never comes back under the same id
+*without its memory*: a restarted peer is a new node, which the leader adds as a fresh member (and catches
+up), while its old id is replaced as dead; a peer that was only paused (SIGSTOP) comes back with its state
+intact, which Raft handles like any slow replica. Losing a majority of the replicas at once loses the table
+(see docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ log = logging.getLogger("p2pcompute.transfers")
 
 CHUNK_BYTES = 8 << 20
 WINDOW = 4
-STALL_TIMEOUT_S = 30.0
+STALL_TIMEOUT_S = 10.0
 
 
 class _Transfer:
@@ -72,6 +72,11 @@ class TransferServer:
             return
         transfer = self.transfers.get(oid)
         if transfer is None:
+            dead = self.peer.dead_peer_at(msg.holder_addr)
+            if dead is not None:
+                # Never wait on a holder we know is gone: the owner rebuilds the object instead.
+                self._reply(msg.reply_to, msg.request_id, oid, f"the holder peer {dead} is dead")
+                return
             tmp = store.file_of(oid) + ".fetch"
             fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
             os.ftruncate(fd, msg.size)

@@ -62,9 +62,24 @@ class WorkerClient(ClientRuntime):
         self.ops.append(("send", self.peer_addr, _lm().WorkerUnblocked(self.worker_id)))
         self.waker.wake()
 
+    def _dispatch(self, sender: str, msg) -> None:
+        if type(msg) is rm.StealTasks:
+            ex = getattr(self, "executor", None)
+            if ex is not None:
+                given = ex.give_back([t for t in msg.task_ids if isinstance(t, str)])
+                if given:
+                    self._send(msg.reply_to, rm.TasksBounced(given))
+            return
+        super()._dispatch(sender, msg)
+
     def _on_cancel_request(self, msg: rm.CancelTask) -> None:
         ex = getattr(self, "executor", None)
         if ex is None:
+            return
+        if ex.actor_id is None and ex.running != msg.task_id and ex.give_back([msg.task_id]):
+            # Queued here, not started: it will never run; say so now rather than when its turn comes.
+            error = serialization.system_error_bytes(TaskCancelledError(f"task {msg.task_id} was cancelled"))
+            self._send(msg.reply_to, rm.TaskReply(msg.task_id, [], 0, self.worker_id, ex.node_id, error))
             return
         if msg.recursive and ex.running == msg.task_id and ex.actor_id is None:
             # Cancellation is recursive, as in Ray: what the cancelled task submitted goes too. A task
@@ -101,6 +116,11 @@ class Executor:
         self._interrupt_target: str | None = None
         self._stop = False
         self.output = client.output
+        # Work stealing (see give_back): the I/O thread may take back tasks the main thread has not started.
+        self._steal_lock = threading.Lock()
+        self._stolen: set[str] = set()
+        self._finished: deque = deque(maxlen=4096)
+        self._finished_set: set[str] = set()
 
     # ---- receiving ----------------------------------------------------------------------------------
 
@@ -132,13 +152,15 @@ class Executor:
             return  # actor calls must run here, in order
         self._receive(0)
         by_owner: dict[str, list] = {}
-        keep = deque()
+        keep = []
         for msg in self.queue:
             if msg.kind == "task":
                 by_owner.setdefault(msg.owner_addr, []).append(msg.task_id)
             else:
                 keep.append(msg)
-        self.queue = keep
+        # In place: the run loop holds this very deque.
+        self.queue.clear()
+        self.queue.extend(keep)
         for owner, ids in by_owner.items():
             self.tasks.send(owner, codec.encode(rm.TasksBounced(ids)))
 
@@ -223,7 +245,39 @@ class Executor:
         except ObjectLostError as exc:
             raise ArgumentLostError(f"argument {oid} of this task could not be read: {exc}", oid) from None
 
+    def give_back(self, task_ids: list[str]) -> list[str]:
+        """I/O thread: tasks not started (queued here, or not arrived yet) will not run here; returns them."""
+        with self._steal_lock:
+            given = [t for t in task_ids if t != self.running and t not in self._finished_set]
+            self._stolen.update(given)
+        return given
+
+    def _claim(self, task_id: str) -> bool:
+        """Main thread: start `task_id` unless it was given back meanwhile."""
+        with self._steal_lock:
+            if task_id in self._stolen:
+                self._stolen.discard(task_id)
+                return False
+            self.running = task_id
+            return True
+
+    def _finish(self, task_id: str) -> None:
+        with self._steal_lock:
+            if len(self._finished) == self._finished.maxlen:
+                self._finished_set.discard(self._finished[0])
+            self._finished.append(task_id)
+            self._finished_set.add(task_id)
+
     def _execute(self, msg: rm.PushTask) -> None:
+        if msg.kind == "task" and not self._claim(msg.task_id):
+            return  # stolen back by its submitter, which runs it elsewhere
+        try:
+            self._execute_claimed(msg)
+        finally:
+            if msg.kind == "task":
+                self._finish(msg.task_id)
+
+    def _execute_claimed(self, msg: rm.PushTask) -> None:
         client = self.client
         for ref in msg.refs:
             client.ops.append(("received", ref[0], ref[1]))

@@ -151,7 +151,8 @@ def test_bounced_tasks_go_back_to_the_front_and_the_busy_lease_is_returned():
     c.submit(3, task(3))
     effects = c.bounce(4, ["t2", "t3"])
     assert list(c.keys[KEY].queue) == ["t2", "t3"]
-    assert sends(effects, RequestLease)  # asks for another worker rather than wait behind the blocked one
+    # Another worker is asked for (already when t3 queued behind t2), rather than wait behind the blocked one.
+    assert c.keys[KEY].requests
 
 
 def test_fairness_window_keeps_a_busy_lease_while_nobody_else_waits():
@@ -175,3 +176,35 @@ def test_fairness_window_drains_a_busy_lease_when_others_wait():
     assert pushes(effects) == [] and sends(effects, ReturnLease)
     # The queued tasks still have a request in line at the peer, behind whoever was waiting.
     assert c.keys[KEY].requests and c.queued() == 4
+
+
+def test_an_idle_lease_gets_work_before_a_busy_one_gets_more():
+    c = core(max_pending_requests=2)
+    c.peers_that_fit = 2
+    reqs = sends(c.submit(0, task(0)) + c.submit(0, task(1)), RequestLease)
+    assert len(reqs) == 2
+    c.on_message(1, grant(reqs[0], lease="l1", worker="w1"))
+    c.on_message(1, grant(reqs[1], lease="l2", worker="w2"))
+    c.on_task_done(2, "t0", exec_ns=100_000)  # short tasks: deep pipelines allowed from now on
+    c.on_task_done(2, "t1", exec_ns=100_000)
+    c.submit(5, task(2))
+    c.submit(5, task(3))
+    held = {h.lease_id: list(h.inflight) for h in c.held_leases()}
+    assert sorted(map(len, held.values())) == [1, 1], held
+
+
+def test_an_idle_lease_steals_tasks_queued_behind_a_running_one():
+    from p2pcompute.lease.submitter import Steal
+    c = core()
+    req = sends(c.submit(0, task(0)), RequestLease)[0]
+    c.on_message(1, grant(req, lease="l1", worker="w1"))
+    c.on_task_done(2, "t0", exec_ns=100_000)
+    c.submit(3, task(1))
+    c.submit(3, task(2))  # both pipelined on w1 (one lease only)
+    pending = list(c.keys[KEY].requests.values())[0]
+    grant2 = LeaseGranted(pending.request_id, "l2", "w2", "task-w2", "ctl-w2", "p1", "addr-peer")
+    effects = c.on_message(5, grant2)
+    steals = [e for e in effects if isinstance(e, Steal)]
+    assert steals and steals[0].task_ids == ("t2",) and steals[0].lease.worker_id == "w1"
+    # The worker hands it back; it runs on the idle lease.
+    assert pushes(c.bounce(6, ["t2"])) == ["t2"]
