@@ -1,0 +1,42 @@
+"""The checks can fail: each core, broken on purpose, is caught, and the printed replay command reproduces it.
+
+`--break capacity` turns on `LeaseCore._test_ignore_capacity` (grants without reserving resources);
+`--break refutation` turns on `Membership._test_skip_refutation` (a peer wrongly declared dead never
+refutes — pauses longer than the suspicion timeout make that happen); `--break refcount` swaps in
+`sims.broken.OwnerIgnoresAddBorrower` (an owner that forgets borrowers registered by a forwarder — the
+actors workload forwards refs to third parties). Each run without the switch is clean, so it is the switch
+that the simulator catches.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sims_testing import event_hash, failed_invariants, replay_argv, run_cli
+
+CASES = [
+    ("capacity", "lease_capacity", ["--peers", "8", "--seconds", "5", "--workload", "tasks", "--load", "1.5"]),
+    ("refutation", "membership_agreement",
+     ["--peers", "8", "--seconds", "20", "--workload", "membership", "--faults", "pause=0.02,pause_for=const:8s"]),
+    ("refcount", "refs_safe", ["--peers", "12", "--seconds", "10", "--workload", "actors"]),
+]
+
+
+@pytest.mark.parametrize("switch, invariant, argv", CASES, ids=[c[0] for c in CASES])
+def test_a_broken_core_is_caught_and_the_replay_reproduces_it(switch, invariant, argv):
+    status, out = run_cli(["run", *argv, "--break", switch])
+    assert status == 1, out
+    assert invariant in failed_invariants(out), out
+    replay = replay_argv(out)
+    assert "--break" in replay and switch in replay
+    status2, again = run_cli(replay)
+    assert status2 == 1
+    assert failed_invariants(again) == failed_invariants(out)
+    assert event_hash(again) == event_hash(out)
+
+
+@pytest.mark.parametrize("switch, invariant, argv", CASES, ids=[c[0] for c in CASES])
+def test_the_same_run_without_the_switch_is_clean(switch, invariant, argv):
+    status, out = run_cli(["run", *argv])
+    assert status == 0, out
+    assert not failed_invariants(out)
