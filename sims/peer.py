@@ -182,6 +182,7 @@ class SimPeer:
             cluster.member_seen(self, e)
             if self.lease is not None and e.previous_state in ("dead", "left"):
                 cluster.audit.on_holders_back(self.key, e.peer_id + "-")  # it refuted: alive again
+                self._lease(self.lease.on_peer_alive(self.local(), e.peer_id))
 
     def _peer_died(self, peer_id: str, addr: str) -> None:
         prefix = peer_id + "-"

@@ -17,7 +17,10 @@ are served first-come, first-served as resources free up; a queued request that 
 spilled on the next tick unless it was spilled already.
 
 Leases die with their holder: `on_process_died` / `on_peer_died` reclaim every lease the dead process or
-peer held. A worker blocked in `get` lends its CPUs back until it unblocks (so nested tasks cannot deadlock
+peer held, after dropping its queued requests (else returning a lease would grant one of them on the spot).
+The dead are remembered: a request that arrives after its holder's death (sent before it, held up by TCP
+across a partition) is dropped rather than granted to a holder nobody would reclaim it from. A peer seen
+alive again (`on_peer_alive`: it refuted a false death, or restarted with its old id) is forgotten. A worker blocked in `get` lends its CPUs back until it unblocks (so nested tasks cannot deadlock
 a full peer); the lease is briefly oversubscribed when it resumes, as in Ray.
 
 Pure: no I/O, no clock reads; randomness only through `rng`.
@@ -33,6 +36,9 @@ from p2pcompute.lease.messages import (CancelLeaseRequest, LeaseGranted, LeaseRe
                                        LeaseSpillback, LeaseWanted, RequestLease, ReturnLease, WorkerBlocked,
                                        WorkerUnblocked)
 from p2pcompute.net.effects import Send, Timer
+
+
+_MAX_DEAD_PROCS = 100_000  # enough for hours of churn; a forgotten one costs at most one stray lease
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,10 @@ class LeaseCore:
         self._spread_next = 0  # round robin over peers for the SPREAD strategy
         self.granted_total = 0
         self.spilled_total = 0
+        # Holders whose death was handled. Process ids are "<peer id>-<kind><n>", so a dead peer covers all
+        # of its processes; dead processes are kept up to a bound (oldest forgotten first).
+        self._dead_peers: set[str] = set()
+        self._dead_procs: dict[str, None] = {}
         # Test-only switch: grant without reserving resources (the simulator must catch this).
         self._test_ignore_capacity = False
 
@@ -187,6 +197,8 @@ class LeaseCore:
     def on_request_lease(self, now_ns: int, req: RequestLease) -> list:
         if req.request_id in self._by_request or not isinstance(req.shape, dict):
             return []  # a duplicate of a request we are already serving
+        if self.holder_dead(req.holder_id):
+            return []  # sent before its holder died: nobody would ever give the lease back
         if any(not isinstance(k, str) or not isinstance(v, int) or v < 0 for k, v in req.shape.items()):
             return [Send(req.holder_addr, LeaseRejected(req.request_id, "malformed resource shape", False))]
         target = self._spill_target(req)
@@ -389,29 +401,40 @@ class LeaseCore:
 
     # ---- death of holders ---------------------------------------------------------------------------
 
+    def holder_dead(self, holder_id: str) -> bool:
+        return holder_id in self._dead_procs or holder_id.rpartition("-")[0] in self._dead_peers
+
     def on_process_died(self, now_ns: int, proc_id: str) -> list:
-        """A submitter process died: reclaim its leases and drop its queued requests."""
-        effects: list = []
-        for lease in [l for l in self.leases.values() if l.request.holder_id == proc_id]:
-            # An actor's worker dies with the process that held it; a task worker goes back to the pool,
-            # but it may still be running the dead holder's task, so stop it rather than reuse it.
-            effects += self.on_return_lease(now_ns, lease.lease_id, kill=True)
-        for waiting in [w for w in self.waiting if w.request.holder_id == proc_id]:
-            effects += self.on_cancel_request(now_ns, waiting.request.request_id)
-        return effects
+        """A submitter process died: drop its queued requests, then reclaim its leases."""
+        self._dead_procs[proc_id] = None
+        if len(self._dead_procs) > _MAX_DEAD_PROCS:
+            del self._dead_procs[next(iter(self._dead_procs))]
+        return self._reclaim(now_ns, lambda holder: holder == proc_id)
 
     def on_peer_died(self, now_ns: int, peer_id: str, holder_ids: set[str] | None = None) -> list:
         """A whole peer died: every process there is gone. `holder_ids` are its processes, if known."""
         self.views.pop(peer_id, None)
+        self._dead_peers.add(peer_id)
+        prefix = peer_id + "-"
+        return self._reclaim(now_ns, lambda holder: holder.startswith(prefix) or bool(holder_ids and holder in holder_ids))
+
+    def on_peer_alive(self, now_ns: int, peer_id: str) -> list:
+        """A peer we wrote off is alive again (it refuted, or restarted with its id): serve its processes."""
+        self._dead_peers.discard(peer_id)
+        prefix = peer_id + "-"
+        for proc_id in [p for p in self._dead_procs if p.startswith(prefix)]:
+            del self._dead_procs[proc_id]
+        return []
+
+    def _reclaim(self, now_ns: int, is_dead) -> list:
         effects: list = []
-        dead = [l for l in self.leases.values()
-                if (holder_ids and l.request.holder_id in holder_ids) or l.request.holder_id.startswith(peer_id)]
-        for lease in dead:
-            effects += self.on_return_lease(now_ns, lease.lease_id, kill=True)
-        for waiting in [w for w in self.waiting
-                        if (holder_ids and w.request.holder_id in holder_ids)
-                        or w.request.holder_id.startswith(peer_id)]:
+        # Queued requests go first: each returned lease dispatches the queue, which must not hold them.
+        for waiting in [w for w in self.waiting if is_dead(w.request.holder_id)]:
             effects += self.on_cancel_request(now_ns, waiting.request.request_id)
+        for lease in [l for l in self.leases.values() if is_dead(l.request.holder_id)]:
+            # An actor's worker dies with the process that held it; a task worker goes back to the pool,
+            # but it may still be running the dead holder's task, so stop it rather than reuse it.
+            effects += self.on_return_lease(now_ns, lease.lease_id, kill=True)
         return effects
 
     # ---- dispatch -----------------------------------------------------------------------------------

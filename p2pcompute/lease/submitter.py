@@ -123,6 +123,9 @@ class _KeyState:
         self.retry_at_ns = 0
 
 
+_MAX_DEAD_WORKERS = 10_000  # remembered worker deaths; a grant arrives within seconds of its worker's death
+
+
 class SubmitterCore:
     def __init__(self, self_id: str, self_addr: str, job_id: str, local_peer_addr: str, *,
                  config: SubmitterConfig | None = None):
@@ -136,6 +139,10 @@ class SubmitterCore:
         self._lease_of_task: dict[str, Held] = {}
         self._requests: dict[str, _Request] = {}
         self._leases: dict[str, Held] = {}
+        # Workers reported dead. A grant of one can arrive after the news of its death (the peer granted it,
+        # then reclaimed it when it wrote us off during a partition; the two messages come by different
+        # routes): such a grant is void, or a task pushed to it would wait for ever.
+        self._dead_workers: dict[str, None] = {}
         self._seq = 0
         self.peers_that_fit = 1  # set by the runtime from membership; bounds pipelined lease requests
 
@@ -288,6 +295,9 @@ class SubmitterCore:
             return [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
         state = self.keys.get(req.key)
         self._drop_request(state, req)
+        if msg.worker_id in self._dead_workers:
+            effects = [Send(msg.peer_addr, ReturnLease(msg.lease_id, True))]
+            return effects + (self._request_more(now_ns, state) if state is not None else [])
         if state is None:
             return [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
         held = Held(msg.lease_id, msg.worker_id, msg.worker_addr, msg.worker_ctl_addr, msg.peer_id, msg.peer_addr,
@@ -357,6 +367,9 @@ class SubmitterCore:
         return lost, (self._pump(now_ns, state) if state is not None else [])
 
     def on_worker_died(self, now_ns: int, worker_id: str) -> tuple[list[str], list]:
+        self._dead_workers[worker_id] = None
+        if len(self._dead_workers) > _MAX_DEAD_WORKERS:
+            del self._dead_workers[next(iter(self._dead_workers))]
         for held in list(self._leases.values()):
             if held.worker_id == worker_id:
                 return self.on_revoked(now_ns, held.lease_id)

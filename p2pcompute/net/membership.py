@@ -375,13 +375,16 @@ class Membership:
             self._absorb(now_ns, sender, msg.members, msg.views, out)
         finally:
             self._spreading = True
-        if not self._joined:
+        # Only an answer (want_reply False: the reply to our Join, or to a pull or push-pull of ours) joins
+        # us. A pull *from* a peer that joined through us while we still wait for our own seeds says nothing
+        # about the cluster: taking it as our answer would stop our joins and split the two off for good.
+        if not self._joined and not msg.want_reply:
             # Peers that joined at the same time through other members may be missing from this state, and
             # their join rumours may be over before they reach us: ask someone else for its state, soon.
             self._pull_ns = now_ns + 2 * self.config.probe_interval_ms * _MS
             self._next_sync_ns = now_ns + self._sync_interval_ns()  # now that we know how big the cluster is
-        self._joined = True
-        self._join_retry_ns = _NEVER
+            self._joined = True
+            self._join_retry_ns = _NEVER
         if msg.want_reply:
             for snap in self._snapshots(want_reply=False):
                 out.append(Send(sender, snap))

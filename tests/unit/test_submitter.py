@@ -208,3 +208,17 @@ def test_an_idle_lease_steals_tasks_queued_behind_a_running_one():
     assert steals and steals[0].task_ids == ("t2",) and steals[0].lease.worker_id == "w1"
     # The worker hands it back; it runs on the idle lease.
     assert pushes(c.bounce(6, ["t2"])) == ["t2"]
+
+
+def test_a_grant_of_a_worker_already_reported_dead_is_void():
+    """Found by sims (seed 55 of a partition sweep): the grant and the worker's death come by different routes,
+    and the death can arrive first. Pushing to the dead worker would leave the task waiting for ever."""
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_worker_died(1, "w1")
+    effects = c.on_message(2, grant(req, worker="w1"))
+    assert pushes(effects) == []
+    assert [e.msg.kill for e in sends(effects, ReturnLease)] == [True]
+    again = sends(effects, RequestLease)
+    assert len(again) == 1  # the task asks for another worker at once
+    assert pushes(c.on_message(3, grant(again[0], lease="l2", worker="w2"))) == ["t1"]

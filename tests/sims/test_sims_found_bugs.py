@@ -1,7 +1,7 @@
-"""Bugs the simulator found in the cores or their wiring, each the shortest run found that shows it.
+"""Bugs the simulator found in the cores, each as the shortest run or transcript found that shows it.
 
-These are strict xfails: when a fix lands, the test passes, pytest reports XPASS as a failure, and the
-marker must go. Each reason names the bug; docs/simulations.md explains it.
+Fixed bugs stay here as regression tests. A bug still open is a strict xfail: when its fix lands the test
+passes, pytest reports XPASS as a failure, and the marker must go. docs/simulations.md explains each one.
 """
 
 from __future__ import annotations
@@ -23,20 +23,6 @@ def test_refs_survive_a_partition_that_outlasts_the_suspicion_timeout():
         assert "refs_safe" not in failed_invariants(out), out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (runtime wiring, mirrored by sims/peer.py): a peer restarted with the "
-                   "same peer id (p2p join --peer-id) refutes its old incarnation before anyone declares it dead; "
-                   "MemberChanged then says 'alive' with a new meta, which peer.py ignores, so leases held by and "
-                   "tasks pushed to the old incarnation's processes are never reclaimed or retried")
-def test_tasks_survive_a_restart_with_the_same_peer_id():
-    for seed in range(1, 11):  # most seeds show it (seed 2 did when this was written)
-        _, out = run_cli(["run", "--peers", "5", "--seconds", "8", "--seed", str(seed), "--workload", "tasks",
-                          "--restart-id", "same", "--faults", "crash=0.05,restart=2"])
-        assert "tasks_finish" not in failed_invariants(out), out
-
-
-@pytest.mark.xfail(strict=True, reason="BUG: LeaseCore.on_peer_died (and on_process_died) first returns the dead holder's "
-                   "leases — each return dispatches the queue — and only then cancels its queued requests, so a "
-                   "queued request of the dead holder is granted on the spot and that lease is never reclaimed")
 def test_a_dead_holders_queued_request_is_not_granted_while_its_leases_are_reclaimed():
     """Minimal transcript of what `python -m sims run --peers 8 --seconds 15 --seed 6 --workload tasks
     --faults crash=0.03,partition=0.03,partition_for=const:6s` finds (leases_die_with_holder)."""
@@ -58,10 +44,6 @@ def test_a_dead_holders_queued_request_is_not_granted_while_its_leases_are_recla
     assert not core.leases
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LeaseCore keeps no record of the holders whose death it handled, so a "
-                   "RequestLease that arrives afterwards — sent before the death, held by TCP across a partition — is "
-                   "granted to the dead holder, and nothing will ever reclaim that lease (ReferenceTable remembers "
-                   "dead processes for exactly this)")
 def test_a_request_arriving_after_its_holders_death_is_not_granted():
     """Minimal transcript of `python -m sims run --peers 8 --seconds 15 --seed 6 --workload tasks
     --faults crash=0.03,partition=0.03,partition_for=const:6s` (a grant at 9.14 s to a holder declared dead at
@@ -79,10 +61,6 @@ def test_a_request_arriving_after_its_holders_death_is_not_granted():
     assert not core.leases
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Membership takes any Snapshot — even a pull request (want_reply) from a peer "
-                   "that joined through it — as the answer to its own Join: a joining peer whose seeds are cut off "
-                   "then stops retrying them for good, and it and the peers that joined through it form a separate "
-                   "cluster that never merges")
 def test_a_joining_peer_is_not_joined_by_a_pull_from_a_peer_that_joined_through_it():
     """Minimal transcript of what the state machine found (tests/sims/test_sims_machine.py): two peers restart
     during a partition, the second joining through the first, which is itself still joining."""
@@ -112,3 +90,20 @@ def test_a_joining_peer_is_not_joined_by_a_pull_from_a_peer_that_joined_through_
     retried = any(isinstance(e, Send) and e.to == "tcp://seed"
                   for k in range(1, 40) for e in a.on_tick(now + k * 1_000 * ms))
     assert retried or not a.joined, "A stopped joining through its seed without ever hearing from it"
+
+
+def test_a_peer_alive_again_after_a_false_death_is_served_again():
+    """The other side of remembering the dead: a peer that refuted its death gets leases again."""
+    from p2pcompute.lease.core import LeaseCore
+    from p2pcompute.lease.messages import LeaseGranted, RequestLease
+
+    core = LeaseCore("pA", "tcp://a", {"CPU": 10_000})
+    for start in core.prestart(0, 1):
+        core.on_worker_registered(0, start.worker_id, f"tcp://{start.worker_id}")
+    core.on_peer_died(1, "pH")
+    core.on_process_died(1, "pH-d2")
+    assert core.holder_dead("pH-d9") and core.holder_dead("pH-d2") and not core.holder_dead("pHX-d1")
+    core.on_peer_alive(2, "pH")
+    assert not core.holder_dead("pH-d9") and not core.holder_dead("pH-d2")
+    req = RequestLease("pH-d2:r1", "pH-d2", "tcp://h", "job", {"CPU": 10_000}, 1, "DEFAULT", None, True, False, {})
+    assert [e for e in core.on_message(3, "pH-d2", req) if isinstance(getattr(e, "msg", None), LeaseGranted)]
