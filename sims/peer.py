@@ -375,7 +375,7 @@ class SimPeer:
         if not dirty:
             return
         self._views_dirty = {}
-        views, cache, membership = self.lease.views, self._pv_cache, self.membership
+        lease, views, cache, membership = self.lease, self.lease.views, self._pv_cache, self.membership
         for pid in dirty:
             if pid == self.peer_id:
                 continue
@@ -385,17 +385,20 @@ class SimPeer:
                 v = m.view
                 hit = cache.get(pid)
                 if hit is not None and hit[0] is v and hit[1].addr == m.addr:
+                    if pid in views:
+                        continue  # unchanged, and already there
                     pv = hit[1]
                 else:
                     total, avail = v.get("total"), v.get("available")
                     if isinstance(total, dict) and isinstance(avail, dict):
-                        pv = PeerView(pid, m.addr, total, avail, int(v.get("queued", 0) or 0))
+                        # A copy: a spill lowers the core's estimate in place, and the dict is the gossiped one.
+                        pv = PeerView(pid, m.addr, total, dict(avail), int(v.get("queued", 0) or 0))
                         cache[pid] = (v, pv)
             if pv is None:
-                views.pop(pid, None)
+                lease.drop_view(pid)
                 cache.pop(pid, None)
             else:
-                views[pid] = pv
+                lease.put_view(pv)
         n = len(views) + 1
         for d in self.drivers:
             d.sub.peers_that_fit = n

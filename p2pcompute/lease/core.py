@@ -62,6 +62,12 @@ class LeaseConfig:
     locality_wait_ms: int = 1_000
     # Arguments smaller than this do not make a peer worth waiting for.
     locality_min_bytes: int = 1 << 20
+    # Up to this many known peers a spill decision looks at all of them; beyond, it samples `sample_tries`
+    # at random and keeps those that fit, so a decision costs O(choices), not O(peers), in large clusters.
+    scan_all_below: int = 64
+    sample_tries: int = 8
+    # Queued requests reconsidered for spillback per tick, oldest first: a long queue costs a bounded tick.
+    respill_per_tick: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +143,11 @@ class LeaseCore:
         self.leases: dict[str, _Lease] = {}
         self.waiting: list[_Waiting] = []
         self._by_request: dict[str, _Waiting] = {}
-        # Other peers as last heard through gossip; refreshed by set_views.
+        # Other peers as last heard through gossip; refreshed by set_views (or put_view / drop_view). The
+        # ids are also kept in a list, for sampling in O(1).
         self.views: dict[str, policy.PeerView] = {}
+        self._view_ids: list[str] = []
+        self._view_pos: dict[str, int] = {}
         self._seq = 0
         self._next_requeue_ns = 0
         self._warned_shapes: set = set()
@@ -165,6 +174,46 @@ class LeaseCore:
         # shared with the membership core.
         self.views = {v.peer_id: policy.PeerView(v.peer_id, v.addr, v.total, dict(v.available), v.queued)
                       for v in views if v.peer_id != self.peer_id}
+        self._view_ids = list(self.views)
+        self._view_pos = {pid: i for i, pid in enumerate(self._view_ids)}
+
+    def put_view(self, view: policy.PeerView) -> None:
+        """Add or replace one peer's view (the view is kept as given: the caller hands over a copy)."""
+        if view.peer_id == self.peer_id:
+            return
+        if view.peer_id not in self._view_pos:
+            self._view_pos[view.peer_id] = len(self._view_ids)
+            self._view_ids.append(view.peer_id)
+        self.views[view.peer_id] = view
+
+    def drop_view(self, peer_id: str) -> None:
+        self.views.pop(peer_id, None)
+        pos = self._view_pos.pop(peer_id, None)
+        if pos is not None:
+            last = self._view_ids.pop()
+            if last != peer_id:
+                self._view_ids[pos] = last
+                self._view_pos[last] = pos
+
+    def _candidates(self, shape: dict, now_free: bool = True) -> list[policy.PeerView]:
+        """Peers where `shape` fits (in free resources, or at all): every one in a small cluster; in a large
+        one, those among a few sampled at random — enough for power-of-d choices without an O(N) scan."""
+        field = "available" if now_free else "total"
+        ids, views = self._view_ids, self.views
+        if len(ids) <= self.config.scan_all_below:
+            return [v for v in views.values() if resources.fits(shape, getattr(v, field))]
+        found: dict[str, policy.PeerView] = {}
+        n, randrange = len(ids), self.rng.randrange
+        for _ in range(self.config.sample_tries):
+            v = views[ids[randrange(n)]]
+            if resources.fits(shape, getattr(v, field)):
+                found[v.peer_id] = v
+                if len(found) >= self.config.choices:
+                    break
+        if not found and not now_free:
+            # A shape few peers can hold at all (say, GPUs): sampling would miss them, so look at every one.
+            return [v for v in views.values() if resources.fits(shape, v.total)]
+        return list(found.values())
 
     def local_view(self) -> dict:
         return {"total": dict(self.total), "available": dict(self.available), "queued": len(self.waiting)}
@@ -246,7 +295,6 @@ class LeaseCore:
         """Where to send `req` instead of serving it here, or None to serve (or queue) it here."""
         if req.spilled > 0:
             return None
-        views = list(self.views.values())
         if req.affinity is not None and req.affinity != self.peer_id:
             view = self.views.get(req.affinity)
             if view is not None and resources.fits(req.shape, view.total):
@@ -256,8 +304,8 @@ class LeaseCore:
         if req.affinity == self.peer_id:
             return None
         if not resources.fits(req.shape, self.total):
-            return policy.pick(policy.available_now(views, req.shape), self.rng, self.config.choices) or \
-                policy.pick(policy.feasible(views, req.shape), self.rng, self.config.choices)
+            return policy.pick(self._candidates(req.shape), self.rng, self.config.choices) or \
+                policy.pick(self._candidates(req.shape, now_free=False), self.rng, self.config.choices)
         fits_here = resources.fits(req.shape, self.available)
         if req.strategy == "SPREAD":
             return self._spread_target(req) if waited_ns == 0 else None
@@ -265,7 +313,7 @@ class LeaseCore:
             return None  # wait for a worker here rather than move the data
         if fits_here and self.utilization() < self.config.spread_threshold:
             return None  # pack locally while lightly loaded
-        best = policy.pick(policy.available_now(views, req.shape), self.rng, self.config.choices)
+        best = policy.pick(self._candidates(req.shape), self.rng, self.config.choices)
         if best is None:
             return None
         if fits_here and policy.load_of(best) >= self._load():
@@ -413,7 +461,7 @@ class LeaseCore:
 
     def on_peer_died(self, now_ns: int, peer_id: str, holder_ids: set[str] | None = None) -> list:
         """A whole peer died: every process there is gone. `holder_ids` are its processes, if known."""
-        self.views.pop(peer_id, None)
+        self.drop_view(peer_id)
         self._dead_peers.add(peer_id)
         prefix = peer_id + "-"
         return self._reclaim(now_ns, lambda holder: holder.startswith(prefix) or bool(holder_ids and holder in holder_ids))
@@ -521,9 +569,13 @@ class LeaseCore:
 
     def _respill(self, now_ns: int) -> list:
         effects: list = []
+        budget = self.config.respill_per_tick
         for waiting in list(self.waiting):
             if waiting.worker_id is not None or waiting.request.spilled > 0:
                 continue
+            budget -= 1
+            if budget < 0:
+                break
             target = self._spill_target(waiting.request, max(1, now_ns - waiting.since_ns))
             if target is None:
                 continue

@@ -1,8 +1,9 @@
 """Where a request that does not run here should go: power of two choices over the gossiped views.
 
 A peer's *load* is the share of its CPUs in use plus its queue per CPU; among the peers where the shape fits,
-`choices` are sampled at random and the least loaded wins. Sampling a few rather than scanning all keeps the
-choice O(1) and, with stale views, avoids every peer herding onto the one that looked emptiest.
+`choices` are sampled at random and the least loaded wins. Sampling a few rather than taking the best of all
+keeps the choice cheap and, with stale views, avoids every peer herding onto the one that looked emptiest.
+(`LeaseCore._candidates` finds the peers that fit: all of them in a small cluster, a random few in a big one.)
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ def load_of(view: PeerView) -> float:
         return float(view.queued)
     used = cpus - view.available.get(resources.CPU, 0)
     return used / cpus + view.queued * resources.UNIT / cpus
-
-
-def feasible(views: list[PeerView], shape: dict) -> list[PeerView]:
-    return [v for v in views if resources.fits(shape, v.total)]
-
-
-def available_now(views: list[PeerView], shape: dict) -> list[PeerView]:
-    return [v for v in views if resources.fits(shape, v.available)]
 
 
 def pick(candidates: list[PeerView], rng: random.Random, choices: int = 2) -> PeerView | None:

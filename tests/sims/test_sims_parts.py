@@ -165,6 +165,11 @@ def test_the_incremental_views_equal_a_full_rebuild():
         for peer in c.up.values():
             peer._views_ns = -(1 << 62)  # due now
             peer._refresh_views()
-            full = {v.peer_id: (v.addr, v.total, v.available, v.queued) for v in peer.full_views()}
-            mine = {pid: (v.addr, v.total, v.available, v.queued) for pid, v in peer.lease.views.items()}
+            full_views = {v.peer_id: v for v in peer.full_views()}
+            full = {pid: (v.addr, v.total, v.queued) for pid, v in full_views.items()}
+            mine = {pid: (v.addr, v.total, v.queued) for pid, v in peer.lease.views.items()}
             assert mine == full, peer.peer_id
+            assert sorted(peer.lease._view_ids) == sorted(full), peer.peer_id  # the sampling list too
+            for pid, v in peer.lease.views.items():
+                # Free resources are the gossiped ones, less what this peer spilled there since (its estimate).
+                assert all(v.available.get(k, 0) <= n for k, n in full_views[pid].available.items()), pid
