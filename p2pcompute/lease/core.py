@@ -170,15 +170,15 @@ class LeaseCore:
     # ---- views of the cluster -----------------------------------------------------------------------
 
     def set_views(self, views: list[policy.PeerView]) -> None:
-        # Copies: spilling adjusts our estimate of a peer's free resources, and the gossiped dicts are
-        # shared with the membership core.
-        self.views = {v.peer_id: policy.PeerView(v.peer_id, v.addr, v.total, dict(v.available), v.queued)
+        # Our own PeerView objects, sharing the gossiped dicts: `_spill` replaces a view's `available`
+        # with a lowered copy, never changes the dict, which belongs to the membership core.
+        self.views = {v.peer_id: policy.PeerView(v.peer_id, v.addr, v.total, v.available, v.queued)
                       for v in views if v.peer_id != self.peer_id}
         self._view_ids = list(self.views)
         self._view_pos = {pid: i for i, pid in enumerate(self._view_ids)}
 
     def put_view(self, view: policy.PeerView) -> None:
-        """Add or replace one peer's view (the view is kept as given: the caller hands over a copy)."""
+        """Add or replace one peer's view. The object becomes the core's (a spill replaces its `available`)."""
         if view.peer_id == self.peer_id:
             return
         if view.peer_id not in self._view_pos:
@@ -323,8 +323,11 @@ class LeaseCore:
     def _spill(self, req: RequestLease, target: policy.PeerView) -> Send:
         self.spilled_total += 1
         # Until the next gossip about that peer, count what we just sent it, so the next spill prefers
-        # another peer instead of herding everything onto the one that looked emptiest.
-        resources.subtract(target.available, req.shape)
+        # another peer instead of herding everything onto the one that looked emptiest. A copy: the
+        # dict we had is the gossiped one.
+        available = dict(target.available)
+        resources.subtract(available, req.shape)
+        target.available = available
         return Send(req.holder_addr, LeaseSpillback(req.request_id, target.peer_id, target.addr))
 
     def _load(self) -> float:

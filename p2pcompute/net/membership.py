@@ -306,6 +306,10 @@ class Membership:
         """One member by id, without copying the whole table as `members()` does."""
         return self._members.get(peer_id)
 
+    def alive_count(self) -> int:
+        """len(alive()), without building the list."""
+        return len(self._alive_ids) + 1
+
     def alive(self) -> list[Member]:
         """This peer and every member that is alive or suspect (a suspect is still usable)."""
         return [self._self] + [self._members[pid] for pid in self._alive_ids]
