@@ -158,6 +158,8 @@ class Executor:
                 took = time.perf_counter_ns() - t0
                 prev = self._quick_ns.get(msg.name)
                 self._quick_ns[msg.name] = took if prev is None else (prev * 3 + took) // 4
+                if not queue:
+                    tasks.flush()  # nothing known to follow: the reply goes now, not after another poll
                 # Between tasks, take in what arrived: a cancel for a queued task must be seen before it runs.
                 self._receive(0)
             tasks.flush()
