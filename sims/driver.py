@@ -148,10 +148,12 @@ class Driver:
     def _on_reply(self, msg: rm.TaskReply) -> None:
         task = self.tasks.get(msg.task_id)
         if task is None or task.done:
+            # As the client: a late answer of another attempt may still free the worker it ran on.
+            self._run(self.sub.on_task_done(self.peer.local(), msg.task_id, 0, msg.worker_id))
             self.cluster.workload.on_stale_reply(self, msg)
             return
         if task.kind == "task":
-            self._run(self.sub.on_task_done(self.peer.local(), task.task_id, msg.exec_ns))
+            self._run(self.sub.on_task_done(self.peer.local(), task.task_id, msg.exec_ns, msg.worker_id))
         self.complete(task, msg)
 
     def complete(self, task: SimTask, msg) -> None:

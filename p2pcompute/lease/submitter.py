@@ -410,9 +410,17 @@ class SubmitterCore:
 
     # ---- completion ---------------------------------------------------------------------------------
 
-    def on_task_done(self, now_ns: int, task_id: str, exec_ns: int = 0) -> list:
-        """The task's reply arrived (success or error)."""
-        held = self._lease_of_task.pop(task_id, None)
+    def on_task_done(self, now_ns: int, task_id: str, exec_ns: int = 0, worker_id: str | None = None) -> list:
+        """A reply for the task arrived (success or error), from `worker_id` if known. Tell us of every
+        reply, even for a task already done: each may free a worker."""
+        held = self._lease_of_task.get(task_id)
+        if held is not None and worker_id is not None and held.worker_id != worker_id:
+            # A reply from an earlier attempt, on a worker we had written off, that answered after all. The
+            # task is done, but the attempt we pushed since still runs on `held`'s worker: the lease stays
+            # busy until that one answers too, or its worker would be handed to someone else mid-task.
+            self.tasks.pop(task_id, None)
+            return []
+        self._lease_of_task.pop(task_id, None)
         task = self.tasks.pop(task_id, None)
         if held is None:
             return []

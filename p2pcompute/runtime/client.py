@@ -537,10 +537,12 @@ class ClientRuntime:
     def _on_task_reply(self, msg: rm.TaskReply) -> None:
         rec = self.tasks.get(msg.task_id)
         if rec is None or rec.done:
+            # A late answer of another attempt: nothing to take from it, but its worker may be free now.
+            self._run(self.submitter.on_task_done(now_ns(), msg.task_id, 0, msg.worker_id))
             self._discard_returns(msg)
             return
         if rec.kind == "task":
-            self._run(self.submitter.on_task_done(now_ns(), rec.task_id, msg.exec_ns))
+            self._run(self.submitter.on_task_done(now_ns(), rec.task_id, msg.exec_ns, msg.worker_id))
         if msg.system_error is not None:
             if self._argument_lost(rec, msg.system_error):
                 return

@@ -222,3 +222,18 @@ def test_a_grant_of_a_worker_already_reported_dead_is_void():
     again = sends(effects, RequestLease)
     assert len(again) == 1  # the task asks for another worker at once
     assert pushes(c.on_message(3, grant(again[0], lease="l2", worker="w2"))) == ["t1"]
+
+
+def test_a_late_reply_from_an_earlier_attempt_keeps_the_new_attempts_lease_busy():
+    """Found by sims: a task was retried after its worker was written off; that worker answered after all
+    while the new attempt ran elsewhere. The late answer completes the task, but returning the new attempt's
+    lease then would hand its worker to someone else mid-task."""
+    c = core()
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    assert pushes(c.on_message(1, grant(req, lease="l2", worker="w2"))) == ["t1"]  # the retry, on w2
+    effects = c.on_task_done(2, "t1", 5, worker_id="w1")  # the first attempt's worker answers
+    assert sends(effects, ReturnLease) == []
+    assert [(h.lease_id, list(h.inflight)) for h in c.held_leases()] == [("l2", ["t1"])]  # still running there
+    c.on_task_done(3, "t1", 0, worker_id="w2")  # now the retry answers: its worker is free
+    assert [(h.lease_id, list(h.inflight)) for h in c.held_leases()] in ([], [("l2", [])])
+    assert c.on_task_done(4, "t1", 0, worker_id="w2") == []  # a third reply changes nothing
