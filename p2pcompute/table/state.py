@@ -201,7 +201,10 @@ class TableState:
     def _claim(self, index, name, value):
         holder = self.tables["names"].get(_str(name, "name"))
         if holder is not None:
-            return (False, holder), []
+            # The same value again is the same claim applied twice (a client that retried after a leader
+            # change without learning of its first commit): it won, and must hear so, not that it lost to
+            # itself. Claim values are unique (they carry a fresh actor id), so no one else can match.
+            return (holder == value, holder), []
         value = _present(value, "claimed value")
         return (True, value), [("names", name, value)]
 

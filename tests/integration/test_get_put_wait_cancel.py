@@ -25,8 +25,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 def gated(gate: str, started: str | None = None, value=None, limit_s: float = 30.0):
     """Hold a CPU until the file `gate` exists (bounded), then return `value`."""
     if started:
-        with open(started, "w") as f:
+        # Written whole, then renamed: a reader that sees the file sees the pid.
+        with open(started + ".tmp", "w") as f:
             f.write(str(os.getpid()))
+        os.replace(started + ".tmp", started)
     deadline = time.monotonic() + limit_s
     while not os.path.exists(gate):
         if time.monotonic() > deadline:

@@ -149,3 +149,12 @@ def test_snapshot_round_trip_and_cache_replay():
     assert restored.snapshot() == state.snapshot()
     with pytest.raises(ValueError):
         TableState.restore({"tables": {"kv": {}}, "sessions": []})
+
+
+def test_a_claim_applied_twice_still_wins_and_another_value_still_loses():
+    """A client that retried a claim after a leader change may have it applied twice: it must hear that it
+    won (its own value holds the name), not that it lost to itself. Found by the racing-claims test."""
+    state = TableState()
+    assert run(state, ("claim", "n", {"actor_id": "a1"})) == (True, {"actor_id": "a1"})
+    assert run(state, ("claim", "n", {"actor_id": "a1"})) == (True, {"actor_id": "a1"})
+    assert run(state, ("claim", "n", {"actor_id": "b2"})) == (False, {"actor_id": "a1"})
