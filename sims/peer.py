@@ -178,11 +178,14 @@ class SimPeer:
         if e.state in ("dead", "left"):
             cluster.member_declared_gone(self, e)
             self._peer_died(e.peer_id, e.addr)
-        elif e.previous_state is not None:
-            cluster.member_seen(self, e)
-            if self.lease is not None and e.previous_state in ("dead", "left"):
-                cluster.audit.on_holders_back(self.key, e.peer_id + "-")  # it refuted: alive again
+        else:
+            if self.lease is not None:
+                # As the runtime: not dead now, whatever came before (dead, a forgotten record, nothing).
                 self._lease(self.lease.on_peer_alive(self.local(), e.peer_id))
+            if e.previous_state is not None:
+                cluster.member_seen(self, e)
+                if self.lease is not None and e.previous_state in ("dead", "left"):
+                    cluster.audit.on_holders_back(self.key, e.peer_id + "-")  # it refuted: alive again
 
     def _peer_died(self, peer_id: str, addr: str) -> None:
         prefix = peer_id + "-"

@@ -247,7 +247,11 @@ class LeaseCore:
         if req.request_id in self._by_request or not isinstance(req.shape, dict):
             return []  # a duplicate of a request we are already serving
         if self.holder_dead(req.holder_id):
-            return []  # sent before its holder died: nobody would ever give the lease back
+            # Sent before its holder died: a lease nobody would ever give back. Refused, not dropped: if the
+            # death was a false alarm not yet refuted here, the holder retries instead of waiting for its
+            # request to time out.
+            return [Send(req.holder_addr, LeaseRejected(req.request_id, f"peer {self.peer_id} saw the process "
+                                                                        f"{req.holder_id} or its peer die", False))]
         if any(not isinstance(k, str) or not isinstance(v, int) or v < 0 for k, v in req.shape.items()):
             return [Send(req.holder_addr, LeaseRejected(req.request_id, "malformed resource shape", False))]
         target = self._spill_target(req)
@@ -470,11 +474,9 @@ class LeaseCore:
         return self._reclaim(now_ns, lambda holder: holder.startswith(prefix) or bool(holder_ids and holder in holder_ids))
 
     def on_peer_alive(self, now_ns: int, peer_id: str) -> list:
-        """A peer we wrote off is alive again (it refuted, or restarted with its id): serve its processes."""
+        """Membership says the peer is alive (or suspect): if we wrote it off, it refuted. Serve its
+        processes again — those that really died stay in `_dead_procs` (process ids are never reused)."""
         self._dead_peers.discard(peer_id)
-        prefix = peer_id + "-"
-        for proc_id in [p for p in self._dead_procs if p.startswith(prefix)]:
-            del self._dead_procs[proc_id]
         return []
 
     def _reclaim(self, now_ns: int, is_dead) -> list:

@@ -456,10 +456,11 @@ class PeerDaemon:
             self._free_owned_by(lambda owner: owner.startswith(prefix))
             self.transfers.on_peer_died(eff.peer_id, eff.addr)
             self.transport.forget(eff.addr)
-        elif eff.state == "alive":
-            if eff.previous_state in ("dead", "left"):
-                self._run(self.lease.on_peer_alive(time.monotonic_ns(), eff.peer_id))  # it refuted
-            self.lease.set_views(self._peer_views())
+        elif eff.state in ("alive", "suspect"):
+            # Whatever came before (dead, a forgotten dead record, nothing): it is not dead now.
+            self._run(self.lease.on_peer_alive(time.monotonic_ns(), eff.peer_id))
+            if eff.state == "alive":
+                self.lease.set_views(self._peer_views())
         self._tell_locals(rm.ClusterInfo(len(self._other_peers()) + 1))
 
     # ---- reports ------------------------------------------------------------------------------------

@@ -55,10 +55,14 @@ def test_a_request_arriving_after_its_holders_death_is_not_granted():
     for start in core.prestart(0, 1):
         core.on_worker_registered(0, start.worker_id, f"tcp://{start.worker_id}")
     core.on_peer_died(1, "pH")
+    from p2pcompute.lease.messages import LeaseRejected
     late = RequestLease("pH-d1:r7", "pH-d1", "tcp://h", "job", {"CPU": 10_000}, 1, "DEFAULT", None, True, False, {})
     effects = core.on_message(2, "pH-d1", late)
     assert not [e for e in effects if isinstance(getattr(e, "msg", None), LeaseGranted)]
     assert not core.leases
+    # Refused rather than dropped: were the death a false alarm, the holder retries at once instead of
+    # waiting for its request to time out (30 s).
+    assert [e.to for e in effects if isinstance(getattr(e, "msg", None), LeaseRejected)] == ["tcp://h"]
 
 
 def test_a_joining_peer_is_not_joined_by_a_pull_from_a_peer_that_joined_through_it():
@@ -104,6 +108,7 @@ def test_a_peer_alive_again_after_a_false_death_is_served_again():
     core.on_process_died(1, "pH-d2")
     assert core.holder_dead("pH-d9") and core.holder_dead("pH-d2") and not core.holder_dead("pHX-d1")
     core.on_peer_alive(2, "pH")
-    assert not core.holder_dead("pH-d9") and not core.holder_dead("pH-d2")
-    req = RequestLease("pH-d2:r1", "pH-d2", "tcp://h", "job", {"CPU": 10_000}, 1, "DEFAULT", None, True, False, {})
-    assert [e for e in core.on_message(3, "pH-d2", req) if isinstance(getattr(e, "msg", None), LeaseGranted)]
+    assert not core.holder_dead("pH-d9")  # its live processes are served again...
+    assert core.holder_dead("pH-d2")  # ...but one that really died stays dead (process ids are never reused)
+    req = RequestLease("pH-d9:r1", "pH-d9", "tcp://h", "job", {"CPU": 10_000}, 1, "DEFAULT", None, True, False, {})
+    assert [e for e in core.on_message(3, "pH-d9", req) if isinstance(getattr(e, "msg", None), LeaseGranted)]
