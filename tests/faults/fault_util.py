@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from cluster_util import Cluster, Peer
+from cluster_util import Cluster, Peer, wait_for as wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "fault_driver.py")
@@ -128,18 +128,6 @@ def start_four(base: str, num_cpus: int = 1) -> FaultCluster:
         cluster.stop_all()
         raise
     return cluster
-
-
-def wait_until(pred, timeout_s: float, what: str, interval_s: float = 0.1):
-    """Poll `pred` until it returns something truthy; fail the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval_s)  # polling another process's state, bounded by the deadline
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 
 class Driver:
