@@ -19,9 +19,10 @@ spilled on the next tick unless it was spilled already.
 Leases die with their holder: `on_process_died` / `on_peer_died` reclaim every lease the dead process or
 peer held, after dropping its queued requests (else returning a lease would grant one of them on the spot).
 The dead are remembered: a request that arrives after its holder's death (sent before it, held up by TCP
-across a partition) is dropped rather than granted to a holder nobody would reclaim it from. A peer seen
-alive again (`on_peer_alive`: it refuted a false death, or restarted with its old id) is forgotten. A worker blocked in `get` lends its CPUs back until it unblocks (so nested tasks cannot deadlock
-a full peer); the lease is briefly oversubscribed when it resumes, as in Ray.
+across a partition) is refused rather than granted to a holder nobody would reclaim it from. A peer that
+membership reports alive again (`on_peer_alive`: it refuted a false death) is served again; its processes
+that really died stay dead. A worker blocked in `get` lends its CPUs back until it unblocks (so nested
+tasks cannot deadlock a full peer); the lease is briefly oversubscribed when it resumes, as in Ray.
 
 Pure: no I/O, no clock reads; randomness only through `rng`.
 """
