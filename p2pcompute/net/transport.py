@@ -335,18 +335,21 @@ class Transport:
     def send(self, address: str, data: bytes) -> None:
         held = self._held
         if held is not None:
+            # Held per endpoint, not per address: two spellings of one address reach one process, and
+            # their messages must keep their order.
+            endpoint = self._endpoint_of.get(address) or self._endpoint(address)
             if len(data) <= BATCH_ITEM_MAX:
-                items = held.get(address)
+                items = held.get(endpoint)
                 if items is None:
-                    held[address] = [data]
+                    held[endpoint] = [address, data]
                 else:
                     items.append(data)
-                    if len(items) >= BATCH_MAX:
-                        self._flush_one(address, held.pop(address))
+                    if len(items) > BATCH_MAX:
+                        self._flush_one(held.pop(endpoint))
                 return
-            items = held.pop(address, None)
+            items = held.pop(endpoint, None)
             if items:
-                self._flush_one(address, items)  # what was held for it goes first: order is kept
+                self._flush_one(items)  # what was held for it goes first: order is kept
         self._send_now(address, data)
 
     def _send_now(self, address: str, data: bytes) -> None:
@@ -356,10 +359,10 @@ class Transport:
             out.queued += 1
 
     def send_frames(self, address: str, frames: list) -> None:
-        if self._held is not None:
-            items = self._held.pop(address, None)
+        if self._held:
+            items = self._held.pop(self._endpoint_of.get(address) or self._endpoint(address), None)
             if items:
-                self._flush_one(address, items)
+                self._flush_one(items)
         out = self._out(address)
         out.sock.send_multipart(frames, copy=False)
         if not out.connected:
@@ -377,20 +380,22 @@ class Transport:
             self._held = {}
 
     def holding(self) -> int:
-        return sum(len(items) for items in self._held.values()) if self._held else 0
+        return sum(len(items) - 1 for items in self._held.values()) if self._held else 0
 
     def flush(self) -> None:
         held, self._held = self._held, None
         if held:
-            for address, items in held.items():
-                self._flush_one(address, items)
+            for items in held.values():
+                self._flush_one(items)
 
-    def _flush_one(self, address: str, items: list) -> None:
-        if len(items) == 1:
-            self._send_now(address, items[0])
+    def _flush_one(self, items: list) -> None:
+        """Send [address, message, message, ...]: one message as itself, more as one batch frame."""
+        address = items[0]
+        if len(items) == 2:
+            self._send_now(address, items[1])
             return
         parts = [_BATCH_HEADER]
-        for item in items:
+        for item in items[1:]:
             parts.append(_LEN.pack(len(item)))
             parts.append(item)
         self._send_now(address, b"".join(parts))
@@ -402,7 +407,7 @@ class Transport:
         except ValueError:
             return 0
         if self._held:
-            self._held.pop(address, None)
+            self._held.pop(endpoint, None)
         out = self._outs.pop(endpoint, None)
         if out is None:
             return 0
