@@ -219,6 +219,8 @@ class ClientRuntime:
                 frames, fds, events = self.transport.poll(timeout_ms)
                 if fds:
                     self.waker.clear()
+                # What this pass sends goes out when it ends, one frame per destination (Transport.hold).
+                self.transport.hold()
                 self._drain_ops()
                 if self.output.has_other():
                     self._send_output()
@@ -230,6 +232,7 @@ class ClientRuntime:
                 now = now_ns()
                 if now >= self._deadline_ns:
                     self._tick(now)
+                self.transport.flush()
         except BaseException:  # noqa: BLE001 - the I/O thread must report, never vanish silently
             log.exception("p2pcompute I/O thread crashed")
             self._fail_everything("the p2pcompute I/O thread crashed; see the log above")

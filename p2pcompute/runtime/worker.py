@@ -38,6 +38,8 @@ from p2pcompute.runtime import output
 from p2pcompute.runtime.client import INLINE_MAX_BYTES, ClientRuntime
 from p2pcompute.serialization import ArgSlot
 
+QUICK_NS = 200_000  # a task that ran faster than this may have its reply held briefly (see Executor.run)
+
 log = logging.getLogger("p2pcompute.worker")
 
 _current = output.current
@@ -121,6 +123,7 @@ class Executor:
         self._stolen: set[str] = set()
         self._finished: deque = deque(maxlen=4096)
         self._finished_set: set[str] = set()
+        self._quick_ns: dict[str, int] = {}  # recent run time of each function or method, by name
 
     # ---- receiving ----------------------------------------------------------------------------------
 
@@ -139,15 +142,32 @@ class Executor:
 
     def run(self) -> None:
         queue = self.queue
+        tasks = self.tasks
         while not self._stop:
             self._receive(0 if queue else 1000)
             while queue and not self._stop:
-                self._execute(queue.popleft())
+                msg = queue.popleft()
+                # Replies to a run of quick tasks go out together; before anything that may take a while
+                # (or that we know nothing of yet), what was held goes out, so no reply waits behind it.
+                if self._quick_ns.get(msg.name, QUICK_NS) < QUICK_NS and tasks.holding() < 64:
+                    tasks.hold()
+                else:
+                    tasks.flush()
+                t0 = time.perf_counter_ns()
+                self._execute(msg)
+                took = time.perf_counter_ns() - t0
+                prev = self._quick_ns.get(msg.name)
+                self._quick_ns[msg.name] = took if prev is None else (prev * 3 + took) // 4
+                if not queue:
+                    tasks.flush()  # nothing known to follow: the reply goes now, not after another poll
                 # Between tasks, take in what arrived: a cancel for a queued task must be seen before it runs.
                 self._receive(0)
+            tasks.flush()
 
     def bounce_queued(self) -> None:
         """The running task is about to block: give tasks queued behind it back to their submitters."""
+        if threading.current_thread() is threading.main_thread():
+            self.tasks.flush()  # the replies held so far go now: the block may last (run() owns `tasks`)
         if self.actor is not None or self.actor_id is not None:
             return  # actor calls must run here, in order
         self._receive(0)

@@ -55,7 +55,12 @@ DRIVER = textwrap.dedent('''
                 except p2p.errors.NameTakenError as exc:
                     print("TAKEN NameTakenError", exc, flush=True)
                     break
-                print("CLAIMED", p2p.get(h.hello.remote(), timeout=30), flush=True)
+                # The claim is decided once remote() returns; the actor's first call is a separate check
+                # (known issue: right after peers were killed it can wait out a 30 s lease request timeout).
+                print("CLAIMED", flush=True)
+                t_call = time.monotonic()
+                print("HELLO", p2p.get(h.hello.remote(), timeout=90), f"{time.monotonic() - t_call:.2f}",
+                      flush=True)
             elif mode == "resolve":
                 h = p2p.get_actor(name)
                 print("RESOLVED", flush=True)
@@ -161,6 +166,7 @@ def test_racing_claims_of_one_name_have_exactly_one_winner(five):
         out, err = proc.communicate(timeout=120)
         results.append(out + err)
     winners = [r for r in results if "CLAIMED" in r]
-    losers = [r for r in results if "NameTakenError" in r]
+    losers = [r for r in results if "NameTakenError" in r and "CLAIMED" not in r]
     assert len(winners) == 1, results
     assert len(losers) == len(procs) - 1, results
+    assert "HELLO hello" in winners[0], winners[0]  # the winner's actor answers
