@@ -7,7 +7,10 @@ its creator: every `ActorHandle` counts as a ref to the actor id, every call in 
 handle is left anywhere the owner stops the actor (unless it is detached).
 
 Callers push calls straight to the actor's worker, through one connection per caller, so calls from one
-caller run in the order they were made. Calls made before the location is known wait here, in order.
+caller run in the order they were made. Order is kept from the moment of submission: a call whose arguments
+are still being computed holds back every later call of the same caller (`_Caller.order`), as in Ray, so
+`[a.f.remote(dep_i) for ...]` runs in list order however the dependencies finish. Calls made before the
+location is known wait here, in order; calls retried after a restart go back to the front, in order.
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ class _Caller:
     worker_id: str = ""
     incarnation: int = -1
     error: bytes | None = None
-    queue: deque = field(default_factory=deque)
+    # Submitted calls not yet handed on, in submission order: a call leaves only from the front, once its
+    # arguments are ready (or it has finished early: failed argument, cancelled).
+    order: deque = field(default_factory=deque)
+    queue: deque = field(default_factory=deque)     # ready calls waiting for a location, in order
     inflight: dict = field(default_factory=dict)
     resolving: bool = False
     seq: int = 0
@@ -261,6 +267,39 @@ class ActorManager:
 
     # ---- caller side --------------------------------------------------------------------------------
 
+    def submit_call(self, rec: "TaskRecord") -> None:
+        """A call was submitted: it takes its place in the caller's order before its arguments resolve."""
+        caller = self.callers.get(rec.actor_id)
+        if caller is None:
+            caller = self._caller(rec.actor_id, self.owner_of(rec.actor_id))
+        caller.order.append(rec)
+
+    def call_ready(self, rec: "TaskRecord") -> None:
+        """The call's arguments are ready: it goes on as soon as every earlier call of this caller has."""
+        rec.order_ready = True
+        self._pump(rec.actor_id)
+
+    def call_finished(self, rec: "TaskRecord") -> None:
+        """A call finished before it was handed on (an argument failed, or it was cancelled)."""
+        caller = self.callers.get(rec.actor_id)
+        if caller is not None and caller.order and caller.order[0] is rec:
+            self._pump(rec.actor_id)
+
+    def _pump(self, actor_id: str) -> None:
+        caller = self.callers.get(actor_id)
+        if caller is None:
+            return
+        order = caller.order
+        while order:
+            head = order[0]
+            if head.done:
+                order.popleft()
+            elif head.order_ready:
+                order.popleft()
+                self.schedule_call(head)
+            else:
+                break
+
     def schedule_call(self, rec: "TaskRecord") -> None:
         caller = self.callers.get(rec.actor_id)
         if caller is None:
@@ -299,8 +338,9 @@ class ActorManager:
         caller = self.callers.get(rec.actor_id)
         if caller is None:
             return
-        if rec in caller.queue:
-            caller.queue.remove(rec)
+        if rec in caller.order or rec in caller.queue:
+            if rec in caller.queue:
+                caller.queue.remove(rec)
             self.rt._finish_with_error(rec, serialization.system_error_bytes(
                 TaskCancelledError(f"actor call {rec.name} ({rec.task_id}) was cancelled")))
         elif rec.task_id in caller.inflight:
@@ -331,6 +371,7 @@ class ActorManager:
             self._lose_inflight(caller, "the actor's worker died")
 
     def _lose_inflight(self, caller: _Caller, why: str) -> None:
+        retried = []
         for rec in list(caller.inflight.values()):
             caller.inflight.pop(rec.task_id, None)
             retries = rec.options.get("max_task_retries", 0)
@@ -339,7 +380,7 @@ class ActorManager:
                     TaskCancelledError(f"actor call {rec.name} ({rec.task_id}) was cancelled")))
             elif retries != 0 and caller.state != "dead":
                 rec.options["max_task_retries"] = retries - 1 if retries > 0 else retries
-                caller.queue.appendleft(rec)
+                retried.append(rec)
             elif caller.state == "dead":
                 self._fail_call(rec, caller.error or serialization.system_error_bytes(ActorDiedError(
                     f"actor call {rec.name} ({rec.task_id}) was lost: {why}")))
@@ -349,6 +390,8 @@ class ActorManager:
                 self._fail_call(rec, serialization.system_error_bytes(ActorUnavailableError(
                     f"actor call {rec.name} ({rec.task_id}) was lost: {why}; the actor is restarting. Set "
                     f"max_task_retries to retry calls across actor restarts")))
+        # Retried calls go back in front of the calls not yet pushed, in the order they were first pushed.
+        caller.queue.extendleft(reversed(retried))
 
     def on_process_died(self, msg: rm.ProcessDied, is_dead) -> None:
         """`is_dead(proc_id)` tells whether a process died with this news (one process, or a whole peer)."""

@@ -83,6 +83,7 @@ class TaskRecord:
     cancelled: bool = False
     done: bool = False
     scheduled: bool = False
+    order_ready: bool = False      # actor calls: arguments ready, waiting only for earlier calls to go on
     push_ns: int = 0
     locality: dict = field(default_factory=dict)
     # lineage: the arguments stay pinned while stored results may need rebuilding
@@ -422,6 +423,7 @@ class ClientRuntime:
             refs.pin(oid, self.addr)
         if rec.kind == "actor_call":
             refs.pin(rec.actor_id, self.actors.owner_of(rec.actor_id))
+            self.actors.submit_call(rec)  # its place in the caller's order is taken now, not when args resolve
         self._resolve_deps(rec)
 
     def _resolve_deps(self, rec: TaskRecord) -> None:
@@ -484,7 +486,7 @@ class ClientRuntime:
         rec.locality = locality
         rec.scheduled = True
         if rec.kind == "actor_call":
-            self.actors.schedule_call(rec)
+            self.actors.call_ready(rec)
             return
         self._run(self.submitter.submit(now_ns(), self._task_info(rec)))
 
@@ -691,6 +693,8 @@ class ClientRuntime:
         if rec.kind == "actor_create":
             self.actors.on_create_failed(rec, error)
         self._complete(rec)
+        if rec.kind == "actor_call":
+            self.actors.call_finished(rec)
 
     def _lost_tasks(self, task_ids: list[str], why: str) -> None:
         for task_id in task_ids:
@@ -1120,11 +1124,16 @@ class ClientRuntime:
         if not all((v := values.get(oid)) is not None and v.state != PENDING for oid in ids):
             blocked = self.on_blocked()
             try:
-                flags = self.objects.wait_ready(ids, len(ids), deadline, self._request_fetch)
+                # Fail fast: the first error known is raised without waiting for the other objects.
+                flags = self.objects.wait_ready(ids, len(ids), deadline, self._request_fetch, fail_fast=True)
             finally:
                 if blocked:
                     self.on_unblocked()
             if not all(flags):
+                for oid, flag in zip(ids, flags):
+                    v = values.get(oid)
+                    if flag and v is not None and v.state == ERROR:
+                        raise serialization.error_from_bytes(v.error)
                 raise timeout_error([i for i, f in zip(ids, flags) if not f], timeout)
         out = []
         for oid in ids:

@@ -61,7 +61,8 @@ class ObjectTable:
             if waiters:
                 for waiter, n in waiters:
                     waiter.need -= n
-                    if waiter.need == 0 or (waiter.need < 0 and waiter.need + n > 0):
+                    if (waiter.need == 0 or (waiter.need < 0 and waiter.need + n > 0)
+                            or (state == ERROR and waiter.fail_fast)):
                         _release(waiter.lock)
         return v
 
@@ -85,43 +86,59 @@ class ObjectTable:
     # ---- user threads -------------------------------------------------------------------------------
 
     def wait_ready(self, object_ids: list[str], num: int, deadline: float | None,
-                   on_missing) -> list[bool]:
-        """Block until at least `num` of the objects are not PENDING, or the deadline passes.
+                   on_missing, fail_fast: bool = False) -> list[bool]:
+        """Block until at least `num` of the objects are not PENDING, or the deadline passes — or, with
+        `fail_fast`, until any of them fails (`get` of a list raises the first error known, as Ray does).
 
         `on_missing(ids)` is called (once, outside the lock) for ids not known yet, so the I/O thread can ask
         their owners. Returns the ready flags in input order.
 
         The waiter counts down as objects resolve (the I/O thread decrements it), so waiting for n objects
-        costs O(n) in all, not a rescan of the whole list on every arrival.
+        costs O(n) in all, not a rescan of the whole list on every arrival. A wake-up that does not satisfy
+        the wait (an object reset for a retry, or dropped, after it counted) waits again: without a deadline
+        this returns only once `num` objects are ready.
         """
-        waiter = _Waiter()
-        with self.lock:
-            counts: dict[str, int] = {}
-            for oid in object_ids:
-                counts[oid] = counts.get(oid, 0) + 1
-            ready = 0
-            pending = []
-            for oid, n in counts.items():
-                v = self.values.get(oid)
-                if v is not None and v.state != PENDING:
-                    ready += n
-                    continue
-                pending.append(oid)
-                if v is None:
-                    v = self.values[oid] = ObjectValue()
-                if v.waiters is None:
-                    v.waiters = []
-                v.waiters.append((waiter, n))
-            waiter.need = num - ready
-            if waiter.need <= 0:
+        counts: dict[str, int] = {}
+        for oid in object_ids:
+            counts[oid] = counts.get(oid, 0) + 1
+        asked = False
+        while True:
+            waiter = _Waiter()
+            waiter.fail_fast = fail_fast
+            with self.lock:
+                ready = 0
+                pending = []
+                failed = False
+                for oid, n in counts.items():
+                    v = self.values.get(oid)
+                    if v is not None and v.state != PENDING:
+                        ready += n
+                        failed = failed or v.state == ERROR
+                        continue
+                    pending.append(oid)
+                    if v is None:
+                        v = self.values[oid] = ObjectValue()
+                    if v.waiters is None:
+                        v.waiters = []
+                    v.waiters.append((waiter, n))
+                waiter.need = num - ready
+                if waiter.need <= 0 or (fail_fast and failed):
+                    self._unregister(counts, waiter)
+                    return self._flags(object_ids)
+            if not asked:
+                asked = True
+                on_missing(pending)  # borrowed objects we know nothing of yet: the I/O thread asks their owners
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            woke = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
+            with self.lock:
                 self._unregister(counts, waiter)
-                return self._flags(object_ids)
-        on_missing(pending)  # borrowed objects we know nothing of yet: the I/O thread asks their owners
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
-        with self.lock:
-            self._unregister(counts, waiter)
-            return self._flags(object_ids)
+                flags = self._flags(object_ids)
+                if not woke or sum(flags) >= num:
+                    return flags
+                if fail_fast and any(self.values[oid].state == ERROR for oid, f in zip(object_ids, flags) if f and oid in self.values):
+                    return flags
+            if deadline is not None and time.monotonic() >= deadline:
+                return flags
 
     def _flags(self, object_ids: list[str]) -> list[bool]:
         values = self.values
@@ -135,12 +152,13 @@ class ObjectTable:
 
 
 class _Waiter:
-    __slots__ = ("lock", "need")
+    __slots__ = ("lock", "need", "fail_fast")
 
     def __init__(self):
         self.lock = threading.Lock()
         self.lock.acquire()
         self.need = 0
+        self.fail_fast = False
 
 
 def _release(lock) -> None:

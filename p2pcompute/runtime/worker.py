@@ -36,6 +36,7 @@ from p2pcompute.runtime import context as runtime_context
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime import output
 from p2pcompute.runtime.client import INLINE_MAX_BYTES, ClientRuntime
+from p2pcompute.runtime.task_events import TaskEventLog
 from p2pcompute.serialization import ArgSlot
 
 QUICK_NS = 200_000  # a task that ran faster than this may have its reply held briefly (see Executor.run)
@@ -112,6 +113,8 @@ class Executor:
         self.actor_id: str | None = None
         self.actor_name = ""
         self.actor_failed: bytes | None = None
+        # Actor calls that arrived before the constructor did; run once it has (see _actor_call).
+        self.early_calls: list = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -124,6 +127,9 @@ class Executor:
         self._finished: deque = deque(maxlen=4096)
         self._finished_set: set[str] = set()
         self._quick_ns: dict[str, int] = {}  # recent run time of each function or method, by name
+        # What ran here and when, for the state API and the timeline (sent to the peer in batches).
+        self.events = TaskEventLog(client.worker_id or client.proc_id, node_id)
+        client.task_events = self.events
 
     # ---- receiving ----------------------------------------------------------------------------------
 
@@ -137,6 +143,7 @@ class Executor:
                 continue
             if type(msg) is rm.PushTask:
                 self.queue.append(msg)
+                self.events.received(msg.task_id)
             elif type(msg) is rm.StopProcess:
                 self._stop = True
 
@@ -144,7 +151,7 @@ class Executor:
         queue = self.queue
         tasks = self.tasks
         while not self._stop:
-            self._receive(0 if queue else 1000)
+            self._receive(0 if queue else (200 if self.events.pending else 1000))
             while queue and not self._stop:
                 msg = queue.popleft()
                 # Replies to a run of quick tasks go out together; before anything that may take a while
@@ -163,6 +170,7 @@ class Executor:
                 # Between tasks, take in what arrived: a cancel for a queued task must be seen before it runs.
                 self._receive(0)
             tasks.flush()
+            self.events.flush_if_due(lambda data: tasks.send(self.client.peer_addr, data))
 
     def bounce_queued(self) -> None:
         """The running task is about to block: give tasks queued behind it back to their submitters."""
@@ -237,6 +245,11 @@ class Executor:
         return store
 
     def _args(self, msg: rm.PushTask):
+        out = self._read_args(msg)
+        self.events.args_done(msg.task_id)
+        return out
+
+    def _read_args(self, msg: rm.PushTask):
         if msg.args is not None:
             blob = msg.args
             if blob == _EMPTY_ARGS and not msg.slots:
@@ -291,6 +304,7 @@ class Executor:
     def _execute(self, msg: rm.PushTask) -> None:
         if msg.kind == "task" and not self._claim(msg.task_id):
             return  # stolen back by its submitter, which runs it elsewhere
+        self.events.begin(msg)
         try:
             self._execute_claimed(msg)
         finally:
@@ -365,6 +379,10 @@ class Executor:
             self.cancelled.discard(msg.task_id)
         _current.reset(token)
         self._reply(msg, returns, time.perf_counter_ns() - start)
+        if msg.kind == "actor_create" and self.early_calls:
+            # Calls that overtook the constructor run now, ahead of anything that arrived after them.
+            self.queue.extendleft(reversed(self.early_calls))
+            self.early_calls = []
 
     def _create_actor(self, msg, cls, args, kwargs) -> None:
         self.actor_id = msg.actor_id
@@ -389,10 +407,15 @@ class Executor:
     # ---- actor calls --------------------------------------------------------------------------------
 
     def _actor_call(self, msg: rm.PushTask) -> None:
-        if self.actor is None:
+        if self.actor is None and self.actor_failed is None and self.actor_id in (None, msg.actor_id):
+            # The owner publishes the actor's address as soon as it pushes the constructor, so a call from
+            # another caller (another connection) can overtake the constructor: it waits for it here.
+            self.early_calls.append(msg)
+            return
+        if self.actor is None or msg.actor_id != self.actor_id:
             error = ActorDiedError(f"actor {msg.actor_id} is not running here"
                                    + (": its constructor failed" if self.actor_failed else ""))
-            if self.actor_failed is not None:
+            if self.actor_failed is not None and msg.actor_id == self.actor_id:
                 self._reply(msg, [["error", self.actor_failed, []] for _ in msg.return_ids], 0)
             else:
                 self._reply_system(msg, error)
@@ -471,6 +494,7 @@ class Executor:
     # ---- results ------------------------------------------------------------------------------------
 
     def _pack_returns(self, msg: rm.PushTask, result) -> list:
+        self.events.exec_done(msg.task_id)
         n = len(msg.return_ids)
         if n == 1:
             if result is None:
@@ -506,16 +530,19 @@ class Executor:
         blob = serialization.serialize_error(exc, function_name=msg.name, pid=os.getpid(), node_id=self.node_id,
                                              tb=_user_traceback(exc))
         names = serialization.exception_type_names(exc)
+        self.events.failed(msg.task_id, type(exc).__name__, _user_traceback(exc))
         return [["error", blob, names] for _ in msg.return_ids]
 
     def _reply(self, msg: rm.PushTask, returns: list, exec_ns: int) -> None:
         reply = rm.TaskReply(msg.task_id, returns, exec_ns, self.client.worker_id, self.node_id, None)
+        self.events.end(msg.task_id, returns)
         self._send_output(msg.owner_addr)
         self.tasks.send(msg.owner_addr, codec.encode(reply))
 
     def _reply_via_io(self, msg: rm.PushTask, returns: list, exec_ns: int) -> None:
         """Replies from actor threads or the event loop go through the I/O thread, after pending output."""
         reply = rm.TaskReply(msg.task_id, returns, exec_ns, self.client.worker_id, self.node_id, None)
+        self.events.end(msg.task_id, returns)
         self.client.ops.append(("output",))
         self.client.ops.append(("send", msg.owner_addr, reply))
         self.client.waker.wake()
@@ -523,6 +550,7 @@ class Executor:
     def _reply_system(self, msg: rm.PushTask, exc: BaseException) -> None:
         reply = rm.TaskReply(msg.task_id, [], 0, self.client.worker_id, self.node_id,
                              serialization.system_error_bytes(exc))
+        self.events.end(msg.task_id, None, f"{type(exc).__name__}: {exc}")
         if self.loop is not None or self.pool is not None:
             self.client.ops.append(("send", msg.owner_addr, reply))
             self.client.waker.wake()
@@ -606,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                       tcp_host=args.tcp_host, advertise_host=args.advertise_host)
     executor = Executor(client, tasks, args.node_id)
     client.executor = executor
+    from p2pcompute.runtime import task_events
+    task_events.install(client)
     signal.signal(signal.SIGUSR1, executor.on_interrupt)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     # Operators (and developers) can ask any worker what it is doing: kill -USR2 <pid> writes to its log.
