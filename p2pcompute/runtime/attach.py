@@ -20,7 +20,43 @@ def parse_address(address: str) -> str:
     return f"tcp://{host}:{port}"
 
 
-def attach(state: dict, address: str, token: str | None) -> None:
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def route_address(host: str, port: int) -> str:
+    """This machine's address on the route to `host`: the source address the kernel picks for a socket
+    connected there (a UDP connect sends no packet). That is the address the peer and its workers can
+    reach us at, unlike the hostname's address, which is often a loopback one (127.0.1.1 on Debian)."""
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        return s.getsockname()[0]
+
+
+def advertised_host(peer_host: str, peer_port: int, node_ip: str | None) -> str:
+    """The address a driver attached by address tells the cluster to reach it at.
+
+    `node_ip` (init's `_node_ip_address`, or P2P_NODE_IP) wins; otherwise the local end of the route to the
+    peer. A loopback address is never advertised to a peer on another machine: its workers would send our
+    replies to themselves."""
+    if node_ip:
+        if _is_loopback(node_ip) and not _is_loopback(peer_host):
+            raise InvalidArgumentError(
+                f"_node_ip_address / P2P_NODE_IP is the loopback address {node_ip!r}, but the peer at {peer_host} "
+                f"is on another machine and could not reach this driver there; give this machine's address on "
+                f"the cluster's network")
+        return node_ip
+    try:
+        local = route_address(peer_host, peer_port)
+    except OSError as exc:
+        raise PeerUnavailableError(f"no route from this machine to the peer at {peer_host}:{peer_port}: {exc}; "
+                                   f"set _node_ip_address / P2P_NODE_IP to this machine's address") from None
+    return local
+
+
+def attach(state: dict, address: str, token: str | None, node_ip: str | None = None) -> None:
     from p2pcompute.api import _job_env
     from p2pcompute.runtime.client import ClientRuntime
     if address == "auto":
@@ -40,17 +76,19 @@ def attach(state: dict, address: str, token: str | None) -> None:
                                        "init(address=..., token=...) or the P2P_TOKEN environment variable")
         own_dir = tempfile.mkdtemp(prefix="p2p-drv-")
         sock_dir = own_dir
-        host = peer_addr[len("tcp://"):].rpartition(":")[0]
-        bind_host = "127.0.0.1" if host in ("127.0.0.1", "localhost") else "0.0.0.0"
-        advertise = host if host in ("127.0.0.1", "localhost") else None
+        host, _, port = peer_addr[len("tcp://"):].rpartition(":")
+        node_ip = node_ip or os.environ.get("P2P_NODE_IP") or None
+        if _is_loopback(host) and not node_ip:
+            bind_host = advertise = "127.0.0.1"
+        else:
+            advertise = advertised_host(host, int(port), node_ip)
+            # Listen only where the cluster reaches us, not on every interface.
+            bind_host = advertise
         peer_id = None
     if not token:
         raise InvalidArgumentError(f"no cluster token: the peer's home has none; pass token=...")
     ctx = Context(CurveKeys.from_token(token))
     try:
-        if advertise is None and bind_host == "0.0.0.0":
-            import socket
-            advertise = socket.gethostbyname(socket.gethostname())
         if peer_id is None:
             peer_id = _ask_peer_id(ctx, peer_addr, sock_dir, bind_host, advertise)
         proc_id = f"{peer_id}-d{os.urandom(3).hex()}"
