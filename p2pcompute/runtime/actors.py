@@ -107,8 +107,10 @@ class ActorManager:
         self.owned[actor_id] = owned
         self._caller(actor_id, self.rt.addr).state = "pending"
         refs = self.rt.refs
-        if name_key is not None:
-            refs.pin(actor_id, self.rt.addr)  # its name holds it alive, whoever holds handles
+        if name_key is not None and detached:
+            # A detached actor's name holds it alive whoever holds handles. A named actor that is not detached
+            # lives like any actor, as in Ray: until its last handle (or its owner) goes; then its name is free.
+            refs.pin(actor_id, self.rt.addr)
         # The constructor's arguments must outlive the first construction: a restart runs it again.
         for oid, owner in rec.slot_refs + rec.nested_refs:
             refs.pin(oid, owner)
@@ -160,7 +162,8 @@ class ActorManager:
         self._publish(owned)
         if owned.name_key is not None:
             self.rt.table_async(("release", owned.name_key, owned.name_record))
-            effects += refs.unpin(owned.actor_id)
+            if owned.detached:
+                effects += refs.unpin(owned.actor_id)
             owned.name_key = None
         self.rt._run(effects)
 
@@ -226,7 +229,8 @@ class ActorManager:
                 # The name is free from this moment, so get_actor() after kill() never finds the dead actor.
                 self.rt.table_async(("release", owned.name_key, owned.name_record))
                 owned.name_key = None
-                self.rt._run(self.rt.refs.unpin(actor_id))
+                if owned.detached:
+                    self.rt._run(self.rt.refs.unpin(actor_id))
         if owned.held is not None:
             self.rt._send(owned.held.peer_addr, rm.ForceKillWorker(owned.held.worker_id, "kill(actor)"))
         elif owned.state in ("pending", "restarting") and no_restart:
@@ -240,6 +244,9 @@ class ActorManager:
             self.callers.pop(actor_id, None)
             return
         owned.killed = True
+        if owned.name_key is not None:
+            self.rt.table_async(("release", owned.name_key, owned.name_record))
+            owned.name_key = None
         if owned.held is not None:
             self.rt._send(owned.held.peer_addr, lm.ReturnLease(owned.held.lease_id, True))
             self._by_lease.pop(owned.held.lease_id, None)

@@ -197,3 +197,39 @@ def test_calls_through_handles_in_tasks_wait_for_the_constructor(cluster):
         actor = SlowStart.remote(0.2 if round_ % 2 else 0.0)
         refs = [ping_through.remote(actor, i) for i in range(20)]
         assert p2p.get(refs, timeout=60) == list(range(20))
+
+
+@p2p.remote
+class Named:
+    def hello(self):
+        return "hello"
+
+
+def test_get_actor_fails_right_after_kill(cluster):
+    handle = Named.options(name="killed-right-away").remote()
+    assert p2p.get(handle.hello.remote(), timeout=30) == "hello"
+    p2p.kill(handle)
+    with pytest.raises(ValueError, match="killed-right-away"):
+        p2p.get_actor("killed-right-away")
+
+
+def test_a_named_actor_goes_with_its_last_handle(cluster):
+    handle = Named.options(name="goes-with-handle").remote()
+    pid_holder = p2p.get(handle.hello.remote(), timeout=30)
+    assert pid_holder == "hello"
+    assert p2p.get(p2p.get_actor("goes-with-handle").hello.remote(), timeout=30) == "hello"
+    del handle
+    import gc
+    gc.collect()
+
+    def name_free():
+        try:
+            p2p.get_actor("goes-with-handle")
+            return False
+        except ValueError:
+            return True
+
+    wait_until(name_free, 30, what="the name to be released once no handle is left")
+    # ... and the name can be claimed again.
+    again = Named.options(name="goes-with-handle").remote()
+    assert p2p.get(again.hello.remote(), timeout=30) == "hello"
