@@ -59,7 +59,7 @@ class RaftConfig:
     election_timeout_min_ms: int = 500
     election_timeout_max_ms: int = 1000
     heartbeat_interval_ms: int = 100
-    target_replicas: int = 3
+    target_replicas: int = 5  # any two replicas may die at once; 3 while fewer than 5 peers are alive
     max_entries_per_append: int = 64
     snapshot_threshold_entries: int = 1000  # compact the log once this many entries are applied past it
     subscription_ttl_ms: int = 10_000
