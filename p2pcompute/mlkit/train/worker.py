@@ -16,7 +16,7 @@ import numpy as np
 
 import p2pcompute as p2p
 from p2pcompute.mlkit.train import session as _session
-from p2pcompute.mlkit.train.collective import Communicator, Mailbox, _chunk_bounds
+from p2pcompute.mlkit.train.collective import RING_THRESHOLD_BYTES, Communicator, Mailbox, _chunk_bounds
 
 # Threads per worker: one runs the loop; the rest take deliveries, which never block, so a few suffice even
 # when several peers send at once.
@@ -33,8 +33,11 @@ class TrainWorker:
     def info(self) -> dict:
         return {"node_id": p2p.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
-    def setup(self, rank: int, peers: list, collective_timeout_s: float | None) -> None:
-        self._communicator = Communicator(rank, peers, self._mailbox, timeout_s=collective_timeout_s)
+    def setup(self, rank: int, peers: list, collective_timeout_s: float | None,
+              ring_threshold_bytes: int = RING_THRESHOLD_BYTES) -> None:
+        self._mailbox = Mailbox()  # a new group never sees an old group's messages
+        self._communicator = Communicator(rank, peers, self._mailbox, timeout_s=collective_timeout_s,
+                                          ring_threshold_bytes=ring_threshold_bytes)
 
     def deliver(self, tag, value) -> None:
         self._mailbox.put(tag, value)
