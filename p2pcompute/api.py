@@ -14,13 +14,14 @@ from p2pcompute import object_ref as _refs
 from p2pcompute import options as opt
 from p2pcompute import serialization
 from p2pcompute.actor import ActorClass, ActorHandle
-from p2pcompute.errors import InvalidArgumentError
+from p2pcompute.errors import InvalidArgumentError, InvalidArgumentTypeError
 from p2pcompute.lease import resources
 from p2pcompute.object_ref import ObjectRef
 from p2pcompute.remote_function import RemoteFunction
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.context import RuntimeContext
-from p2pcompute.state import STATE, runtime
+from p2pcompute.auto_init import runtime
+from p2pcompute.state import STATE
 
 log = logging.getLogger("p2pcompute")
 
@@ -69,10 +70,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             logging.getLogger("p2pcompute").setLevel(logging_level)
         address = address or os.environ.get("P2P_ADDRESS") or None
         token = token or os.environ.get("P2P_TOKEN") or None
-        if object_store_memory is not None and (isinstance(object_store_memory, bool) or
-                                                not isinstance(object_store_memory, int) or object_store_memory <= 0):
-            raise InvalidArgumentError(f"object_store_memory must be a number of bytes > 0, not {object_store_memory!r}")
-        if address is None:
+        object_store_memory = _positive_bytes(object_store_memory, "object_store_memory")
+        if namespace is not None and not isinstance(namespace, str):
+            raise InvalidArgumentTypeError(f"namespace must be a string, not {type(namespace).__name__}")
+        # Named actors of this job (and of its tasks and actors, which inherit the job's environment) live
+        # in this namespace unless they name another.
+        _state["namespace"] = namespace
+        if address is not None and address.startswith("ipc://"):
+            # The address another driver's init() returned: join that embedded peer on this machine.
+            from p2pcompute.runtime import local_attach
+            local_attach.attach_embedded(_state, address)
+        elif address is None:
             _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
         else:
             if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
@@ -89,6 +97,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
 def _start_embedded(num_cpus, num_gpus, custom, store_capacity=None) -> None:
     from p2pcompute.net.transport import Context
     from p2pcompute.runtime.client import ClientRuntime
+def _positive_bytes(value, name: str) -> int | None:
+    """Ray takes any positive number of bytes (`7e8`); the store wants a whole number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentTypeError(f"{name} must be a number of bytes, not {type(value).__name__}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise InvalidArgumentError(f"{name} must be a number of bytes > 0, not {value!r}")
+    return int(value)
+
+
     from p2pcompute.runtime.session import EmbeddedPeer, new_id
     cpus = os.cpu_count() or 1 if num_cpus is None else num_cpus
     total = resources.make_shape(cpus, num_gpus or 0, _default_memory(), custom)
@@ -135,7 +154,10 @@ def _job_env() -> dict:
     script_dir = os.path.dirname(os.path.abspath(entry)) if entry != "<interactive>" else os.getcwd()
     if script_dir not in path:
         path.insert(0, script_dir)
-    return {"sys_path": path, "cwd": os.getcwd(), "entry": entry}
+    env = {"sys_path": path, "cwd": os.getcwd(), "entry": entry}
+    if _state.get("namespace"):
+        env["namespace"] = _state["namespace"]
+    return env
 
 
 def _info() -> dict:
@@ -173,8 +195,12 @@ def remote(*args, **options):
     if len(args) == 1 and not options and (callable(args[0]) or inspect.isclass(args[0])):
         return _make_remote(args[0], {})
     if args:
-        raise InvalidArgumentError("remote() takes a function or class, or only keyword options: "
-                                   "@remote or @remote(num_cpus=1)")
+        raise InvalidArgumentTypeError("remote() takes a function or class, or only keyword options: "
+                                       "@remote or @remote(num_cpus=1)")
+    if not options:
+        # As in Ray: empty brackets are a mistake (usually a forgotten option), not a synonym of @remote.
+        raise InvalidArgumentTypeError("@remote() needs options inside the brackets; write @remote (no "
+                                       "brackets) or @remote(num_cpus=1, ...)")
 
     def deco(fn):
         return _make_remote(fn, options)
@@ -187,29 +213,37 @@ def _make_remote(obj, options: dict):
         return ActorClass(obj, options)
     if callable(obj):
         return RemoteFunction(obj, options)
-    raise InvalidArgumentError(f"remote() needs a function or a class, not {type(obj).__name__}")
+    raise InvalidArgumentTypeError(f"remote() needs a function or a class, not {type(obj).__name__}")
 
 
 def get(refs, *, timeout: float | None = None):
     """The value of a ref, or a list of values for a list of refs. Raises the task's error, if any."""
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-        raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
+    _check_timeout(timeout)
     rt = _runtime()
     if type(refs) is ObjectRef:
         return rt.get_values([refs], timeout)[0]
     if isinstance(refs, (list, tuple)):
         for i, r in enumerate(refs):
             if type(r) is not ObjectRef:
-                raise InvalidArgumentError(f"get() got a list whose item {i} is a {type(r).__name__}, "
-                                           f"not an ObjectRef")
+                raise InvalidArgumentTypeError(f"get() got a list whose item {i} is a {type(r).__name__}, "
+                                               f"not an ObjectRef")
         return rt.get_values(list(refs), timeout)
-    raise InvalidArgumentError(f"get() expects an ObjectRef or a list of ObjectRefs, not {type(refs).__name__}")
+    raise InvalidArgumentTypeError(f"get() expects an ObjectRef or a list of ObjectRefs, not {type(refs).__name__}")
+
+
+def _check_timeout(timeout) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidArgumentTypeError(f"timeout must be None or a number of seconds, not {timeout!r}")
+    if not timeout >= 0:
+        raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
 
 
 def put(value: Any) -> ObjectRef:
     """Store a value once and get a ref to pass to many tasks."""
     if type(value) is ObjectRef:
-        raise InvalidArgumentError("put() of an ObjectRef is not allowed; pass the ref itself instead")
+        raise InvalidArgumentTypeError("put() of an ObjectRef is not allowed; pass the ref itself instead")
     rt = _runtime()
     ser = serialization.serialize(value)
     oid = rt.new_id()
@@ -222,16 +256,21 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Wait until `num_returns` refs are ready or `timeout` passes. Returns (ready, not_ready), input order."""
     if not isinstance(refs, (list, tuple)):
-        raise InvalidArgumentError(f"wait() expects a list of ObjectRefs, not {type(refs).__name__}")
+        hint = "; for one ref write wait([ref])" if type(refs) is ObjectRef else ""
+        raise InvalidArgumentTypeError(f"wait() expects a list of ObjectRefs, not {type(refs).__name__}{hint}")
     for i, r in enumerate(refs):
         if type(r) is not ObjectRef:
-            raise InvalidArgumentError(f"wait() got a list whose item {i} is a {type(r).__name__}, not an ObjectRef")
+            raise InvalidArgumentTypeError(f"wait() got a list whose item {i} is a {type(r).__name__}, "
+                                           f"not an ObjectRef")
     if len({r._id for r in refs}) != len(refs):
         raise InvalidArgumentError("wait() got the same ref more than once")
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or not 0 <= num_returns <= len(refs):
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        raise InvalidArgumentTypeError(f"num_returns must be an integer, not {num_returns!r}")
+    if not refs and num_returns == 1:
+        return [], []  # Ray's answer for an empty list with the default num_returns
+    if not 0 <= num_returns <= len(refs):
         raise InvalidArgumentError(f"num_returns must be an integer between 0 and {len(refs)}, not {num_returns!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-        raise InvalidArgumentError(f"timeout must be None or a number >= 0, not {timeout!r}")
+    _check_timeout(timeout)
     rt = _runtime()
     from p2pcompute.runtime.objects import deadline_of
     ids = [r._id for r in refs]
@@ -247,17 +286,20 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     worker killed with `force=True`). `get` then raises TaskCancelledError. With `recursive` (the default)
     the tasks it submitted are cancelled too."""
     if type(ref) is not ObjectRef:
-        raise InvalidArgumentError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
+        raise InvalidArgumentTypeError(f"cancel() expects an ObjectRef, not {type(ref).__name__}")
     rt = _runtime()
     if not rt.refs.is_owned(ref._id):
-        raise InvalidArgumentError("cancel() works only on refs of tasks this process submitted")
+        # A ref received from another process: its owner (the submitter of the task) cancels it.
+        from p2pcompute.runtime import remote_cancel
+        remote_cancel.ask_owner(rt, ref._id, ref._owner, bool(force), bool(recursive))
+        return
     rt.cancel(ref._id, bool(force), bool(recursive))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Stop an actor now. Calls in flight fail with ActorDiedError; with no_restart=False it restarts."""
     if not isinstance(actor, ActorHandle):
-        raise InvalidArgumentError(f"kill() expects an ActorHandle, not {type(actor).__name__}")
+        raise InvalidArgumentTypeError(f"kill() expects an ActorHandle, not {type(actor).__name__}")
     rt = _runtime()
     actor_id = actor._actor_id
     rt.call_soon(lambda: rt.actors.kill(actor_id, no_restart))
@@ -266,8 +308,16 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the named actor `name`."""
     from p2pcompute.runtime import names
-    return names.get_actor(_runtime(), name, namespace)
+    rt = _runtime()
+    ns = namespace if namespace is not None else _default_namespace()
+    handle = names.get_actor(rt, name, ns)
+    caller = rt.actors.callers.get(handle._actor_id)
+    if caller is not None and caller.killed:
+        # kill() frees the name, but the release may still be on its way to the table: this process knows.
+        raise InvalidArgumentError(f"no actor named {name!r} in namespace {ns!r}: it was killed")
+    return handle
 
+    from p2pcompute.actor import _default_namespace
 
 def _named_actor(actor_class: ActorClass, name: str, options: dict, args: tuple, kwargs: dict) -> ActorHandle:
     from p2pcompute.runtime import names

@@ -8,17 +8,38 @@ party that broke the protocol (`RemoteProtocolError`).
 from __future__ import annotations
 
 import builtins
+import re
 
 
 class P2PError(Exception):
     """Root of every error p2pcompute raises on purpose."""
 
 
+# Object, task and actor ids are `<peer id>-<process kind><n>.<n>` (see ids.py). Errors raised deep in the
+# runtime name the id in their message; the attribute Ray code reads (`err.actor_id`, `err.task_id`) is
+# taken from there when the raiser did not pass it.
+_ID_RE = re.compile(r"\b[0-9a-f]{12}-[a-z][0-9a-z]*\.[0-9a-f]+\b")
+
+
+def _id_in(message: str) -> str | None:
+    found = _ID_RE.search(message) if isinstance(message, str) else None
+    return found.group(0) if found else None
+
+
 # ---- the caller's fault ---------------------------------------------------------------------------------
 
 
 class InvalidArgumentError(P2PError, ValueError):
-    """An argument given to a p2pcompute call is wrong; the message says which and what to do."""
+    """An argument given to a p2pcompute call is wrong; the message says which and what to do.
+
+    A value out of range is a `ValueError`, as in Ray; a value of the wrong type raises the subclass
+    `InvalidArgumentTypeError`, which is also a `TypeError`.
+    """
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (`max_retries=0.5`, `wait(ref)` for `wait([ref])`): a `TypeError`, as
+    Ray raises, and still an `InvalidArgumentError`."""
 
 
 class NotInitializedError(P2PError, RuntimeError):
@@ -37,7 +58,11 @@ class GetTimeoutError(P2PError, TimeoutError):
 
 
 class TaskCancelledError(P2PError):
-    """The task was cancelled with `cancel()` before it could finish."""
+    """The task was cancelled with `cancel()` before it could finish. `task_id` names it, as in Ray."""
+
+    def __init__(self, message: str = "", task_id: str | None = None):
+        super().__init__(message)
+        self.task_id = task_id if task_id is not None else _id_in(message)
 
 
 class InfeasibleError(P2PError):
@@ -70,6 +95,13 @@ class TaskError(P2PError):
 
     def __str__(self) -> str:
         return self.args[0] if self.args else ""
+
+    # Ray's names for the same fields (`RayTaskError.traceback_str`, `.actor_id`).
+    @property
+    def traceback_str(self) -> str:
+        return self.remote_traceback
+
+    actor_id = None
 
 
 def _rebuild_task_error(message, cause, remote_traceback, function_name, pid, node_id):
@@ -124,19 +156,104 @@ class WorkerCrashedError(P2PError):
 
 
 class ActorError(P2PError):
-    """Base of errors about an actor."""
+    """Base of errors about an actor: the one Ray code catches as `RayActorError` (an actor that died, or
+    one unavailable while it restarts). `actor_id` names the actor."""
+
+    actor_init_failed = False  # Ray's flag: the actor died because its constructor raised
+
+    def __init__(self, message: str = "", actor_id: str | None = None):
+        super().__init__(message)
+        self.actor_id = actor_id if actor_id is not None else _id_in(message)
+
+    @property
+    def error_msg(self) -> str:
+        return str(self)
 
 
 class ActorDiedError(ActorError):
-    """The actor is dead: it crashed more times than `max_restarts`, or was killed with `kill()`."""
+    """The actor is dead: it crashed more times than `max_restarts`, was killed with `kill()`, left with
+    `exit_actor()`, or its constructor raised (then the error is also an instance of the constructor's
+    exception type and a `TaskError`, with the constructor's traceback)."""
 
 
 class ActorUnavailableError(ActorError):
     """The actor is restarting; the call was not run. Retry, or set `max_task_retries`."""
 
 
-class NameTakenError(ActorError, ValueError):
-    """Another actor already holds this name in this namespace."""
+class NameTakenError(P2PError, ValueError):
+    """Another actor already holds this name in this namespace (Ray raises a `ValueError` here too)."""
+
+
+def make_actor_init_error(actor_id: str, class_name: str, cause: BaseException | None, remote_traceback: str,
+                          pid: int = 0, node_id: str = "") -> ActorDiedError:
+    """The error of every call to an actor whose constructor raised: an `ActorDiedError` (what Ray raises),
+    also a `TaskError` and an instance of the constructor's exception type, so code written either way
+    catches it. The message carries the constructor's traceback."""
+    message = (f"actor {class_name} ({actor_id}) died because its constructor raised "
+               f"{type(cause).__name__ if cause is not None else 'an error'}:\n{remote_traceback.rstrip()}")
+    cls = _ActorInitFailed
+    if cause is not None and isinstance(cause, Exception) and not isinstance(cause, P2PError):
+        cls = _init_failed_class(type(cause))
+    try:
+        err = cls.__new__(cls)
+    except Exception:
+        cls = _ActorInitFailed
+        err = cls.__new__(cls)
+    err.args = (message,)
+    err.actor_id = actor_id
+    err.cause = cause
+    err.remote_traceback = remote_traceback
+    err.function_name = f"{class_name}.__init__"
+    err.pid = pid
+    err.node_id = node_id
+    err._class_name = class_name
+    return err
+
+
+class _ActorInitFailed(ActorDiedError, TaskError):
+    actor_init_failed = True
+
+    def __init__(self, message: str = "", **_):
+        ActorDiedError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+    def __reduce__(self):
+        import cloudpickle
+        try:
+            cause_bytes = cloudpickle.dumps(self.cause)
+        except Exception:
+            cause_bytes = b""
+        return (_rebuild_actor_init_error, (self.actor_id, getattr(self, "_class_name", ""), cause_bytes,
+                                            self.remote_traceback, self.pid, self.node_id))
+
+
+def _rebuild_actor_init_error(actor_id, class_name, cause_bytes, remote_traceback, pid, node_id):
+    import pickle
+    cause = None
+    if cause_bytes:
+        try:
+            cause = pickle.loads(cause_bytes)
+        except Exception:
+            cause = None
+    return make_actor_init_error(actor_id, class_name, cause, remote_traceback, pid, node_id)
+
+
+_init_failed_classes: dict[type, type] = {}
+
+
+def _init_failed_class(cause_type: type) -> type:
+    cls = _init_failed_classes.get(cause_type)
+    if cls is None:
+        try:
+            cls = type(f"ActorDiedError({cause_type.__name__})", (_ActorInitFailed, cause_type),
+                       {"__module__": __name__, "__str__": _ActorInitFailed.__str__,
+                        "__reduce__": _ActorInitFailed.__reduce__, "__init__": _ActorInitFailed.__init__})
+        except TypeError:
+            cls = _ActorInitFailed
+        _init_failed_classes[cause_type] = cls
+    return cls
 
 
 class ObjectLostError(P2PError):
@@ -192,4 +309,5 @@ class LocalProtocolError(ProtocolError):
 
 
 __all__ = [name for name, value in list(globals().items())
-           if isinstance(value, type) and issubclass(value, builtins.BaseException)] + ["make_task_error"]
+           if isinstance(value, type) and issubclass(value, builtins.BaseException)
+           and not name.startswith("_")] + ["make_task_error", "make_actor_init_error"]

@@ -71,9 +71,22 @@ class ObjectRef:
         from p2pcompute.state import runtime
         return runtime().future_of(self)
 
-    def __await__(self):
+    def as_future(self):
+        """An `asyncio.Future` for the value, on the running event loop (Ray's `ObjectRef.as_future()`)."""
         import asyncio
-        return asyncio.wrap_future(self.future()).__await__()
+        return asyncio.wrap_future(self.future())
+
+    def __await__(self):
+        return self.as_future().__await__()
+
+    def task_id(self) -> str | None:
+        """The task that makes this object (None for an object made by `put`)."""
+        parts = self._id.split(".")
+        return ".".join(parts[:2]) if len(parts) == 3 else None
+
+
+# Ray's older name for the same thing.
+ObjectID = ObjectRef
 
 
 def _rebuild(object_id: str, owner_addr: str) -> ObjectRef:

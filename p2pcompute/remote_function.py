@@ -1,17 +1,24 @@
-"""`@remote` functions: `f.remote(...)` submits a task and returns refs at once."""
+"""`@remote` functions: `f.remote(...)` submits a task and returns refs at once.
+
+`.remote()` checks its arguments against the function's signature first (a `TypeError` at the call, as in
+Ray), then packs them and hands a task record to the runtime. An `async def` function is supported (Ray
+refuses it): the worker runs the coroutine to completion with `asyncio.run`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 from typing import Any
 
 from p2pcompute import options as opt
-from p2pcompute import serialization
+from p2pcompute import serialization, signatures
+from p2pcompute.auto_init import runtime as _runtime
 from p2pcompute.config import INLINE_MAX_BYTES
-from p2pcompute.errors import InvalidArgumentError
+from p2pcompute.errors import InvalidArgumentError, InvalidArgumentTypeError
 from p2pcompute.object_ref import ObjectRef
 from p2pcompute.runtime.client import TaskRecord
-from p2pcompute.state import runtime as _runtime
 
 
 def pack_args(rt, args: tuple, kwargs: dict):
@@ -77,9 +84,12 @@ class RemoteFunction:
 
     def __init__(self, fn, options: dict):
         if not callable(fn):
-            raise InvalidArgumentError(f"remote() needs a function or a class, not {type(fn).__name__}")
+            raise InvalidArgumentTypeError(f"remote() needs a function or a class, not {type(fn).__name__}")
         self._fn = fn
         self._options = opt.check(options, opt.TASK_OPTIONS, f"remote function {_name(fn)}")
+        self._call_shape = signatures.of_function(fn)
+        # What the worker runs: the function itself, or for `async def` a wrapper that runs the coroutine.
+        self._runs = _RunCoroutine(fn) if inspect.iscoroutinefunction(fn) else fn
         self._code: tuple[str, bytes] | None = None
         self._shape: dict | None = None
         self._wire_strategy = opt.wire_strategy(self._options.get("scheduling_strategy"))
@@ -105,10 +115,12 @@ class RemoteFunction:
 
     def _export(self) -> tuple[str, bytes]:
         if self._code is None:
-            self._code = serialization.dumps_code(self._fn)
+            self._code = serialization.dumps_code(self._runs)
         return self._code
 
     def remote(self, *args, **kwargs):
+        if self._call_shape is not None:
+            self._call_shape.check(args, kwargs, f"{_name(self._fn)}")
         rt = _runtime()
         o = self._options
         if self._shape is None:
@@ -134,6 +146,17 @@ class RemoteFunction:
 
     def bind(self, *args, **kwargs):
         raise NotImplementedError("DAG building with .bind() is not supported; call .remote() instead")
+
+
+class _RunCoroutine:
+    """Runs an `async def` task to completion in the worker, on an event loop of its own."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        return asyncio.run(self.fn(*args, **kwargs))
 
 
 def _name(fn: Any) -> str:

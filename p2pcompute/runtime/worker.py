@@ -28,7 +28,7 @@ from collections import deque
 
 from p2pcompute import serialization
 from p2pcompute.errors import (ActorDiedError, ArgumentLostError, InvalidArgumentError, ObjectLostError,
-                               RemoteProtocolError, TaskCancelledError)
+                               RemoteProtocolError, TaskCancelledError, TaskError, make_actor_init_error)
 from p2pcompute.net import codec
 from p2pcompute.net.transport import Context, CurveKeys, Transport
 from p2pcompute.ownership.store import LocalStore
@@ -76,6 +76,9 @@ class WorkerClient(ClientRuntime):
         super()._dispatch(sender, msg)
 
     def _on_cancel_request(self, msg: rm.CancelTask) -> None:
+        from p2pcompute.runtime import remote_cancel
+        if remote_cancel.on_cancel_request(self, msg):
+            return  # a borrower of a ref we own asks us, its owner, to cancel our task
         ex = getattr(self, "executor", None)
         if ex is None:
             return
@@ -113,6 +116,8 @@ class Executor:
         self.actor_id: str | None = None
         self.actor_name = ""
         self.actor_failed: bytes | None = None
+        self.actor_owner = ""            # who created the actor: told when the actor ends itself (exit_actor)
+        self._exit_pending = False       # exit_actor() ran on an actor thread; the main thread ends the actor
         # Actor calls that arrived before the constructor did; run once it has (see _actor_call).
         self.early_calls: list = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -151,6 +156,8 @@ class Executor:
         queue = self.queue
         tasks = self.tasks
         while not self._stop:
+            if self._exit_pending:
+                self._end_actor()
             self._receive(0 if queue else (200 if self.events.pending else 1000))
             while queue and not self._stop:
                 msg = queue.popleft()
@@ -371,14 +378,24 @@ class Executor:
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
             self.running = None
             if msg.kind == "actor_create":
-                self.actor_failed = serialization.serialize_error(
-                    exc, function_name=msg.name, pid=os.getpid(), node_id=self.node_id)
-            returns = self._error_returns(msg, exc)
+                # The actor is dead (as in Ray): its owner learns it from this reply, and every call fails
+                # with an ActorDiedError that carries the constructor's error and traceback.
+                cause = exc.cause if isinstance(exc, TaskError) else exc
+                self.actor_failed = serialization.system_error_bytes(make_actor_init_error(
+                    msg.actor_id, msg.name, cause, _user_traceback(exc), os.getpid(), self.node_id))
+                returns = None
+            else:
+                returns = self._error_returns(msg, exc)
         finally:
             self.running = None
             self.cancelled.discard(msg.task_id)
         _current.reset(token)
-        self._reply(msg, returns, time.perf_counter_ns() - start)
+        if returns is None:
+            self._send_output(msg.owner_addr)
+            self.tasks.send(msg.owner_addr, codec.encode(rm.TaskReply(
+                msg.task_id, [], 0, self.client.worker_id, self.node_id, self.actor_failed)))
+        else:
+            self._reply(msg, returns, time.perf_counter_ns() - start)
         if msg.kind == "actor_create" and self.early_calls:
             # Calls that overtook the constructor run now, ahead of anything that arrived after them.
             self.queue.extendleft(reversed(self.early_calls))
@@ -387,6 +404,7 @@ class Executor:
     def _create_actor(self, msg, cls, args, kwargs) -> None:
         self.actor_id = msg.actor_id
         self.actor_name = msg.name
+        self.actor_owner = msg.owner_addr
         opts = msg.options or {}
         is_async = any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in dir(cls)
                        if not name.startswith("__"))
@@ -412,7 +430,7 @@ class Executor:
             # another caller (another connection) can overtake the constructor: it waits for it here.
             self.early_calls.append(msg)
             return
-        if self.actor is None or msg.actor_id != self.actor_id:
+        if self.actor is None or self._exit_pending or msg.actor_id != self.actor_id:
             error = ActorDiedError(f"actor {msg.actor_id} is not running here"
                                    + (": its constructor failed" if self.actor_failed else ""))
             if self.actor_failed is not None and msg.actor_id == self.actor_id:
@@ -429,9 +447,61 @@ class Executor:
             self._actor_call_inline(msg)
 
     def _method(self, msg: rm.PushTask):
+        if msg.method == "__ray_ready__":
+            return _ready
+        if msg.method == "__ray_terminate__":
+            return _terminate
         if not isinstance(msg.method, str) or msg.method.startswith("__") and msg.method != "__call__":
             raise InvalidArgumentError(f"{msg.method!r} is not a callable actor method")
         return getattr(self.actor, msg.method)
+
+    # ---- an actor ending itself: exit_actor() / __ray_terminate__ -------------------------------------
+
+    def _exited_error(self) -> ActorDiedError:
+        return ActorDiedError(f"actor {self.actor_name} ({self.actor_id}) exited: exit_actor() was called",
+                              self.actor_id)
+
+    def _end_actor(self) -> None:
+        """Main thread: the actor called exit_actor(). Calls queued here fail with ActorDiedError, atexit
+        handlers run, the owner is told (so the actor is not restarted and its name is freed), and the
+        process ends — by the owner's kill, or by itself if no kill comes."""
+        self._exit_pending = False
+        if self.actor is None:
+            return
+        self.actor = None
+        self.actor_failed = serialization.system_error_bytes(self._exited_error())
+        self._receive(0)
+        while self.queue:
+            self._execute(self.queue.popleft())  # answered with the actor-died error (see _actor_call)
+        self.tasks.flush()
+        import atexit
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: BLE001 - a failing handler must not keep the actor alive
+            log.exception("an atexit handler of actor %s failed", self.actor_id)
+        if self.actor_owner:
+            self.client.ops.append(("send", self.actor_owner, rm.KillActor(self.actor_id, True)))
+            self.client.waker.wake()
+        # The owner's kill ends this process; until then, calls still arriving get the actor-died error.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            self._receive(100)
+            while self.queue:
+                self._execute(self.queue.popleft())
+            self.tasks.flush()
+        os._exit(0)
+
+    def _on_exit_call(self, msg: rm.PushTask, threaded: bool) -> None:
+        error = serialization.system_error_bytes(self._exited_error())
+        reply = rm.TaskReply(msg.task_id, [], 0, self.client.worker_id, self.node_id, error)
+        if threaded:
+            self._exit_pending = True
+            self.client.ops.append(("send", msg.owner_addr, reply))
+            self.client.waker.wake()
+        else:
+            self._send_output(msg.owner_addr)
+            self.tasks.send(msg.owner_addr, codec.encode(reply))
+            self._end_actor()
 
     def _actor_call_inline(self, msg: rm.PushTask) -> None:
         start = time.perf_counter_ns()
@@ -448,6 +518,11 @@ class Executor:
             _current.reset(token)
             self._reply_system(msg, exc)
             return
+        except _exit_type():
+            self.running = None
+            _current.reset(token)
+            self._on_exit_call(msg, threaded=False)
+            return
         except BaseException as exc:  # noqa: BLE001
             self.running = None
             returns = self._error_returns(msg, exc)
@@ -462,6 +537,9 @@ class Executor:
         try:
             args, kwargs = self._args(msg)
             returns = self._pack_returns(msg, self._method(msg)(*args, **kwargs))
+        except _exit_type():
+            self._on_exit_call(msg, threaded=True)
+            return
         except BaseException as exc:  # noqa: BLE001
             returns = self._error_returns(msg, exc)
         self._reply_via_io(msg, returns, time.perf_counter_ns() - start)
@@ -484,6 +562,9 @@ class Executor:
                     if inspect.isawaitable(result):
                         result = await result
                     returns = self._pack_returns(msg, result)
+                except _exit_type():
+                    self._on_exit_call(msg, threaded=True)
+                    return
                 except BaseException as exc:  # noqa: BLE001
                     returns = self._error_returns(msg, exc)
             self._reply_via_io(msg, returns, time.perf_counter_ns() - start)
@@ -560,6 +641,20 @@ class Executor:
 
 
 _EMPTY_ARGS = serialization.serialize(((), {})).to_blob()
+
+
+def _exit_type():
+    from p2pcompute.actor import _ExitActor
+    return _ExitActor
+
+
+def _ready():
+    return True  # the actor's constructor has run: this call could not have started otherwise
+
+
+def _terminate():
+    from p2pcompute.actor import exit_actor
+    exit_actor()
 _NONE_RETURNS = [["inline", serialization.serialize(None).to_blob(), []]]
 
 

@@ -30,11 +30,11 @@ def returns_a_lock(pid_file):
 
 @p2p.remote
 class Counter:
-    def __init__(self):
-        self.n = 0
+    def __init__(self, start=0):
+        self.n = start
 
-    def incr(self):
-        self.n += 1
+    def incr(self, by=1):
+        self.n += by
         return self.n
 
 

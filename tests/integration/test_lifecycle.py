@@ -29,7 +29,7 @@ def _double(x):
 
 
 @pytest.mark.timeout(60)
-def test_init_shutdown_cleans_up_everything(fresh_cluster):
+def test_init_shutdown_cleans_up_everything(fresh_cluster, monkeypatch):
     before = {p.pid for p in descendants()}
     start = time.monotonic()
     info = p2p.init(num_cpus=2)
@@ -58,6 +58,8 @@ def test_init_shutdown_cleans_up_everything(fresh_cluster):
     assert not os.path.exists(session_dir)
     assert not os.path.exists(store_dir)
 
+    # Used after shutdown(): with auto-init off, a clear error (with it on, as in Ray, a new embedded peer).
+    monkeypatch.setenv("P2P_AUTO_INIT", "0")
     with pytest.raises(errors.NotInitializedError):
         p2p.get(p2p.put(1))
     with pytest.raises(errors.NotInitializedError):
