@@ -94,9 +94,6 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         return _info()
 
 
-def _start_embedded(num_cpus, num_gpus, custom, store_capacity=None) -> None:
-    from p2pcompute.net.transport import Context
-    from p2pcompute.runtime.client import ClientRuntime
 def _positive_bytes(value, name: str) -> int | None:
     """Ray takes any positive number of bytes (`7e8`); the store wants a whole number."""
     if value is None:
@@ -108,6 +105,9 @@ def _positive_bytes(value, name: str) -> int | None:
     return int(value)
 
 
+def _start_embedded(num_cpus, num_gpus, custom, store_capacity=None) -> None:
+    from p2pcompute.net.transport import Context
+    from p2pcompute.runtime.client import ClientRuntime
     from p2pcompute.runtime.session import EmbeddedPeer, new_id
     cpus = os.cpu_count() or 1 if num_cpus is None else num_cpus
     total = resources.make_shape(cpus, num_gpus or 0, _default_memory(), custom)
@@ -307,6 +307,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the named actor `name`."""
+    from p2pcompute.actor import _default_namespace
     from p2pcompute.runtime import names
     rt = _runtime()
     ns = namespace if namespace is not None else _default_namespace()
@@ -317,7 +318,6 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise InvalidArgumentError(f"no actor named {name!r} in namespace {ns!r}: it was killed")
     return handle
 
-    from p2pcompute.actor import _default_namespace
 
 def _named_actor(actor_class: ActorClass, name: str, options: dict, args: tuple, kwargs: dict) -> ActorHandle:
     from p2pcompute.runtime import names
