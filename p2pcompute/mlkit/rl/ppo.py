@@ -90,8 +90,8 @@ class PPOConfig(AlgorithmConfig):
         "vf_loss_coeff": 0.5,
         "entropy_coeff": 0.0,
         "num_epochs": 10,
-        "minibatch_size": 128,
-        "train_batch_size": 2000,
+        "minibatch_size": 64,
+        "train_batch_size": 1000,
         "grad_clip": 0.5,
         "normalize_advantages": True,
     }

@@ -17,17 +17,40 @@ last result.
 
 from __future__ import annotations
 
-import importlib
+import pickle
 import tempfile
 
 from p2pcompute.mlkit.rl.algorithm import AlgorithmConfig
 
 
-def _optional(module: str):
+def _trial_session():
+    """(tune module, Checkpoint class, the trial's starting checkpoint) inside a Tune trial, else None."""
     try:
-        return importlib.import_module(module)
+        from p2pcompute.mlkit import tune
+        from p2pcompute.mlkit.common import Checkpoint
     except ImportError:
         return None
+    try:
+        start = tune.get_checkpoint()
+    except RuntimeError:  # this thread is not running a trial
+        return None
+    return tune, Checkpoint, start
+
+
+def _to_checkpoint(algo, checkpoint_cls):
+    """The algorithm's state as a Checkpoint that holds its files in memory, so no directory is left behind."""
+    with tempfile.TemporaryDirectory(prefix="rl-trial-") as d:
+        algo.save(d)
+        return pickle.loads(pickle.dumps(checkpoint_cls.from_directory(d)))  # pickling packs the files
+
+
+def flatten_result(result: dict) -> dict:
+    """Scalars of a train() result, nested groups as "env_runners/episode_return_mean" (Tune's metric names)."""
+    out = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+    for group, values in result.items():
+        if isinstance(values, dict):
+            out.update({f"{group}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+    return out
 
 
 def trainable(base_config: AlgorithmConfig, *, num_iterations: int = 10, checkpoint_every: int = 1):
@@ -39,31 +62,22 @@ def trainable(base_config: AlgorithmConfig, *, num_iterations: int = 10, checkpo
         raise ValueError("num_iterations and checkpoint_every must be >= 1")
 
     def train_rl(config: dict | None = None):
-        tune = _optional("p2pcompute.mlkit.tune")
-        common = _optional("p2pcompute.mlkit.common")
-        report = getattr(tune, "report", None)
-        get_checkpoint = getattr(tune, "get_checkpoint", None)
-        checkpoint_cls = getattr(common, "Checkpoint", None)
+        trial = _trial_session()
         algo = base_config.copy().update_from_dict(dict(config or {})).build()
         try:
-            start = get_checkpoint() if get_checkpoint else None
-            if start is not None:
-                algo.restore(start)
+            if trial is not None and trial[2] is not None:
+                with trial[2].as_directory() as d:
+                    algo.restore(d)
             result = {}
             while algo.iteration < num_iterations:
                 result = algo.train()
-                metrics = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-                metrics.update({f"{group}/{k}": v for group in ("env_runners", "learners")
-                                for k, v in result.get(group, {}).items() if isinstance(v, (int, float))})
-                if report is None:
+                if trial is None:
                     continue
-                checkpoint = None
-                if checkpoint_cls is not None and (algo.iteration % checkpoint_every == 0
-                                                   or algo.iteration == num_iterations):
-                    path = algo.save(tempfile.mkdtemp(prefix="rl-trial-"))
-                    checkpoint = (checkpoint_cls.from_directory(path) if hasattr(checkpoint_cls, "from_directory")
-                                  else checkpoint_cls(path))
-                report(metrics, checkpoint=checkpoint)
+                tune, checkpoint_cls, _ = trial
+                last = algo.iteration == num_iterations
+                checkpoint = (_to_checkpoint(algo, checkpoint_cls)
+                              if last or algo.iteration % checkpoint_every == 0 else None)
+                tune.report(flatten_result(result), checkpoint=checkpoint)
             return result
         finally:
             algo.stop()
