@@ -18,12 +18,20 @@ class P2PError(Exception):
 # Object, task and actor ids are `<peer id>-<process kind><n>.<n>` (see ids.py). Errors raised deep in the
 # runtime name the id in their message; the attribute Ray code reads (`err.actor_id`, `err.task_id`) is
 # taken from there when the raiser did not pass it.
-_ID_RE = re.compile(r"\b[0-9a-f]{12}-[a-z][0-9a-z]*\.[0-9a-f]+\b")
+_ID = r"[0-9a-f]{12}-[a-z][0-9a-z]*\.[0-9a-f]+"
+_ID_RE = re.compile(rf"\b{_ID}\b")
+# "actor <id> ..." or "actor <ClassName> (<id>) ...", not "actor call <Class.method> (<task id>)".
+_ACTOR_ID_RE = re.compile(rf"\bactor (?:[A-Za-z_][\w.]* )?\(?({_ID})\b")
 
 
 def _id_in(message: str) -> str | None:
     found = _ID_RE.search(message) if isinstance(message, str) else None
     return found.group(0) if found else None
+
+
+def _actor_id_in(message: str) -> str | None:
+    found = _ACTOR_ID_RE.search(message) if isinstance(message, str) else None
+    return found.group(1) if found else None
 
 
 # ---- the caller's fault ---------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ class ActorError(P2PError):
 
     def __init__(self, message: str = "", actor_id: str | None = None):
         super().__init__(message)
-        self.actor_id = actor_id if actor_id is not None else _id_in(message)
+        self.actor_id = actor_id if actor_id is not None else _actor_id_in(message)
 
     @property
     def error_msg(self) -> str:
