@@ -105,6 +105,11 @@ class ReferenceTable:
         return {"owned": entry.owned, "local": entry.local, "pins": entry.pins, "acks": entry.acks,
                 "borrowers": dict(entry.borrowers or {}), "regs": entry.regs, "contains": list(entry.contains)}
 
+    def owner_of(self, object_id: str) -> str | None:
+        """The owner's address of an object this process holds a ref to, or None if it holds none."""
+        entry = self._entries.get(object_id)
+        return entry.owner_addr if entry is not None else None
+
     def object_ids(self) -> list[str]:
         return list(self._entries)
 
