@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from p2pcompute.net.messages import message
+# Task and actor messages spoken by the owner's cores live next to them; re-exported here for the runtime.
+from p2pcompute.ownership.actor_messages import (ActorLocation, CancelTask, ForceKillWorker, KillActor,  # noqa: F401
+                                                 ResolveActor)
 
 
 @message(400)
@@ -79,30 +82,11 @@ class NodesReply:
     nodes: list        # list of plain dicts, one per peer
 
 
-@message(408)
-class CancelTask:
-    """Owner -> worker (client address): cancel `task_id` if queued or running there (and, if `recursive`,
-    every task it submitted)."""
-
-    task_id: str
-    force: bool
-    recursive: bool
-    reply_to: str
-
-
 @message(409)
 class Unregister:
     """Client -> peer: I am leaving cleanly."""
 
     proc_id: str
-
-
-@message(410)
-class ForceKillWorker:
-    """Owner -> the worker's peer: kill this worker process (cancel with force, kill of an actor)."""
-
-    worker_id: str
-    reason: str
 
 
 @message(411)
@@ -183,33 +167,6 @@ class ActorReady:
 
     actor_id: str
     addr: str
-
-
-@message(504)
-class ResolveActor:
-    """Caller -> actor owner: where does `actor_id` run? The owner answers now and again on every change."""
-
-    actor_id: str
-    reply_to: str
-
-
-@message(505)
-class ActorLocation:
-    """Owner -> callers: `state` is "pending" | "alive" | "restarting" | "dead"; `error` why it is dead."""
-
-    actor_id: str
-    state: str
-    worker_id: str
-    addr: str
-    ctl_addr: str
-    incarnation: int
-    error: bytes | None
-
-
-@message(506)
-class KillActor:
-    actor_id: str
-    no_restart: bool
 
 
 @message(414)
@@ -314,3 +271,47 @@ class StealTasks:
 
     task_ids: list
     reply_to: str
+
+
+# ---- observability: task events, state reports (470-479; see p2pcompute/runtime/state_reports.py) ----
+
+@message(470)
+class TaskEvents:
+    """Worker -> its peer: a batch of finished task attempts (one list per attempt, see task_events.py)."""
+
+    worker_id: str
+    events: list
+
+
+@message(471)
+class StateRequest:
+    """Anyone -> a peer: what its processes know about `what` ("tasks", "actors", "metrics");
+    `cluster`: ask every other peer too. `options` narrows it (e.g. {"since_ns": ...})."""
+
+    request_id: str
+    reply_to: str
+    what: str
+    cluster: bool
+    options: dict
+
+
+@message(472)
+class StateReply:
+    request_id: str
+    peers: list        # one report (plain dict) per peer that answered in time
+
+
+@message(473)
+class ProcStateRequest:
+    """Peer -> local client: your part of a state report."""
+
+    request_id: str
+    reply_to: str
+    what: str
+
+
+@message(474)
+class ProcStateReply:
+    request_id: str
+    proc_id: str
+    data: dict
