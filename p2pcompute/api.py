@@ -29,7 +29,7 @@ _lock = threading.RLock()
 _state = STATE
 
 # Accepted for compatibility with Ray's init(); they change nothing here.
-_IGNORED_INIT_OPTIONS = {"include_dashboard", "dashboard_host", "dashboard_port", "log_to_driver",
+_IGNORED_INIT_OPTIONS = {"log_to_driver",
                          "configure_logging", "logging_format", "_temp_dir"}
 
 
@@ -50,7 +50,9 @@ def is_initialized() -> bool:
 def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
          resources: dict | None = None, token: str | None = None, ignore_reinit_error: bool = False,
          namespace: str | None = None, logging_level: int | str | None = None,
-         object_store_memory: int | None = None, **kwargs) -> dict:
+         object_store_memory: int | None = None, runtime_env: dict | None = None,
+         include_dashboard: bool | None = None, dashboard_host: str = "127.0.0.1",
+         dashboard_port: int | None = None, **kwargs) -> dict:
     """Start p2pcompute in this process.
 
     With no address, start an embedded local peer with `num_cpus` workers (default: all CPUs); it stops
@@ -76,6 +78,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         # Named actors of this job (and of its tasks and actors, which inherit the job's environment) live
         # in this namespace unless they name another.
         _state["namespace"] = namespace
+        from p2pcompute.runtime import observe
+        runtime_env = observe.check_init(runtime_env, include_dashboard, dashboard_port)
         if address is not None and address.startswith("ipc://"):
             # The address another driver's init() returned: join that embedded peer on this machine.
             from p2pcompute.runtime import local_attach
@@ -91,6 +95,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             attach.attach(_state, address, token)
         atexit.register(shutdown)
         _register_job()
+        observe.after_init(_state, runtime_env, include_dashboard, dashboard_host, dashboard_port)
         return _info()
 
 
@@ -173,6 +178,10 @@ def shutdown() -> None:
             return
         own_dir = _state.pop("own_dir", None)
         _refs.install_hooks(None)
+        dashboard = _state.pop("dashboard", None)
+        if dashboard is not None:
+            dashboard.stop()
+        _state.pop("runtime_env_refs", None)
         _state.update(runtime=None, peer=None, ctx=None)
         try:
             rt.stop()

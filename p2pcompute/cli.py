@@ -78,6 +78,10 @@ def _launch(args, seeds: list[str], token: str) -> dict:
         cmd += ["--prestart", str(args.prestart)]
     if getattr(args, "object_store_memory", None):
         cmd += ["--store-capacity", str(args.object_store_memory)]
+    if getattr(args, "no_dashboard", False):
+        cmd += ["--no-dashboard"]
+    else:
+        cmd += ["--dashboard-host", args.dashboard_host, "--dashboard-port", str(args.dashboard_port)]
     env = dict(os.environ, P2P_CLUSTER_TOKEN=token)
     from p2pcompute import config
     env["PYTHONPATH"] = os.pathsep.join([config.package_root()] +
@@ -131,6 +135,8 @@ def cmd_start(args) -> int:
     print(f"or copy {os.path.join(os.path.dirname(state['run_dir']), 'token')} there and run "
           f"`p2p join {host_port} --token-file FILE` (keeps the token out of the process list).")
     print("Drivers on this machine: p2pcompute.init(address=\"auto\")")
+    if state.get("dashboard"):
+        print(f"Dashboard: {state['dashboard']}")
     return 0
 
 
@@ -215,6 +221,8 @@ def cmd_status(args) -> int:
     nodes = status["nodes"]
     print(f"peer {status['peer_id']} (pid {status['pid']}, up {status['uptime_s']:.0f} s) knows "
           f"{len(nodes)} peer(s):")
+    if status.get("dashboard"):
+        print(f"dashboard: {status['dashboard']}")
     header = ["PEER", "ADDRESS", "STATE", "CPU total/avail", "OTHER", "QUEUED", "STORE", "HEARD"]
     rows = []
     for n in nodes:
@@ -325,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--home", default=None, help="state directory (default ~/.p2pcompute or $P2P_HOME)")
         p.add_argument("--token", default=None, help="cluster token (visible in process lists; prefer a file)")
         p.add_argument("--token-file", default=None, help="file holding the cluster token")
+        p.add_argument("--dashboard-port", type=int, default=8265,
+                       help="dashboard port (default 8265, or the next free one)")
+        p.add_argument("--dashboard-host", default="127.0.0.1",
+                       help="interface the dashboard listens on (default 127.0.0.1; others need the token)")
+        p.add_argument("--no-dashboard", action="store_true", help="serve no dashboard (nor job submission)")
 
     start = sub.add_parser("start", help="start the first peer of a cluster; prints the join command")
     peer_options(start)
@@ -352,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-cpus", type=int, default=None, help="CPUs per peer (default: all)")
     demo.add_argument("--peers", type=int, default=1, help="run on this many local peers (default 1)")
     demo.set_defaults(func=cmd_demo)
+    from p2pcompute.dashboard import commands as observe_commands
+    from p2pcompute.jobs import cli as job_commands
+    observe_commands.add_parsers(sub)
+    job_commands.add_parsers(sub)
     return parser
 
 

@@ -36,6 +36,9 @@ def _parse(argv):
     parser.add_argument("--parent-pid", type=int, default=0)
     parser.add_argument("--prestart", type=int, default=None)
     parser.add_argument("--store-capacity", type=int, default=None, help="bytes of shared memory for objects")
+    parser.add_argument("--dashboard-port", type=int, default=8265)
+    parser.add_argument("--dashboard-host", default="127.0.0.1")
+    parser.add_argument("--no-dashboard", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -74,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                             tcp_host=args.host, tcp_port=args.port, advertise_host=args.advertise_host,
                             token=token, seeds=list(args.join), prestart=args.prestart, log_dir=home.log_dir,
                             store_capacity=args.store_capacity)
-        state = {"peer_id": peer_id, "pid": os.getpid(), "address": daemon.addr,
+        dashboard_url = None
+        if not args.no_dashboard:
+            from p2pcompute.dashboard.server import start_for_peer
+            try:
+                dashboard_url = start_for_peer(daemon, token=token, host=args.dashboard_host,
+                                               port=args.dashboard_port, home=home.path).url
+            except OSError as exc:
+                logging.getLogger("p2pcompute.peer").warning("no dashboard: %s", exc)
+        state = {"peer_id": peer_id, "pid": os.getpid(), "address": daemon.addr, "dashboard": dashboard_url,
                  "tcp": daemon.transport.tcp_endpoint, "bind_host": args.host,
                  "advertise_host": args.advertise_host, "run_dir": home.run_dir, "store_dir": store_dir,
                  "log_dir": home.log_dir, "started": time.time(), "resources": resources.to_user(total)}

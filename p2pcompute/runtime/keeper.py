@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     rt.is_keeper = True
     requests: queue.Queue = queue.Queue()
     rt.handlers[rm.CreateDetached] = requests.put
+    from p2pcompute.runtime import task_events
+    task_events.install(rt)  # answers state requests (the detached actors it owns)
     STATE.update(runtime=rt, worker=True)
     object_ref.install_hooks(rt.ops.append)
     rt.start()

@@ -33,6 +33,7 @@ from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.store import LocalStore, remove_store_dir
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.memory import MemoryReports
+from p2pcompute.runtime.state_reports import StateReports
 from p2pcompute.runtime.processes import Processes, child_env, exit_reason
 from p2pcompute.runtime.store_manager import StoreManager, default_capacity
 from p2pcompute.runtime.table_service import TableService
@@ -71,6 +72,8 @@ class PeerDaemon:
                                    self._on_exit)
         self.transfers = TransferServer(self)
         self.memory = MemoryReports(self)
+        self.state_reports = StateReports(self)
+        self.dashboard = None  # the HTTP dashboard thread, if this peer serves one (see p2pcompute.dashboard)
         self.objects = StoreManager(self.store, store_capacity or default_capacity())
         self.parent_pid = parent_pid
         self._parent_fd = -1
@@ -243,6 +246,7 @@ class PeerDaemon:
         self.processes.on_tick()
         self.transfers.on_tick(now)
         self.memory.on_tick()
+        self.state_reports.on_tick()
         if self.membership is None:
             self.table.on_tick(now, {self.peer_id: self.addr}, [])
         else:
@@ -319,6 +323,8 @@ class PeerDaemon:
             self.transfers.dispatch(sender, msg)
         elif t in self.memory.handles:
             self.memory.dispatch(sender, msg)
+        elif t in self.state_reports.handles:
+            self.state_reports.dispatch(sender, msg)
         elif t in self.table.handles:
             self.table.dispatch(now, self._sender_addr(sender), msg)
         elif t is rm.RegisterClient:
@@ -423,6 +429,8 @@ class PeerDaemon:
             log.warning("cannot send %s to %s: %s", type(msg).__name__, to, exc)
 
     def _run(self, effects: list) -> None:
+        if effects:
+            self.state_reports.count_lease(effects)
         for eff in effects:
             t = type(eff)
             if t is Send:
@@ -446,6 +454,7 @@ class PeerDaemon:
 
     def _on_member_changed(self, eff: MemberChanged) -> None:
         log.info("peer %s at %s: %s -> %s", eff.peer_id, eff.addr, eff.previous_state, eff.state)
+        self.state_reports.count(f"membership:{eff.state}")
         if eff.state in ("dead", "left") and eff.peer_id != self.peer_id:
             now = time.monotonic_ns()
             self._run(self.lease.on_peer_died(now, eff.peer_id))
@@ -505,12 +514,15 @@ class PeerDaemon:
                 "leases": [{"id": l.lease_id, "holder": l.request.holder_id, "worker": l.worker_id,
                             "shape": l.shape} for l in self.lease.leases.values()],
                 "waiting": self.lease.pending_demand(), "table": self.table.status(),
+                "dashboard": self.dashboard.url if self.dashboard is not None else None,
                 "jobs": [record for _job, record in self.table.client.cache.read(("job_list",))[1] or []]
                 if self.table.client.cache_usable(time.monotonic_ns()) else []}
 
     # ---- shutdown -----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self._keeper_popen is not None and self._keeper_popen.poll() is None:
             self._keeper_popen.terminate()
         self.processes.shutdown()

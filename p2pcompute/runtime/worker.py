@@ -135,6 +135,11 @@ class Executor:
         # What ran here and when, for the state API and the timeline (sent to the peer in batches).
         self.events = TaskEventLog(client.worker_id or client.proc_id, node_id)
         client.task_events = self.events
+        self.env_cache_dir = ""             # where runtime_env packages are unpacked (set by main)
+        self.env_error: Exception | None = None
+        # What ran here and when, for the state API and the timeline (sent to the peer in batches).
+        self.events = TaskEventLog(client.worker_id or client.proc_id, node_id)
+        client.task_events = self.events
 
     # ---- receiving ----------------------------------------------------------------------------------
 
@@ -233,6 +238,12 @@ class Executor:
                 os.chdir(cwd)
             except OSError:
                 pass
+        if env.get("runtime_env"):
+            from p2pcompute import runtime_env
+            try:
+                runtime_env.apply(env["runtime_env"], self.client, self.env_cache_dir)
+            except Exception as exc:  # noqa: BLE001 - every task of the job then fails with this error
+                self.env_error = exc
         self.client.job_id = msg.job_id
         self.client.submitter.job_id = msg.job_id
 
@@ -328,6 +339,9 @@ class Executor:
                 self._reply_system(msg, TaskCancelledError(f"task {msg.name} ({msg.task_id}) was cancelled"))
                 return
             self._bind_job(msg)
+            if self.env_error is not None:
+                self._reply_system(msg, self.env_error)
+                return
             if msg.kind == "actor_call":
                 self._actor_call(msg)
             else:
@@ -729,6 +743,9 @@ def main(argv: list[str] | None = None) -> int:
                       tcp_host=args.tcp_host, advertise_host=args.advertise_host)
     executor = Executor(client, tasks, args.node_id)
     client.executor = executor
+    executor.env_cache_dir = os.path.join(args.sock_dir, "runtime_envs")
+    from p2pcompute.runtime import task_events
+    task_events.install(client)
     from p2pcompute.runtime import task_events
     task_events.install(client)
     signal.signal(signal.SIGUSR1, executor.on_interrupt)
