@@ -33,7 +33,7 @@ from p2pcompute import serialization
 from p2pcompute.errors import ActorDiedError, ActorUnavailableError, TaskCancelledError
 from p2pcompute.lease import messages as lm
 from p2pcompute.net.effects import Send
-from p2pcompute.ownership import actor_messages as am
+from p2pcompute.ownership import task_messages as am
 
 # ---- effects --------------------------------------------------------------------------------------------
 

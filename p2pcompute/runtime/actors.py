@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from p2pcompute.net.effects import Send
-from p2pcompute.ownership import actor_messages as am
+from p2pcompute.ownership import task_messages as am
 from p2pcompute.ownership.actors import (ActorCore, FailTask, Pin, PushCall, PushCreate, ReleaseName, Restart,
                                          SubmitTask, Unpin)
 

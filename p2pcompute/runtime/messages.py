@@ -9,8 +9,9 @@ from typing import Any
 
 from p2pcompute.net.messages import message
 # Task and actor messages spoken by the owner's cores live next to them; re-exported here for the runtime.
-from p2pcompute.ownership.actor_messages import (ActorLocation, CancelTask, ForceKillWorker, KillActor,  # noqa: F401
-                                                 ResolveActor)
+from p2pcompute.ownership.task_messages import (ActorLocation, CancelTask, ClusterInfo, ForceKillWorker,  # noqa: F401
+                                                KillActor, ProcessDied, PushTask, ResolveActor, StealTasks,
+                                                TaskReply, TasksBounced)
 
 
 @message(400)
@@ -42,17 +43,6 @@ class RegisterWorker:
     pid: int
     task_addr: str
     client_addr: str
-
-
-@message(403)
-class ProcessDied:
-    """Peer -> clients: a process is gone; drop its leases, borrows, and fail what it was running."""
-
-    proc_id: str
-    kind: str
-    reason: str
-    addr: str
-    task_addr: str
 
 
 @message(404)
@@ -108,59 +98,6 @@ class PeerStatusReply:
     status: dict
 
 
-@message(500)
-class PushTask:
-    """Submitter -> leased worker (or actor caller -> actor worker): run this.
-
-    `kind` is "task", "actor_create" or "actor_call". `code` carries the pickled function or class the first
-    time this submitter sends `code_id` to this worker; `job_env` likewise on the first push to a worker.
-    Arguments: `args` is an inline blob (or None when stored as object `args_object`); `slots` resolves the
-    top-level ref arguments: [["inline", blob] | ["stored", object_id, size, store_path, holder_addr]].
-    """
-
-    task_id: str
-    kind: str
-    name: str
-    job_id: str
-    code_id: str
-    code: bytes | None
-    job_env: dict | None
-    args: bytes | None
-    args_object: list | None
-    slots: list
-    refs: list             # refs nested in the arguments: [[object_id, owner_addr], ...]
-    return_ids: list
-    owner_addr: str
-    actor_id: str | None
-    method: str | None
-    seq: int
-    options: dict
-
-
-@message(501)
-class TaskReply:
-    """Worker -> owner: results of `task_id`.
-
-    `returns` has one entry per return id: ["inline", blob, refs] | ["stored", size, refs, store_path,
-    holder_id, holder_addr] | ["error", error_blob]. `system_error` is set when the task did not run its
-    code (cancelled, actor dead).
-    """
-
-    task_id: str
-    returns: list
-    exec_ns: int
-    worker_id: str
-    node_id: str
-    system_error: bytes | None
-
-
-@message(502)
-class TasksBounced:
-    """Worker -> submitter: I blocked in `get` before starting these; schedule them elsewhere."""
-
-    task_ids: list
-
-
 @message(503)
 class ActorReady:
     """Actor worker -> owner (via the creation reply path): the constructor finished; calls go to `addr`."""
@@ -175,13 +112,6 @@ class StopPeer:
 
     reply_to: str
     request_id: str
-
-
-@message(415)
-class ClusterInfo:
-    """Peer -> local clients: how many peers are alive (bounds how many lease requests are worth sending)."""
-
-    alive_peers: int
 
 
 @message(416)
@@ -263,14 +193,6 @@ class RefsReply:
     proc_id: str
     refs: list         # [[object_id, owned, local, pins, borrowers_dict, state, size], ...]
 
-
-@message(426)
-class StealTasks:
-    """Submitter -> a leased worker's I/O thread: hand back these tasks if they have not started; the answer
-    is a `TasksBounced` (to `reply_to`) listing those that will not run here."""
-
-    task_ids: list
-    reply_to: str
 
 
 # ---- observability: task events, state reports (470-479; see p2pcompute/runtime/state_reports.py) ----

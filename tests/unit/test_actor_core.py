@@ -14,7 +14,7 @@ from p2pcompute.errors import ActorDiedError, ActorUnavailableError, TaskCancell
 from p2pcompute.lease.messages import ReturnLease
 from p2pcompute.lease.submitter import Held
 from p2pcompute.net.effects import Send
-from p2pcompute.ownership import actor_messages as am
+from p2pcompute.ownership import task_messages as am
 from p2pcompute.ownership.actors import (ActorCore, FailTask, Pin, PushCall, PushCreate, ReleaseName, Restart,
                                          SubmitTask, Unpin)
 from p2pcompute.ownership.task_record import TaskRecord
