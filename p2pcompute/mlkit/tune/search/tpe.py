@@ -62,7 +62,7 @@ class TPESearch(Searcher):
     # ------------------------------------------------------------------ the model
     def _model_suggest(self) -> dict:
         ranked = sorted(self.observations, key=lambda o: o[1])
-        n_good = max(1, int(math.ceil(self.gamma * len(ranked))))
+        n_good = min(max(1, int(math.ceil(self.gamma * len(ranked)))), 25)
         good = [v for v, _ in ranked[:n_good]]
         bad = [v for v, _ in ranked[n_good:]] or good
         total = np.zeros(self.n_candidates)
@@ -91,31 +91,50 @@ class TPESearch(Searcher):
 
     def _numeric(self, dom: Domain, good: list, bad: list):
         to_unit, from_unit = _unit_scale(dom)
-        ug = np.array([to_unit(v) for v in good])
-        ub = np.array([to_unit(v) for v in bad])
-        hg, hb = _bandwidth(ug), _bandwidth(ub)
-        # Draw from l: the flat prior with weight 1/(n+1), else a Gaussian around a good point.
-        n = len(ug)
-        comp = self.rng.integers(0, n + 1, size=self.n_candidates)
-        cands = np.where(comp == n, self.rng.uniform(0, 1, self.n_candidates),
-                         ug[np.minimum(comp, n - 1)] + hg * self.rng.standard_normal(self.n_candidates))
-        cands = np.clip(cands, 0.0, 1.0)
-        ratio = _log_density(cands, ug, hg) - _log_density(cands, ub, hb)
-        return [from_unit(u) for u in cands], ratio
+        lg = _Parzen(np.array([to_unit(v) for v in good]))
+        lb = _Parzen(np.array([to_unit(v) for v in bad]))
+        cands = lg.sample(self.rng, self.n_candidates)
+        return [from_unit(u) for u in cands], lg.log_pdf(cands) - lb.log_pdf(cands)
 
 
-def _bandwidth(points: np.ndarray) -> float:
-    # Scott's rule on the unit interval, floored so a tight cluster of good points still explores.
-    n = max(len(points), 1)
-    sd = float(np.std(points)) if len(points) > 1 else 0.5
-    return float(np.clip(1.06 * sd * n ** -0.2, 0.03, 0.5))
+class _Parzen:
+    """A mixture on [0, 1] of Gaussians truncated to [0, 1]: one per observation plus a wide prior (centre
+    0.5, sigma 1). Each observation's sigma is the larger gap to its neighbours, clipped to
+    [1/min(100, n+1), 1] so that a tight cluster of good points still explores around itself."""
+
+    def __init__(self, points: np.ndarray):
+        n = len(points)
+        order = np.argsort(points)
+        srt = np.concatenate(([0.0], points[order], [1.0]))
+        gaps = np.maximum(srt[1:-1] - srt[:-2], srt[2:] - srt[1:-1])
+        sig = np.empty(n)
+        sig[order] = gaps
+        sig = np.clip(sig, 1.0 / min(100, n + 1), 1.0)
+        self.mus = np.append(points, 0.5)
+        self.sigmas = np.append(sig, 1.0)
+        self.weights = np.full(n + 1, 1.0 / (n + 1))
+        # Probability mass each component keeps inside [0, 1] (the truncation's normaliser).
+        self.mass = _ncdf((1 - self.mus) / self.sigmas) - _ncdf((0 - self.mus) / self.sigmas)
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        comp = rng.choice(len(self.mus), size=size, p=self.weights)
+        out = rng.normal(self.mus[comp], self.sigmas[comp])
+        bad = (out < 0) | (out > 1)
+        for _ in range(100):  # rejection keeps draws truncated-normal instead of piled on the edges
+            if not bad.any():
+                break
+            out[bad] = rng.normal(self.mus[comp[bad]], self.sigmas[comp[bad]])
+            bad = (out < 0) | (out > 1)
+        return np.clip(out, 0.0, 1.0)
+
+    def log_pdf(self, x: np.ndarray) -> np.ndarray:
+        z = (x[:, None] - self.mus[None, :]) / self.sigmas[None, :]
+        dens = np.exp(-0.5 * z * z) / (self.sigmas * math.sqrt(2 * math.pi) * self.mass)
+        return np.log(dens @ self.weights + 1e-300)
 
 
-def _log_density(x: np.ndarray, centres: np.ndarray, h: float) -> np.ndarray:
-    n = len(centres)
-    z = (x[:, None] - centres[None, :]) / h
-    gauss = np.exp(-0.5 * z * z) / (h * math.sqrt(2 * math.pi))
-    return np.log((gauss.sum(axis=1) + 1.0) / (n + 1))  # + the flat prior (density 1 on [0, 1])
+def _ncdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
 
 
 def _unit_scale(dom: Domain):
