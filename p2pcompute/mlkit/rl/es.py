@@ -54,6 +54,11 @@ class ESWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> dict:
+        """This worker's process id and the peer (node) it runs on."""
+        import p2pcompute as p2p
+        return {"pid": os.getpid(), "node_id": p2p.get_runtime_context().get_node_id()}
+
     def episode(self, weights: np.ndarray) -> tuple[float, int]:
         self.policy.set_weights(weights)
         obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
@@ -180,7 +185,10 @@ class ES(Algorithm):
             "num_env_runner_restarts": self.workers.num_replaced if self.workers else 0,
             "perturbed_return_mean": float(returns.mean()),
             "update_norm": float(np.linalg.norm(g)),
-            "env_runners": {"sample_time_s": max(r["time_s"] for r in results)},
+            # This iteration's episodes of the current (unperturbed) policy, not a window over past policies:
+            # ES changes every parameter each iteration, so older episodes say little about the policy now.
+            "env_runners": {"sample_time_s": max(r["time_s"] for r in results),
+                            "episode_return_mean": float(evals.mean() if evals.size else returns.mean())},
         }
 
     def extra_state(self) -> dict:

@@ -84,6 +84,11 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> dict:
+        """This worker's process id and the peer (node) it runs on."""
+        import p2pcompute as p2p
+        return {"pid": os.getpid(), "node_id": p2p.get_runtime_context().get_node_id()}
+
     def sample(self, weights: np.ndarray, fragment_length: int | None = None) -> SampleBatch:
         t_start = time.perf_counter()
         self.policy.set_weights(weights)

@@ -1,0 +1,222 @@
+"""Reinforcement learning benchmark: PPO on CartPole-v1 to a mean return of 475, sampling throughput with
+1, 2 and 3 rollout workers against a single process, and evolution strategies' throughput on Pendulum-v1.
+
+    python benchmarks/rl.py                          # everything, on 3 local peers of 1 CPU each
+    python benchmarks/rl.py --only sampling es       # a part
+    python benchmarks/rl.py --seeds 0 --peers 1      # one embedded peer with 3 CPUs instead of 3 peers
+
+The peers are started with `p2p start` / `p2p join` on loopback (each its own process tree and store) and the
+driver attaches to the first. "single process" steps the same envs with the same policy in the driver, with
+no cluster at all: the baseline a distributed sampler has to beat. RLlib's PPO is run side by side when
+`ray.rllib` imports (it needs torch and dm-tree, which the bench extra does not install).
+
+The machine is shared and small (2 cores): figures are noisy and scaling past 2 workers cannot show on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import p2pcompute as p2p
+from p2pcompute.mlkit import rl
+
+
+def start_peers(n: int) -> tuple[list[str], str]:
+    base = tempfile.mkdtemp(prefix="p2p-rl-bench-", dir="/tmp")
+    homes, token_file, first_port = [], None, None
+    for i in range(n):
+        home = os.path.join(base, f"p{i}")
+        port = _free_port()
+        args = ["--home", home, "--host", "127.0.0.1", "--port", str(port), "--num-cpus", "1"]
+        if i == 0:
+            subprocess.run([sys.executable, "-m", "p2pcompute", "start", *args], check=True, capture_output=True)
+            token_file, first_port = os.path.join(home, "token"), port
+        else:
+            subprocess.run([sys.executable, "-m", "p2pcompute", "join", f"127.0.0.1:{first_port}", *args,
+                            "--token-file", token_file], check=True, capture_output=True)
+        homes.append(home)
+    p2p.init(address=f"127.0.0.1:{first_port}", token=open(token_file).read().strip())
+    deadline = time.monotonic() + 30
+    while sum(node["Alive"] for node in p2p.nodes()) < n and time.monotonic() < deadline:
+        time.sleep(0.1)  # waiting for the joins to be seen, bounded
+    return homes, base
+
+
+def stop_peers(homes: list[str]) -> None:
+    for home in homes:
+        subprocess.run([sys.executable, "-m", "p2pcompute", "stop", "--home", home], capture_output=True)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- PPO to 475 -----------------------------------------------------------------------------------------
+
+def ppo_to_475(seed: int, runners: int, max_steps: int) -> dict:
+    algo = (rl.PPOConfig().environment("CartPole-v1").env_runners(num_env_runners=runners)
+            .training(lr=3e-4).debugging(seed=seed).build())
+    try:
+        t0 = time.perf_counter()
+        result = {}
+        while algo.num_env_steps_sampled < max_steps:
+            result = algo.train()
+            if result["episode_return_mean"] >= 475:
+                break
+        wall = time.perf_counter() - t0
+        solved = result["episode_return_mean"] >= 475
+        return {"seed": seed, "solved": solved, "env_steps": algo.num_env_steps_sampled, "wall_s": wall,
+                "iterations": algo.iteration, "return_mean": result["episode_return_mean"],
+                "greedy_return": algo.evaluate(5)["evaluation_return_mean"]}
+    finally:
+        algo.stop()
+
+
+# ---- sampling throughput --------------------------------------------------------------------------------
+
+def sampling(envs: int, fragment: int, rounds: int, max_workers: int) -> dict:
+    import gymnasium as gym
+    env = gym.make("CartPole-v1")
+    spec = rl.PolicySpec.from_spaces(env.observation_space, env.action_space)
+    weights = rl.Policy(spec, seed=0).get_weights()
+    out = {}
+    local = rl.RolloutWorker("CartPole-v1", None, spec, num_envs=envs, rollout_fragment_length=fragment)
+    local.sample(weights)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        local.sample(weights)
+    out["single process"] = rounds * envs * fragment / (time.perf_counter() - t0)
+    for n in range(1, max_workers + 1):
+        group = rl.WorkerGroup(rl.RolloutWorker, n, lambda i, g: (("CartPole-v1", None, spec),
+                                                                  dict(num_envs=envs, rollout_fragment_length=fragment,
+                                                                       worker_index=i, seed=i)),
+                               {"num_cpus": 1})
+        try:
+            ref = p2p.put(weights)
+            group.call("sample", lambda i: (ref,))  # warm: actors started, code imported
+            t0 = time.perf_counter()
+            steps = 0
+            for _ in range(rounds):
+                ref = p2p.put(weights)  # a broadcast per round, as in training
+                got = group.call("sample", lambda i: (ref,))
+                steps += sum(len(b) for b in got.values())
+            out[f"{n} worker{'s' if n > 1 else ''}"] = steps / (time.perf_counter() - t0)
+        finally:
+            group.stop()
+    return out
+
+
+# ---- ES -------------------------------------------------------------------------------------------------
+
+def es_scaling(iterations: int, max_workers: int, pairs: int) -> dict:
+    out = {}
+    for n in [0] + list(range(1, max_workers + 1)):
+        algo = (rl.ESConfig().environment("Pendulum-v1").env_runners(num_env_runners=n)
+                .training(num_rollouts_per_worker=pairs if n else pairs, noise_size=2_000_000,
+                          num_eval_episodes=1)
+                .debugging(seed=0).build())
+        try:
+            algo.train()  # warm
+            t0 = time.perf_counter()
+            steps0 = algo.num_env_steps_sampled
+            for _ in range(iterations):
+                result = algo.train()
+            wall = time.perf_counter() - t0
+            out["single process" if n == 0 else f"{n} worker{'s' if n > 1 else ''}"] = {
+                "steps_per_s": (algo.num_env_steps_sampled - steps0) / wall,
+                "return": result["episode_return_mean"]}
+        finally:
+            algo.stop()
+    return out
+
+
+def es_learning(iterations: int, workers: int) -> dict:
+    algo = (rl.ESConfig().environment("Pendulum-v1").env_runners(num_env_runners=workers)
+            .training(num_rollouts_per_worker=8, noise_size=2_000_000, num_eval_episodes=2)
+            .debugging(seed=0).build())
+    try:
+        t0 = time.perf_counter()
+        curve = []
+        for _ in range(iterations):
+            curve.append(round(algo.train()["env_runners"]["episode_return_mean"], 1))
+        return {"returns": curve, "env_steps": algo.num_env_steps_sampled, "wall_s": time.perf_counter() - t0}
+    finally:
+        algo.stop()
+
+
+def rllib_status() -> str:
+    try:
+        from ray.rllib.algorithms.ppo import PPOConfig  # noqa: F401
+        import torch  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means it cannot run here
+        return f"skipped: ray.rllib cannot run here ({type(exc).__name__}: {exc})"
+    return "available"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", choices=["ppo", "sampling", "es", "rllib"])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--peers", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=200_000)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    parts = set(args.only or ["ppo", "sampling", "es", "rllib"])
+    report: dict = {}
+    homes = []
+    if args.peers == 1:
+        p2p.init(num_cpus=3)
+    else:
+        homes, _ = start_peers(args.peers)
+    try:
+        if "ppo" in parts:
+            runs = []
+            for seed in args.seeds:
+                r = ppo_to_475(seed, runners=2, max_steps=args.max_steps)
+                runs.append(r)
+                print(f"PPO CartPole-v1 seed {seed}: {'reached 475' if r['solved'] else 'NOT solved'} after "
+                      f"{r['env_steps']:,} env steps, {r['wall_s']:.1f} s wall, {r['iterations']} iterations "
+                      f"(greedy return {r['greedy_return']:.0f})", flush=True)
+            report["ppo"] = runs
+        if "sampling" in parts:
+            s = sampling(envs=4, fragment=500, rounds=5, max_workers=3)
+            report["sampling"] = s
+            base = s["single process"]
+            for name, v in s.items():
+                print(f"sampling CartPole-v1, {name:>14}: {v:9,.0f} env steps/s ({v / base:.2f}x)", flush=True)
+        if "es" in parts:
+            e = es_scaling(iterations=3, max_workers=3, pairs=4)
+            report["es_scaling"] = e
+            base = e["single process"]["steps_per_s"]
+            for name, v in e.items():
+                print(f"ES Pendulum-v1, {name:>14}: {v['steps_per_s']:9,.0f} env steps/s "
+                      f"({v['steps_per_s'] / base:.2f}x)", flush=True)
+            learn = es_learning(iterations=15, workers=2)
+            report["es_learning"] = learn
+            print(f"ES Pendulum-v1 learning, 2 workers: returns {learn['returns']} "
+                  f"({learn['env_steps']:,} env steps, {learn['wall_s']:.1f} s)", flush=True)
+        if "rllib" in parts:
+            report["rllib"] = rllib_status()
+            print(f"RLlib: {report['rllib']}", flush=True)
+    finally:
+        p2p.shutdown()
+        stop_peers(homes)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
