@@ -12,12 +12,13 @@
 
 from p2pcompute import errors, exceptions, internal, kv
 from p2pcompute.actor import ActorClass, ActorHandle, method
-from p2pcompute.api import (available_resources, cancel, cluster_resources, get, get_actor, get_runtime_context,
+from p2pcompute.api import (available_resources, cancel, cluster_resources, get, get_actor, get_gpu_ids,
+                            get_runtime_context,
                             init, is_initialized, kill, nodes, put, remote, shutdown, wait)
 from p2pcompute.object_ref import ObjectID, ObjectRef
 
 __version__ = "0.1.0"
 
 __all__ = ["ActorClass", "ActorHandle", "ObjectID", "ObjectRef", "available_resources", "cancel", "cluster_resources",
-           "errors", "exceptions", "internal", "kv", "get", "get_actor", "get_runtime_context", "init", "is_initialized", "kill",
+           "errors", "exceptions", "internal", "kv", "get", "get_actor", "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill",
            "method", "nodes", "put", "remote", "shutdown", "wait", "__version__"]

@@ -361,3 +361,10 @@ def available_resources() -> dict:
 
 def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(_runtime())
+
+
+def get_gpu_ids() -> list:
+    """The GPU ids assigned to the calling task or actor (also its CUDA_VISIBLE_DEVICES); [] in a driver or a
+    task that asked for no GPU."""
+    from p2pcompute.runtime import gpus
+    return gpus.get_gpu_ids()

@@ -31,7 +31,9 @@ from p2pcompute.net.membership import Membership, MembershipConfig, MemberChange
 from p2pcompute.net.transport import Context, CurveKeys, Transport, Waker, machine_id
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.store import LocalStore, remove_store_dir
+from p2pcompute.runtime import gpus
 from p2pcompute.runtime import messages as rm
+from p2pcompute.runtime.gpus import GpuAssigner
 from p2pcompute.runtime.memory import MemoryReports
 from p2pcompute.runtime.state_reports import StateReports
 from p2pcompute.runtime.processes import Processes, child_env, exit_reason
@@ -66,6 +68,8 @@ class PeerDaemon:
         self.transport.add_fd(self.waker.fd)
         self.total = dict(total)
         self.lease = LeaseCore(peer_id, self.addr, total)
+        # GPU ids for GPU leases (see runtime/gpus.py); the ids are this peer's CUDA_VISIBLE_DEVICES if set.
+        self.gpus = GpuAssigner(total.get(resources.GPU, 0), session_dir, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.log_dir = log_dir or os.path.join(session_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.processes = Processes(self.transport, self.log_dir, child_env(token if tcp_host else None),
@@ -118,6 +122,9 @@ class PeerDaemon:
     def _start_worker(self, eff: StartWorker) -> None:
         argv = ["--peer", self.addr, "--worker-id", eff.worker_id, "--node-id", self.peer_id,
                 "--sock-dir", self.session_dir]
+        gpu_ids = self.gpus.on_start_worker(eff.worker_id, eff.job_id)
+        if gpu_ids:
+            argv += ["--gpu-ids", ",".join(gpu_ids)]
         if self.tcp_host:
             argv += ["--tcp-host", self.tcp_host]
             if self.advertise_host:
@@ -134,6 +141,7 @@ class PeerDaemon:
         now = time.monotonic_ns()
         effects = []
         if proc.kind == "worker":
+            self.gpus.on_worker_exit(proc.proc_id)
             effects += self.lease.on_worker_died(now, proc.proc_id, reason)
         effects += self.lease.on_process_died(now, proc.proc_id)
         self._run(effects)
@@ -308,7 +316,11 @@ class PeerDaemon:
                 if addr is not None:
                     self._run(self.membership.on_message(now, addr, msg))
         elif t in (lm.RequestLease, lm.ReturnLease, lm.CancelLeaseRequest, lm.WorkerBlocked, lm.WorkerUnblocked):
+            if t is lm.RequestLease:
+                msg = gpus.tag_request(msg)  # a GPU request gets a worker of its own
             effects = self.lease.on_message(now, sender, msg)
+            if t is lm.ReturnLease:
+                self._stop_gpu_worker(msg.lease_id)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s from %s -> %s", msg, sender, effects)
             self._run(effects)
@@ -434,6 +446,8 @@ class PeerDaemon:
         for eff in effects:
             t = type(eff)
             if t is Send:
+                if type(eff.msg) is lm.LeaseGranted and self.gpus.ids:
+                    self._on_gpu_grant(eff.msg)
                 self._send(eff.to, eff.msg)
             elif t is Timer:
                 self._deadline_ns = min(self._deadline_ns, eff.at_ns)
@@ -451,6 +465,18 @@ class PeerDaemon:
                     f"a task or actor asks for {resources.describe(eff.shape)}, but no peer has that much "
                     f"(the most any peer has: {resources.describe(eff.cluster_total)}). It will wait until a "
                     f"peer that fits joins; get(timeout=...) bounds the wait."))
+
+    def _on_gpu_grant(self, grant) -> None:
+        lease = self.lease.leases.get(grant.lease_id)
+        if lease is not None:
+            self.gpus.on_granted(grant.lease_id, grant.worker_id, lease.shape)
+
+    def _stop_gpu_worker(self, lease_id: str) -> None:
+        """A GPU lease ended: its worker goes (as Ray's GPU workers do), releasing the GPU's memory."""
+        worker_id = self.gpus.on_lease_returned(lease_id)
+        proc = self.processes.procs.get(worker_id) if worker_id else None
+        if proc is not None:
+            self.processes.stop(proc)
 
     def _on_member_changed(self, eff: MemberChanged) -> None:
         log.info("peer %s at %s: %s -> %s", eff.peer_id, eff.addr, eff.previous_state, eff.state)

@@ -33,6 +33,7 @@ from p2pcompute.net import codec
 from p2pcompute.net.transport import Context, CurveKeys, Transport
 from p2pcompute.ownership.store import LocalStore
 from p2pcompute.runtime import context as runtime_context
+from p2pcompute.runtime import gpus
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime import output
 from p2pcompute.runtime.client import INLINE_MAX_BYTES, ClientRuntime
@@ -117,6 +118,7 @@ class Executor:
         self.actor_name = ""
         self.actor_failed: bytes | None = None
         self.actor_owner = ""            # who created the actor: told when the actor ends itself (exit_actor)
+        self.gpu_dir = ""                # where the peer may have left GPU ids for us; read before the first task
         self._exit_pending = False       # exit_actor() ran on an actor thread; the main thread ends the actor
         # Actor calls that arrived before the constructor did; run once it has (see _actor_call).
         self.early_calls: list = []
@@ -320,6 +322,10 @@ class Executor:
             self._finished_set.add(task_id)
 
     def _execute(self, msg: rm.PushTask) -> None:
+        if self.gpu_dir:
+            # A never-used pool worker may have been granted to a GPU lease: its ids come by file (gpus.py).
+            gpus.read_assignment(self.gpu_dir, self.client.worker_id or "")
+            self.gpu_dir = ""
         if msg.kind == "task" and not self._claim(msg.task_id):
             return  # stolen back by its submitter, which runs it elsewhere
         self.events.begin(msg)
@@ -721,7 +727,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tcp-host", default=None)
     parser.add_argument("--advertise-host", default=None)
     parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--gpu-ids", default="")
     args = parser.parse_args(argv)
+    if args.gpu_ids:
+        # Started for a GPU lease: its GPUs are set before any user code can import a CUDA library.
+        gpus.set_visible(args.gpu_ids.split(","))
     _die_with_parent()
     if args.parent_pid and os.getppid() != args.parent_pid:
         return 1  # the peer died before we could ask to die with it
@@ -742,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = Transport(ctx, args.worker_id, "t", ipc_path=os.path.join(args.sock_dir, f"{args.worker_id}t"),
                       tcp_host=args.tcp_host, advertise_host=args.advertise_host)
     executor = Executor(client, tasks, args.node_id)
+    executor.gpu_dir = args.sock_dir
     client.executor = executor
     executor.env_cache_dir = os.path.join(args.sock_dir, "runtime_envs")
     from p2pcompute.runtime import task_events
