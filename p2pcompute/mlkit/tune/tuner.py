@@ -297,6 +297,7 @@ class _Driver:
                 trial_id = f"{self._exp_prefix}_{len(self.trials):05d}"
                 config = self.source.next(trial_id)
                 if config is None:
+                    self.drop_idle()
                     return
                 trial = Trial(trial_id, config)
                 self.trials.append(trial)
@@ -438,6 +439,15 @@ class _Driver:
             self.releasing[actor.stop.remote()] = actor
         else:
             self.idle.append(actor)
+
+    def drop_idle(self) -> None:
+        """Kill idle actors when there is no trial for them: they hold resources that actors of trials
+        already started may be waiting for."""
+        while self.idle:
+            try:
+                p2p.kill(self.idle.pop())
+            except Exception:  # already gone
+                pass
 
     def collect_released(self) -> None:
         if not self.releasing:
