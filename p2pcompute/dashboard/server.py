@@ -124,10 +124,16 @@ def _handler_for(dash: Dashboard):
                     session = ""
             return token, session
 
-        def _check(self, write: bool) -> bool:
+        def _check(self, write: bool, path: str = "") -> bool:
             token, session = self._credentials()
             d = dash.guard.decide(client_ip=self.client_address[0], host_header=self.headers.get("Host"),
                                   token=token, session=session, write=write)
+            if not d.allowed and path == "/" and d.status == 401:
+                # Refused, but a browser gets the (data-free) page, which asks for the token and logs in.
+                from p2pcompute.dashboard.page import PAGE
+                self._send(PAGE.encode(), 401, "text/html; charset=utf-8",
+                           {"WWW-Authenticate": 'Bearer realm="p2pcompute"'})
+                return False
             if not d.allowed:
                 self._send_json({"error": d.reason}, d.status,
                                 extra={"WWW-Authenticate": 'Bearer realm="p2pcompute"'} if d.status == 401 else None)
@@ -166,7 +172,7 @@ def _handler_for(dash: Dashboard):
                 if method == "POST" and path == "/api/login":
                     return self._login()
                 write = method != "GET"
-                if not self._check(write):
+                if not self._check(write, path):
                     return
                 result = api.handle(dash, method, path, query, self._body if method == "POST" else None)
                 if isinstance(result, api.Raw):
