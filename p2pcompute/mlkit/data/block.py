@@ -79,7 +79,9 @@ def _as_column(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     arr = np.asarray(value)
-    if arr.dtype == object or arr.ndim == 0:
+    if arr.ndim == 0:
+        return arr  # a scalar: the caller says what is wrong
+    if arr.dtype == object:
         out = np.empty(len(value), dtype=object)
         out[:] = list(value)
         return out

@@ -24,7 +24,7 @@ from p2pcompute.mlkit.data import io as dio
 from p2pcompute.mlkit.data import progress as prog
 from p2pcompute.mlkit.data import shuffle as sh
 from p2pcompute.mlkit.data.executor import ExecOptions, execute
-from p2pcompute.mlkit.data.ops import Filter, FlatMap, MapBatches, MapRows
+from p2pcompute.mlkit.data.ops import Filter, FlatMap, MapBatches, MapRows, Partial, Write
 from p2pcompute.mlkit.data.planner import build
 
 _RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "max_retries", "scheduling_strategy")
@@ -227,9 +227,10 @@ class Dataset:
         return B.to_batch(B.concat(_fetch_blocks(self._iter_refs(), 1)), "pandas")
 
     def aggregate(self, *aggs: agg.AggregateFn) -> dict:
-        partial = p2p.remote(agg.partial_task)
-        refs = [partial.remote(list(aggs), ref) for ref, _ in self._iter_refs()]
-        results = agg.combine(list(aggs), p2p.get(refs))
+        # The partial states are computed by one more fused operator, in the tasks that make the blocks.
+        states = [b["state"][0] for b in _fetch_blocks(self._with(("map", Partial(list(aggs)), {}))._iter_refs(), 0)
+                  if b and b["state"][0] is not None]
+        results = agg.combine(list(aggs), states)
         return {a.name: r for a, r in zip(aggs, results)}
 
     def _one(self, cls, on, **kw):
@@ -283,9 +284,8 @@ class Dataset:
 
     # ---- writes ----
     def _write(self, kind: str, path: str, options: dict) -> list:
-        task = p2p.remote(dio.write_block)
-        refs = [task.remote(kind, str(path), i, options, ref) for i, (ref, _) in enumerate(self._iter_refs())]
-        return p2p.get(refs)
+        written = self._with(("map", Write(kind, str(path), options), {}))
+        return [str(b["path"][0]) for b in _fetch_blocks(written._iter_refs(), 0) if b]
 
     def write_csv(self, path: str) -> list:
         return self._write("csv", path, {})

@@ -122,6 +122,33 @@ class RangeRead:
         return {"id": np.arange(self.start, self.end, dtype=np.int64)}
 
 
+@dataclass
+class Partial:
+    """The partial states of aggregations over one block, as a one-row block (column "state")."""
+    aggs: list
+    name: str = "Aggregate"
+
+    def apply(self, block: B.Block, where: str) -> B.Block:
+        col = np.empty(1, dtype=object)
+        # A block with no columns (every row filtered out) has nothing to add: None is skipped.
+        col[0] = [a.partial(block) for a in self.aggs] if block else None
+        return {"state": col}
+
+
+@dataclass
+class Write:
+    """Writes the block to a file; the output is one row naming the file."""
+    kind: str
+    path: str
+    options: dict
+    name: str = "Write"
+
+    def apply(self, block: B.Block, where: str) -> B.Block:
+        from p2pcompute.mlkit.data.io import write_block
+        index = int(where.rsplit("block ", 1)[1])
+        return {"path": np.array([write_block(self.kind, self.path, index, self.options, block)], dtype=object)}
+
+
 def run_chain(ops: list, block: B.Block, where: str) -> tuple[B.Block, list]:
     stats = []
     for op in ops:
@@ -132,11 +159,19 @@ def run_chain(ops: list, block: B.Block, where: str) -> tuple[B.Block, list]:
 
 
 def map_task(ops: list, read: Any, where: str, *blocks):
-    """Read (or combine the given blocks), run the fused chain; return (block, meta)."""
+    """Make a block - `read()` for a source, `read(*blocks)` for a combiner (a shuffle's reducer, a slice),
+    else the blocks concatenated - then run the fused chain on it; return (block, meta).
+
+    Every kind of per-block work goes through this one function on purpose: tasks of one function share
+    leases, so a pipeline's stages never wait for leases held by each other's idle workers. For the same
+    reason a shuffle's map side comes here too: with `ops == "split"`, `read(block)` returns the parts
+    (or a sample), one object each, and nothing else."""
+    if isinstance(ops, str):
+        return read(*blocks)
     stats = []
     if read is not None:
         t0 = time.perf_counter()
-        block = read()
+        block = read(*blocks)
         stats.append(B.OpStat(getattr(read, "name", "Read"), time.perf_counter() - t0, B.num_rows(block)))
     else:
         block = B.concat(blocks)

@@ -9,10 +9,13 @@ between boundaries j-1 and j, so concatenated outputs are globally sorted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 import p2pcompute as p2p
 from p2pcompute.mlkit.data import block as B
+from p2pcompute.mlkit.data.executor import _map_task
 
 _SAMPLES_PER_BLOCK = 64
 
@@ -23,12 +26,19 @@ def _parts_out(n: int, parts: list):
 
 # ---- repartition (exact row ranges, no shuffle) and zip ----
 
-def gather_task(spans: list, *blocks):
-    out = B.concat([B.slice_block(b, s, e) for (s, e), b in zip(spans, blocks)])
-    return out, B.meta_of(out)
+@dataclass
+class Gather:
+    """Combiner: the given span of each input block, concatenated."""
+    spans: list
+    name: str = "Gather"
+
+    def __call__(self, *blocks):
+        return B.concat([B.slice_block(b, s, e) for (s, e), b in zip(self.spans, blocks)])
 
 
-_gather = p2p.remote(gather_task).options(num_returns=2)
+def combine(combiner, blocks: list):
+    """(block_ref, meta_ref) of `combiner(*blocks)`, run by the executor's one task function."""
+    return _map_task.remote([], combiner, combiner.name, *blocks)
 
 
 def _row_ranges(total: int, n: int) -> list:
@@ -54,7 +64,7 @@ def repartition_fn(num_blocks: int):
         out = []
         for start, end in _row_ranges(total, num_blocks):
             refs, spans = _spans_for(inputs, start, end)
-            out.append(_gather.remote(spans, *refs))
+            out.append(combine(Gather(spans), refs))
         return out
     return run
 
@@ -64,23 +74,25 @@ def split_at_rows(inputs: list, ranges: list) -> list:
     out = []
     for start, end in ranges:
         refs, spans = _spans_for(inputs, start, end)
-        out.append(_gather.remote(spans, *refs))
+        out.append(combine(Gather(spans), refs))
     return out
 
 
-def zip_task(n_left: int, left_spans: list, right_spans: list, *blocks):
-    left = B.concat([B.slice_block(b, s, e) for (s, e), b in zip(left_spans, blocks[:n_left])])
-    right = B.concat([B.slice_block(b, s, e) for (s, e), b in zip(right_spans, blocks[n_left:])])
-    out = dict(left)
-    for k, v in right.items():
-        name = k
-        while name in out:
-            name = name + "_1"  # Ray's rule for a column name both sides have
-        out[name] = v
-    return out, B.meta_of(out)
+@dataclass
+class Zip:
+    """Combiner: the first block's rows side by side with the given spans of the other blocks."""
+    right_spans: list
+    name: str = "Zip"
 
-
-_zip = p2p.remote(zip_task).options(num_returns=2)
+    def __call__(self, left, *right_blocks):
+        right = B.concat([B.slice_block(b, s, e) for (s, e), b in zip(self.right_spans, right_blocks)])
+        out = dict(left)
+        for k, v in right.items():
+            name = k
+            while name in out:
+                name = name + "_1"  # Ray's rule for a column name both sides have
+            out[name] = v
+        return out
 
 
 def zip_fn(other_blocks_fn):
@@ -93,7 +105,7 @@ def zip_fn(other_blocks_fn):
         out, offset = [], 0
         for ref, meta in inputs:
             r_refs, r_spans = _spans_for(right, offset, offset + meta.num_rows)
-            out.append(_zip.remote(1, [(0, meta.num_rows)], r_spans, ref, *r_refs))
+            out.append(combine(Zip(r_spans), [ref, *r_refs]))
             offset += meta.num_rows
         return out
     return run
@@ -101,28 +113,45 @@ def zip_fn(other_blocks_fn):
 
 # ---- random shuffle ----
 
-def shuffle_map(seed: int, index: int, n_out: int, block):
-    rng = np.random.default_rng([seed, index])
-    dest = rng.integers(0, n_out, size=B.num_rows(block))
-    return _parts_out(n_out, [B.take_rows(block, np.nonzero(dest == j)[0]) for j in range(n_out)])
+@dataclass
+class ShuffleMap:
+    """Splitter: each row of the block goes to a random one of `n_out` parts."""
+    seed: int
+    index: int
+    n_out: int
+
+    def __call__(self, block):
+        rng = np.random.default_rng([self.seed, self.index])
+        dest = rng.integers(0, self.n_out, size=B.num_rows(block))
+        return _parts_out(self.n_out, [B.take_rows(block, np.nonzero(dest == j)[0]) for j in range(self.n_out)])
 
 
-def shuffle_reduce(seed: int, index: int, *parts):
-    block = B.concat(parts)
-    rng = np.random.default_rng([seed, 1_000_003 + index])
-    block = B.take_rows(block, rng.permutation(B.num_rows(block))) if block else block
-    return block, B.meta_of(block)
+def split(splitter, block_ref, n_out: int):
+    """The refs of `splitter(block)`'s parts, made by the executor's one task function."""
+    return _map_task.options(num_returns=n_out).remote("split", splitter, "", block_ref)
+
+
+@dataclass
+class ShuffleReduce:
+    seed: int
+    index: int
+    name: str = "RandomShuffle"
+
+    def __call__(self, *parts):
+        block = B.concat(parts)
+        rng = np.random.default_rng([self.seed, 1_000_003 + self.index])
+        return B.take_rows(block, rng.permutation(B.num_rows(block))) if block else block
+
+
 
 
 def shuffle_fn(seed: int | None, num_blocks: int | None):
     seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else seed
-    reduce = p2p.remote(shuffle_reduce).options(num_returns=2)
 
     def run(inputs: list) -> list:
         n_out = num_blocks or max(1, len(inputs))
-        mapper = p2p.remote(shuffle_map).options(num_returns=n_out)
-        parts = [_as_list(mapper.remote(seed, i, n_out, ref), n_out) for i, (ref, _) in enumerate(inputs)]
-        return [reduce.remote(seed, j, *[p[j] for p in parts]) for j in range(n_out)]
+        parts = [_as_list(split(ShuffleMap(seed, i, n_out), ref, n_out), n_out) for i, (ref, _) in enumerate(inputs)]
+        return [combine(ShuffleReduce(seed, j), [p[j] for p in parts]) for j in range(n_out)]
     return run
 
 
@@ -132,31 +161,63 @@ def _as_list(refs, n: int) -> list:
 
 # ---- sort and groupby: range partitions on sampled boundaries ----
 
-def sample_task(key: str, block):
-    if key not in block:
-        raise KeyError(f"no column {key!r} to sort or group by; the dataset has {sorted(block)}")
-    col = block[key]
-    if len(col) <= _SAMPLES_PER_BLOCK:
-        return np.array(col)
-    idx = np.linspace(0, len(col) - 1, _SAMPLES_PER_BLOCK).astype(np.int64)
-    return np.array(col[idx])
+@dataclass
+class Sample:
+    """Splitter with one output: up to `_SAMPLES_PER_BLOCK` evenly spaced keys of the block."""
+    key: str
+
+    def __call__(self, block):
+        if not block:
+            return np.array([])
+        if self.key not in block:
+            raise KeyError(f"no column {self.key!r} to sort or group by; the dataset has {sorted(block)}")
+        col = block[self.key]
+        if len(col) <= _SAMPLES_PER_BLOCK:
+            return np.array(col)
+        idx = np.linspace(0, len(col) - 1, _SAMPLES_PER_BLOCK).astype(np.int64)
+        return np.array(col[idx])
 
 
-def range_map(key: str, bounds, n_out: int, block):
-    if not block:
-        return _parts_out(n_out, [{} for _ in range(n_out)])
-    dest = np.searchsorted(bounds, block[key], side="right") if len(bounds) else np.zeros(B.num_rows(block), int)
-    return _parts_out(n_out, [B.take_rows(block, np.nonzero(dest == j)[0]) for j in range(n_out)])
+@dataclass
+class RangeMap:
+    """Splitter: rows to part j when their key lies between boundaries j-1 and j."""
+    key: str
+    bounds: np.ndarray
+    n_out: int
+
+    def __call__(self, block):
+        n_out = self.n_out
+        if not block:
+            return _parts_out(n_out, [{} for _ in range(n_out)])
+        dest = (np.searchsorted(self.bounds, block[self.key], side="right") if len(self.bounds)
+                else np.zeros(B.num_rows(block), int))
+        return _parts_out(n_out, [B.take_rows(block, np.nonzero(dest == j)[0]) for j in range(n_out)])
 
 
-def sort_reduce(key: str, descending: bool, *parts):
-    block = B.concat(parts)
-    if block:
-        order = np.argsort(block[key], kind="stable")
-        if descending:
-            order = order[::-1]
-        block = B.take_rows(block, order)
-    return block, B.meta_of(block)
+@dataclass
+class SortReduce:
+    key: str
+    descending: bool
+    name: str = "Sort"
+
+    def __call__(self, *parts):
+        block = B.concat(parts)
+        if block:
+            order = np.argsort(block[self.key], kind="stable")
+            if self.descending:
+                order = order[::-1]
+            block = B.take_rows(block, order)
+        return block
+
+
+@dataclass
+class GroupReduce:
+    key: str
+    aggs: list
+    name: str = "GroupBy"
+
+    def __call__(self, *parts):
+        return group_reduce(self.key, self.aggs, *parts)[0]
 
 
 def group_reduce(key: str, aggs: list, *parts):
@@ -176,36 +237,33 @@ def group_reduce(key: str, aggs: list, *parts):
     return out, B.meta_of(out)
 
 
-def _range_partition(key: str, inputs: list, reduce, reduce_args: tuple, descending: bool = False) -> list:
+
+
+def _range_partition(key: str, inputs: list, make_reducer, descending: bool = False) -> list:
     n_out = max(1, len(inputs))
-    samples = [s for s in p2p.get([p2p.remote(sample_task).remote(key, ref) for ref, _ in inputs]) if len(s)]
+    samples = [s for s in p2p.get([split(Sample(key), ref, 1) for ref, _ in inputs]) if len(s)]
     if not samples:
-        return [reduce.remote(*reduce_args)]
+        return [combine(make_reducer(), [])]
     allk = np.sort(np.concatenate(samples))
     qs = np.linspace(0, len(allk) - 1, n_out + 1)[1:-1].astype(np.int64)
     bounds = np.unique(allk[qs]) if len(qs) else allk[:0]
     n_out = len(bounds) + 1
-    mapper = p2p.remote(range_map).options(num_returns=n_out)
-    parts = [_as_list(mapper.remote(key, bounds, n_out, ref), n_out) for ref, _ in inputs]
+    parts = [_as_list(split(RangeMap(key, bounds, n_out), ref, n_out), n_out) for ref, _ in inputs]
     order = range(n_out - 1, -1, -1) if descending else range(n_out)
-    return [reduce.remote(*reduce_args, *[p[j] for p in parts]) for j in order]
+    return [combine(make_reducer(), [p[j] for p in parts]) for j in order]
 
 
 def sort_fn(key: str, descending: bool):
-    reduce = p2p.remote(sort_reduce).options(num_returns=2)
-
     def run(inputs: list) -> list:
         if not inputs:
             return []
-        return _range_partition(key, inputs, reduce, (key, descending), descending)
+        return _range_partition(key, inputs, lambda: SortReduce(key, descending), descending)
     return run
 
 
 def groupby_fn(key: str, aggs: list):
-    reduce = p2p.remote(group_reduce).options(num_returns=2)
-
     def run(inputs: list) -> list:
         if not inputs:
             return []
-        return _range_partition(key, inputs, reduce, (key, aggs))
+        return _range_partition(key, inputs, lambda: GroupReduce(key, aggs))
     return run

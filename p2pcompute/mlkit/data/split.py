@@ -21,6 +21,12 @@ class _SplitCoordinator:
         self.epoch = -1
         self.gen = None
         self.finished: set = set(range(n))
+        self.consumer_epochs = [0] * n  # how many passes each consumer has started
+
+    def start_epoch(self, index: int) -> int:
+        epoch = self.consumer_epochs[index]
+        self.consumer_epochs[index] += 1
+        return epoch
 
     def next_block(self, index: int, epoch: int):
         """("block", [ref]) | ("end", None) | ("wait", None): the consumer retries after others finish."""
@@ -49,11 +55,10 @@ class DataIterator:
     def __init__(self, coordinator, index: int):
         self._coord = coordinator
         self._index = index
-        self._epoch = 0
 
     def _blocks(self):
-        epoch = self._epoch
-        self._epoch += 1
+        # The coordinator counts passes: this iterator may be a copy sent to another process.
+        epoch = p2p.get(self._coord.start_epoch.remote(self._index))
         backoff_s = 0.01
         ahead = self._coord.next_block.remote(self._index, epoch)
         while True:

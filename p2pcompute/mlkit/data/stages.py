@@ -17,14 +17,9 @@ from p2pcompute import errors
 from p2pcompute.mlkit.data import block as B
 from p2pcompute.mlkit.data.executor import ExecOptions, Pipeline, Stage, _OrderedTasks
 from p2pcompute.mlkit.data.ops import run_chain
+from p2pcompute.mlkit.data.shuffle import Gather, combine
 
 
-def slice_task(start: int, end: int, block):
-    out = B.slice_block(block, start, end)
-    return out, B.meta_of(out)
-
-
-_slice = p2p.remote(slice_task).options(num_returns=2)
 
 
 class LimitStage(Stage):
@@ -44,7 +39,7 @@ class LimitStage(Stage):
                 self.outputs.append((ref, meta))
                 self.stats.record(meta)
             else:
-                self._slicing = _slice.remote(0, self.remaining, ref)
+                self._slicing = combine(Gather([(0, self.remaining)]), [ref])
                 self.remaining = 0
         if self.remaining == 0 and not up.stopped:
             up.stop()
