@@ -155,6 +155,24 @@ def es_learning(iterations: int, workers: int) -> dict:
         algo.stop()
 
 
+def es_cartpole(workers: int, max_iterations: int) -> dict:
+    """ES to a mean return of 475 on CartPole-v1 (the current policy's evaluation episodes of one iteration)."""
+    algo = (rl.ESConfig().environment("CartPole-v1").env_runners(num_env_runners=workers)
+            .training(num_rollouts_per_worker=8, noise_size=2_000_000, num_eval_episodes=3)
+            .debugging(seed=0).build())
+    try:
+        t0 = time.perf_counter()
+        result = {}
+        while algo.iteration < max_iterations:
+            result = algo.train()
+            if result["episode_return_mean"] >= 475:
+                break
+        return {"solved": result["episode_return_mean"] >= 475, "iterations": algo.iteration,
+                "env_steps": algo.num_env_steps_sampled, "wall_s": time.perf_counter() - t0}
+    finally:
+        algo.stop()
+
+
 def rllib_status() -> str:
     try:
         from ray.rllib.algorithms.ppo import PPOConfig  # noqa: F401
@@ -206,6 +224,10 @@ def main() -> int:
             report["es_learning"] = learn
             print(f"ES Pendulum-v1 learning, 2 workers: returns {learn['returns']} "
                   f"({learn['env_steps']:,} env steps, {learn['wall_s']:.1f} s)", flush=True)
+            cp = es_cartpole(workers=2, max_iterations=80)
+            report["es_cartpole"] = cp
+            print(f"ES CartPole-v1, 2 workers: {'reached 475' if cp['solved'] else 'NOT solved'} after "
+                  f"{cp['iterations']} iterations, {cp['env_steps']:,} env steps, {cp['wall_s']:.1f} s", flush=True)
         if "rllib" in parts:
             report["rllib"] = rllib_status()
             print(f"RLlib: {report['rllib']}", flush=True)

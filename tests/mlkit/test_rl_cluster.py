@@ -130,3 +130,23 @@ def test_es_puts_the_noise_table_once_and_workers_return_only_offsets_and_return
         assert all(np.asarray(v).size <= 6 for v in out.values())
     finally:
         algo.stop()
+
+
+@pytest.mark.timeout(120)
+def test_ppo_as_a_tune_function_trainable(ml_cluster, tmp_path):
+    tune = pytest.importorskip("p2pcompute.mlkit.tune")
+    base = (rl.PPOConfig().environment("CartPole-v1")
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=4)
+            .training(train_batch_size=500, num_epochs=2).debugging(seed=0))
+    tuner = tune.Tuner(rl.trainable(base, num_iterations=3),
+                       param_space={"lr": tune.grid_search([1e-3, 1e-6])},
+                       tune_config=tune.TuneConfig(metric="episode_return_mean", mode="max"),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path)))
+    best = tuner.fit().get_best_result()
+    assert best.config == {"lr": 1e-3}  # a learning rate of 1e-6 cannot beat it in 1,500 steps
+    assert best.metrics["training_iteration"] == 3
+    assert best.metrics["learners/lr"] == 1e-3
+    with best.checkpoint.as_directory() as d:  # the trial's last checkpoint is an rl checkpoint
+        restored = rl.PPO.from_checkpoint(d)
+        assert restored.iteration == 3
+        assert rl.load_policy(d).compute_single_action(np.zeros(4)) in (0, 1)
