@@ -57,20 +57,24 @@ def test_check_agrees_with_python(fn, args, kwargs):
     assert ours_ok == python_ok
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(n_pos=st.integers(0, 3), n_default=st.integers(0, 2), var=st.booleans(), kwonly=st.booleans(),
-       kwonly_default=st.booleans(), n_args=st.integers(0, 6), kw_names=st.lists(st.sampled_from("abcdexyz"),
-                                                                                  max_size=3, unique=True))
-def test_plain_data_signature_checks_like_the_original(n_pos, n_default, var, kwonly, kwonly_default, n_args,
-                                                       kw_names):
-    """A signature sent as plain data (in an actor handle) accepts and refuses the same calls."""
+       kwonly_default=st.booleans(), posonly=st.booleans(), varkw=st.booleans(), n_args=st.integers(0, 6),
+       kw_names=st.lists(st.sampled_from("abcdexyz"), max_size=3, unique=True))
+def test_plain_data_signature_checks_like_the_original(n_pos, n_default, var, kwonly, kwonly_default, posonly,
+                                                       varkw, n_args, kw_names):
+    """A signature sent as plain data (in an actor handle) accepts and refuses the same calls, and both
+    agree with Python's own binding (the fast paths included)."""
     P = inspect.Parameter
-    params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in "abc"[:n_pos]]
+    params = [P(n, P.POSITIONAL_ONLY if posonly and i == 0 else P.POSITIONAL_OR_KEYWORD)
+              for i, n in enumerate("abc"[:n_pos])]
     params += [P(n, P.POSITIONAL_OR_KEYWORD, default=0) for n in "de"[:n_default]]
     if var:
         params.append(P("rest", P.VAR_POSITIONAL))
     if kwonly:
         params.append(P("x", P.KEYWORD_ONLY, default=0) if kwonly_default else P("x", P.KEYWORD_ONLY))
+    if varkw:
+        params.append(P("kw", P.VAR_KEYWORD))
     original = signatures.shape_of(inspect.Signature(params))
     travelled = signatures.from_plain(pickle.loads(pickle.dumps(signatures.to_plain(original))))
     args, kwargs = tuple(range(n_args)), {k: 1 for k in kw_names}
