@@ -1,0 +1,168 @@
+"""mlkit.serve side by side with Ray Serve: HTTP requests/s and latency on loopback, on this machine.
+
+    python benchmarks/serve.py                 # p2pcompute, then Ray Serve if installed
+    python benchmarks/serve.py --only p2p      # or --only ray
+
+Cases (each a bounded load: a fixed duration, then it stops): a no-op deployment with 1 and 2 replicas, at
+saturation (closed loop, `--concurrency` connections) and at half of the saturated rate (open loop); and a
+numpy linear model with `@serve.batch`, rows/s at saturation. The load generator is
+`p2pcompute.mlkit.serve.loadgen` (asyncio, keep-alive connections) for both systems. The machine is shared and
+noisy: compare the two columns of one run, not runs of different days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from p2pcompute.mlkit.serve import loadgen
+
+ROWS = [[0.1 * i for i in range(16)] for _ in range(1)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(url: str, body, args) -> dict:
+    asyncio.run(loadgen.run_load(url, body=body, duration_s=1.0, concurrency=args.concurrency))  # warm up
+    sat = asyncio.run(loadgen.run_load(url, body=body, duration_s=args.seconds, concurrency=args.concurrency))
+    half_rate = max(1.0, sat.rate_per_s() / 2)
+    half = asyncio.run(loadgen.run_load(url, body=body, duration_s=args.seconds, concurrency=args.concurrency,
+                                        rate_per_s=half_rate))
+    return {"sat_rps": sat.rate_per_s(), "sat_p50_ms": sat.percentile_ms(50), "sat_p99_ms": sat.percentile_ms(99),
+            "sat_failed": sat.failed, "half_rps": half.rate_per_s(), "half_p50_ms": half.percentile_ms(50),
+            "half_p99_ms": half.percentile_ms(99), "half_failed": half.failed}
+
+
+def bench_p2p(args) -> dict:
+    import p2pcompute as p2p
+    from p2pcompute.mlkit import serve
+    p2p.init(num_cpus=2)
+    serve.start(http_options={"port": free_port()})
+    (base,) = serve.proxy_urls().values()
+    out = {}
+
+    @serve.deployment
+    class Noop:
+        async def __call__(self, request):
+            return "ok"
+
+    @serve.deployment(max_ongoing_requests=64)
+    class Linear:
+        def __init__(self):
+            self.w = np.random.default_rng(0).normal(size=(16, 4))
+
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+        async def predict(self, rows):
+            return (np.asarray(rows) @ self.w).tolist()
+
+        async def __call__(self, request):
+            return await self.predict(await request.json())
+
+    for n in (1, 2):
+        serve.run(Noop.options(num_replicas=n).bind(), name="noop", route_prefix="/noop")
+        out[f"noop, {n} replica(s)"] = measure(base + "/noop", None, args)
+    serve.delete("noop")
+    serve.run(Linear.bind(), name="linear", route_prefix="/linear")
+    out["numpy model, @batch"] = measure(base + "/linear", ROWS[0], args)
+    serve.shutdown()
+    p2p.shutdown()
+    return out
+
+
+def bench_ray(args) -> dict:
+    import ray
+    from ray import serve
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    out = {}
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Noop:
+        async def __call__(self, request):
+            return "ok"
+
+    @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+    class Linear:
+        def __init__(self):
+            self.w = np.random.default_rng(0).normal(size=(16, 4))
+
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+        async def predict(self, rows):
+            return (np.asarray(rows) @ self.w).tolist()
+
+        async def __call__(self, request):
+            return await self.predict(await request.json())
+
+    for n in (1, 2):
+        serve.run(Noop.options(num_replicas=n).bind(), name="noop", route_prefix="/noop")
+        out[f"noop, {n} replica(s)"] = measure(base + "/noop", None, args)
+    serve.delete("noop")
+    serve.run(Linear.bind(), name="linear", route_prefix="/linear")
+    out["numpy model, @batch"] = measure(base + "/linear", ROWS[0], args)
+    serve.shutdown()
+    ray.shutdown()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["p2p", "ray"])
+    ap.add_argument("--seconds", type=float, default=4.0, help="length of each measured load")
+    ap.add_argument("--concurrency", type=int, default=16, help="connections of the load generator")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.only:
+        result = bench_p2p(args) if args.only == "p2p" else bench_ray(args)
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    for system in ("p2p", "ray"):
+        if system == "ray":
+            try:
+                import ray  # noqa: F401
+                from ray import serve  # noqa: F401
+            except ImportError:
+                print("ray[serve] is not installed: only p2pcompute measured")
+                break
+        cmd = [sys.executable, __file__, "--only", system, "--seconds", str(args.seconds),
+               "--concurrency", str(args.concurrency)]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            print(f"{system} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            continue
+        results[system] = json.loads(line[-1][7:])
+        print(f"{system}: measured in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    print(f"| case | p2pcompute req/s | Ray Serve req/s | ratio | p2p p50 / p99 ms | Ray p50 / p99 ms | "
+          f"half load p2p p50 / p99 | half load Ray p50 / p99 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case, p in results.get("p2p", {}).items():
+        r = results.get("ray", {}).get(case)
+        ratio = f"{p['sat_rps'] / r['sat_rps']:.1f}x" if r else "-"
+        rr = f"{r['sat_rps']:.0f}" if r else "-"
+        rl = f"{r['sat_p50_ms']:.1f} / {r['sat_p99_ms']:.1f}" if r else "-"
+        rh = f"{r['half_p50_ms']:.1f} / {r['half_p99_ms']:.1f}" if r else "-"
+        print(f"| {case} | {p['sat_rps']:.0f} | {rr} | {ratio} | {p['sat_p50_ms']:.1f} / {p['sat_p99_ms']:.1f} | "
+              f"{rl} | {p['half_p50_ms']:.1f} / {p['half_p99_ms']:.1f} | {rh} |")
+    failed = {s: sum(v["sat_failed"] + v["half_failed"] for v in res.values()) for s, res in results.items()}
+    print(f"failed requests: {failed}")
+
+
+if __name__ == "__main__":
+    main()
