@@ -286,3 +286,24 @@ def test_cancel_of_a_borrowed_ref_goes_to_its_owner(cluster):
     with pytest.raises(errors.TaskCancelledError):
         p2p.get(child, timeout=30)
     assert time.monotonic() - started < 30, "the child ran on instead of being cancelled"
+
+
+@p2p.remote
+def cancel_from_here(refs):
+    p2p.cancel(refs[0])  # a ref this task borrowed: the driver owns the task
+    return "asked"
+
+
+# The driver's client must hand a borrower's CancelTask to runtime/remote_cancel.on_cancel_request (its
+# `_on_cancel_request` does nothing yet); strict, so this fails as soon as that is wired and the mark can go.
+@pytest.mark.xfail(strict=True, reason="the driver's client does not act on a borrower's cancel request yet")
+@pytest.mark.timeout(40)
+def test_cancel_of_a_driver_owned_ref_from_a_task(cluster):
+    sleeper = p2p.remote(lambda s: time.sleep(s) or "finished")
+    long_ref = sleeper.remote(60)
+    try:
+        assert p2p.get(cancel_from_here.remote([long_ref]), timeout=30) == "asked"
+        with pytest.raises(errors.TaskCancelledError):
+            p2p.get(long_ref, timeout=5)
+    finally:
+        p2p.cancel(long_ref, force=True)  # never leave a 60 s task on the shared cluster
