@@ -82,6 +82,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         runtime_env = observe.check_init(runtime_env, include_dashboard, dashboard_port)
         if address is not None and address.startswith("ipc://"):
             # The address another driver's init() returned: join that embedded peer on this machine.
+            if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
+                raise InvalidArgumentError("num_cpus, num_gpus, resources and object_store_memory describe a new "
+                                           "peer; the peer at this address was started by another driver's "
+                                           "init(), which set them")
             from p2pcompute.runtime import local_attach
             local_attach.attach_embedded(_state, address)
         elif address is None:
