@@ -13,8 +13,17 @@ RayTaskError = TaskError
 # that died and one that is restarting.
 RayActorError = ActorError
 ActorAlreadyExistsError = NameTakenError
-RaySystemError = P2PError
 LocalRayletDiedError = PeerUnavailableError
-NodeDiedError = PeerUnavailableError
+
+
+class RaySystemError(P2PError):
+    """Ray's name for an internal system failure. Never raised here (such failures have the specific types
+    above); defined so Ray code that catches it imports and runs."""
+
+
+class NodeDiedError(P2PError):
+    """Ray's error for a node that died. Never raised here: a lost peer shows as the error of what was lost
+    with it (`OwnerDiedError`, `WorkerCrashedError`, `ActorDiedError`, ...); defined so Ray code imports."""
+
 
 __all__ = [name for name in dir() if not name.startswith("_") and isinstance(globals()[name], type)]
