@@ -1,4 +1,4 @@
-"""The `p2p` command (also `python -m p2pcompute`): start, join, status, stop, demo."""
+"""The `p2p` command (also `python -m p2pcompute`): start, join, status, stop, table recover, demo."""
 
 from __future__ import annotations
 
@@ -304,6 +304,23 @@ def cmd_stop(args) -> int:
     raise CommandError(f"peer {state['peer_id']} did not stop within 15 s; killed pid {pid}")
 
 
+def cmd_table(args) -> int:
+    """`p2p table recover`: re-form the replicated table after a majority of its replicas died for good."""
+    from p2pcompute.runtime import messages as rm
+    _state, reply = _request(args.home, lambda addr: rm.TableOp("recover", ("recover",), False, addr),
+                             timeout_s=20)
+    if not reply.ok:
+        raise CommandError(str(reply.error))
+    outcome = reply.result
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+        return 0
+    print(f"table recovered: {outcome['leader']} leads replicas {', '.join(outcome['replicas'])}; "
+          f"lost replicas: {', '.join(outcome['lost'])}")
+    print(outcome["note"])
+    return 0
+
+
 def cmd_demo(args) -> int:
     from p2pcompute import demo
     if args.peers and args.peers > 1:
@@ -361,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="leave the cluster gracefully and stop the local peer")
     stop.add_argument("--home", default=None)
     stop.set_defaults(func=cmd_stop)
+    table = sub.add_parser("table", help="operate the replicated metadata table")
+    table.add_argument("action", choices=["recover"],
+                       help="recover: after a majority of the table's replicas died for good, re-form it from "
+                            "the most advanced surviving replica (run on any surviving peer)")
+    table.add_argument("--home", default=None)
+    table.add_argument("--json", action="store_true")
+    table.set_defaults(func=cmd_table)
     demo = sub.add_parser("demo", help="run the classic examples with timings")
     demo.add_argument("--num-cpus", type=int, default=None, help="CPUs per peer (default: all)")
     demo.add_argument("--peers", type=int, default=1, help="run on this many local peers (default 1)")

@@ -83,3 +83,17 @@ def chrome_trace(peers: list[dict], now_ns: int | None = None) -> list[dict]:
             trace.append({"ph": "e", "name": f"queued: {ev.get('name')}", "cat": "queue", "id": ident, "pid": pid,
                           "tid": qtid, "ts": start / 1000})
     return trace
+
+
+def timeline(filename: str | None = None, timeout: float = 30.0):
+    """Ray's `ray.timeline()`: every peer's task events as Chrome trace events; written to `filename` as
+    JSON if given (open it in Perfetto or chrome://tracing), else returned."""
+    import json
+
+    from p2pcompute.util.state import RuntimeSource
+    events = chrome_trace(RuntimeSource().state("tasks", timeout))
+    if filename is None:
+        return events
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None

@@ -3,7 +3,8 @@
 The creator claims `namespace/name` with the actor's handle record *before* creating the actor. Claims are
 linearizable: when two processes race, exactly one claim succeeds; the loser gets the winner's handle
 (`get_if_exists=True`) or a `NameTakenError`. A named actor is held alive by its name: it lives until it is
-killed or dies for good (or its owner dies), and then its owner releases the name.
+killed or dies for good (or its owner dies), and then its owner releases the name. A named detached actor
+whose peer dies is restarted elsewhere and keeps its name (see keeper.py), when it has restarts left.
 """
 
 from __future__ import annotations
@@ -39,11 +40,27 @@ def get_actor(rt, name: str, namespace: str | None):
     return handle_from(record)
 
 
-def create_named(rt, actor_class, name: str, options: dict, args: tuple, kwargs: dict):
-    key = key_of(name, options.get("namespace"))
+def record_of(handle) -> dict:
+    """The table record of a named actor's handle (what `handle_from` turns back into a handle)."""
+    return {"actor_id": handle._actor_id, "owner": handle._owner, "class": handle._class_name,
+            "methods": handle._methods, "max_task_retries": handle._max_task_retries}
+
+
+def create_named(rt, actor_class, name: str, options: dict, args: tuple, kwargs: dict,
+                 replaces: dict | None = None):
+    """Claim the name, then create the actor. `replaces` (a keeper restarting a detached actor whose peer
+    died: {"name_key", "name_record"}) moves the name from the dead incarnation's record instead, and only
+    if it still holds it: of two racing restarts one wins, the other creates nothing."""
+    key = key_of(name, options.get("namespace")) if replaces is None else replaces["name_key"]
     actor_id = rt.new_id()
     record = {"actor_id": actor_id, "owner": rt.addr, "class": actor_class._cls.__qualname__,
               "methods": actor_class._methods, "max_task_retries": options.get("max_task_retries", 0)}
+    if replaces is not None:
+        moved, holder = rt.table(("replace_name", key, replaces["name_record"], record))
+        if not moved:
+            raise NameTakenError(f"the detached actor named {key!r} was restarted or released meanwhile "
+                                 f"(the name now holds {holder!r}): not restarting it again")
+        return actor_class._create(args, kwargs, actor_id=actor_id, name_key=key, name_record=record)
     claimed, holder = rt.table(("claim", key, record))
     if not claimed:
         if options.get("get_if_exists"):

@@ -104,6 +104,13 @@ class TableClient:
     def pending(self) -> list[int]:
         return sorted(self._pending)
 
+    def fail_all(self, now_ns: int, error: str) -> list[Effect]:
+        """Give up every pending request at once with `error` (the runtime knows no replica set can answer:
+        a majority of the replicas is dead). A write may or may not have been applied, as with TIMEOUT."""
+        out: list[Effect] = [Reply(request_id, False, None, error) for request_id in sorted(self._pending)]
+        self._pending.clear()
+        return self._finish(now_ns, out)
+
     def update_replicas(self, now_ns: int, replicas: dict[str, str],
                         leader: tuple[str, str] | None = None) -> list[Effect]:
         """What the runtime learned (gossip, a `ReplicaSetChanged`) about the replica set and its leader."""

@@ -1,11 +1,13 @@
 """Replicated table messages. Type codes 300-399, append-only.
 
-Three conversations share this block:
+Four conversations share this block:
 
 - Raft between replicas (300-305): votes, log replication with a read-round counter `seq`, snapshots.
 - Clients to the replica set (306-307): one request, one reply; a reply from a non-leader says who leads.
 - Cache subscriptions (308-310): a subscriber asks any replica for committed changes from an index on, and
   the replica pushes them (or a whole snapshot of the records when it no longer holds that far back).
+- Recovery (311-313): after a majority of the replicas died for good, an operator's `p2p table recover`
+  asks the survivors how far their logs go and tells the most advanced one to lead a set of the survivors.
 
 A log entry is the plain tuple `(term, command)`; commands are the tuples described in `raft.py`. Records
 and changes are the plain data described in `state.py`.
@@ -176,6 +178,37 @@ class TableSnapshot:
     leader_id: str | None
     leader_addr: str | None
     fresh: bool
+
+
+# ---- operator recovery after a lost majority (see runtime/table_service.py) ----------------------------------
+
+
+@message(311)
+class RecoverQuery:
+    """Recovering peer -> each surviving replica's peer: how far does your log go?"""
+
+    recovery_id: str
+    reply_to: str
+
+
+@message(312)
+class RecoverState:
+    recovery_id: str
+    node_id: str
+    term: int
+    last_index: int
+    last_term: int
+    commit_index: int
+
+
+@message(313)
+class RecoverLead:
+    """Recovering peer -> the most advanced survivor: lead a new replica set of the survivors, `replicas`,
+    in a term above `term` (the highest any survivor reported)."""
+
+    recovery_id: str
+    term: int
+    replicas: dict
 
 
 RAFT_MESSAGES = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply, InstallSnapshot,

@@ -187,6 +187,25 @@ class TableReplica:
         self._maybe_change_config(now_ns, out)
         return self._finish(now_ns, out)
 
+    # ---- operator recovery ----
+
+    def recovery_state(self) -> tuple[int, int, int, int]:
+        """(term, last log index, last log term, commit index): how far this replica got, for recovery."""
+        return self.term, self.log.last_index(), self.log.last_term(), self.commit_index
+
+    def force_lead(self, now_ns: int, replicas: dict[str, str], term: int) -> list[Effect]:
+        """Lead a new replica set `replicas` (this replica among them) in a term above `term`, without an
+        election. Only for an operator's recovery after a majority of the set died for good: it breaks
+        Raft's rules (entries the lost majority committed beyond this log are lost; entries this log holds
+        uncommitted become committed), which is why the caller must pick the most advanced survivor."""
+        out: list = []
+        self._become_follower(now_ns, max(self.term, term) + 1, out)
+        self.voted_for, self._hard_state_dirty = self.node_id, True
+        self._append(("config", {**replicas, self.node_id: self.addr}))
+        self.stats["forced_leader"] += 1
+        self._become_leader(now_ns, out)
+        return self._finish(now_ns, out)
+
     # ---- elections ----
 
     def _reset_election_timer(self, now_ns: int) -> None:

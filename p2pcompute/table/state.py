@@ -4,10 +4,11 @@ Theory of operation. Every replica applies the same committed commands in the sa
 is deterministic: no clock, no randomness, no iteration over unordered containers that affects results. The
 state is four tables of plain records:
 
-    names   name     -> value                 claimed once; a later claim returns the holder's value
+    names   name     -> value                 claimed once; a later claim returns the holder's value;
+                                              moved only by replace_name from the value it expects
     kv      key      -> (value, version)      version = log index of the write that made it (> 0)
     jobs    job_id   -> record dict
-    actors  actor_id -> record dict           detached actors
+    actors  actor_id -> record dict           detached actors that may be restarted on another peer
 
 A write reports what it changed as `changes`: a list of `(table, key, record)` with record None for a
 deletion. Subscribers apply the same changes to their caches (`apply_changes`), which is why records are
@@ -208,6 +209,17 @@ class TableState:
         value = _present(value, "claimed value")
         return (True, value), [("names", name, value)]
 
+    def _replace_name(self, index, name, expected, value):
+        """Move a name from `expected` to `value` (a detached actor restarted on another peer keeps its name):
+        done only if the name is still held by `expected`, so of racing restarts exactly one wins."""
+        holder = self.tables["names"].get(_str(name, "name"))
+        value = _present(value, "new value")
+        if holder == value:
+            return (True, holder), []  # the same replacement applied twice (a retried request)
+        if holder is None or holder != expected:
+            return (False, holder), []
+        return (True, value), [("names", name, value)]
+
     def _release(self, index, name, expected):
         holder = self.tables["names"].get(_str(name, "name"))
         if holder is None or (expected is not None and holder != expected):
@@ -271,6 +283,7 @@ _OPS: dict[str, tuple[Callable, int]] = {
     "job_get": (TableState._job_get, 1), "job_list": (TableState._job_list, 0),
     "actor_get": (TableState._actor_get, 1), "actor_list": (TableState._actor_list, 0),
     "claim": (TableState._claim, 2), "release": (TableState._release, 2),
+    "replace_name": (TableState._replace_name, 3),
     "put": (TableState._put, 2), "delete": (TableState._delete, 1),
     "cas": (TableState._cas, 3), "cas_version": (TableState._cas_version, 3),
     "job_register": (TableState._job_register, 2), "job_update": (TableState._job_update, 2),

@@ -1,4 +1,7 @@
-"""The replicated table with real peers: names survive the loss of the leader replica, then of a second one."""
+"""The replicated table with real peers: names survive the loss of the leader replica, then of a second one.
+
+Five peers hold five replicas; after two deaths with no spare the set shrinks to the three survivors, and
+grows back to five when the killed peers rejoin (under new ids)."""
 
 from __future__ import annotations
 
@@ -97,19 +100,18 @@ def five(tmp_path_factory):
     try:
         for _ in range(5):
             cluster.start()
-        wait_for(lambda: len(replicas_and_leader(cluster)[0]) == 3 and replicas_and_leader(cluster)[1], 30,
-                 "the table to grow to 3 replicas with a leader")
+        wait_for(lambda: len(replicas_and_leader(cluster)[0]) == 5 and replicas_and_leader(cluster)[1], 30,
+                 "the table to grow to 5 replicas with a leader")
         yield cluster
     finally:
         cluster.stop_all()
 
 
 def test_names_and_kv_survive_losing_the_leader_then_a_second_replica(five):
-    # A long-lived holder of the name "ps", attached to a peer that is not a replica (so it survives).
+    # A long-lived holder of the name "ps", attached to a peer that is not the leader's (so it survives).
     replicas, leader = replicas_and_leader(five)
-    spare = [p for p in five.peers if p.peer_id not in replicas]
-    assert spare, "with 5 peers and 3 replicas there are spares"
-    holder_peer = spare[0]
+    assert len(replicas) == 5, "with 5 peers every peer holds a replica"
+    holder_peer = next(p for p in five.peers if p.peer_id != leader)
     holder = run_driver(holder_peer, five.token_file, "claim", "ps", "60", "120", wait=False)
     try:
         line = holder.stdout.readline()
@@ -127,11 +129,6 @@ def test_names_and_kv_survive_losing_the_leader_then_a_second_replica(five):
         print(f"\nleader replica killed: a new name could be claimed after {claim_s:.2f} s")
         assert claim_s < FAILOVER_BOUND_S
 
-        # The dead replica is replaced by a live spare, without anyone running a command.
-        live = {p.peer_id for p in five.peers if p.alive()}
-        wait_for(lambda: replicas_and_leader(five)[0] <= live and len(replicas_and_leader(five)[0]) == 3, 30,
-                 "the dead replica to be replaced from the live peers")
-
         # Kill a second replica (not the holder's peer): still works.
         replicas, leader = replicas_and_leader(five)
         second = next(p for p in five.peers if p.peer_id in replicas and p is not holder_peer and p.alive())
@@ -143,11 +140,15 @@ def test_names_and_kv_survive_losing_the_leader_then_a_second_replica(five):
         assert "RESOLVED" in run_driver(holder_peer, five.token_file, "resolve", "ps")
         print(f"second replica killed: a linearizable write+read succeeded after {kv_s:.2f} s")
 
-        # The killed peers rejoin; the table is whole again: 3 live replicas, one leader, names intact.
+        # With no spare to replace them, the two dead replicas are dropped: the three survivors hold the table.
+        live = {p.peer_id for p in five.peers if p.alive()}
+        wait_for(lambda: replicas_and_leader(five)[0] == live, 30, "the set to shrink to the three survivors")
+
+        # The killed peers rejoin; the table is whole again: 5 live replicas, one leader, names intact.
         five.restart(victim, via=holder_peer)
         five.restart(second, via=holder_peer)
         live = {p.peer_id for p in five.peers if p.alive()}
-        wait_for(lambda: (lambda r, l: len(r) == 3 and r <= live and l in live)(*replicas_and_leader(five)), 30,
+        wait_for(lambda: (lambda r, l: len(r) == 5 and r <= live and l in live)(*replicas_and_leader(five)), 30,
                  "a whole table after the peers rejoin")
         assert "RESOLVED" in run_driver(victim, five.token_file, "resolve", "ps")
     finally:
