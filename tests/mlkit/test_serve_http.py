@@ -295,3 +295,46 @@ def test_fastapi_ingress(url):
     assert http(url + "/api/hi/bob")[:2] == (200, b'{"msg":"hello bob"}')
     assert http(url + "/api/nope")[0] == 404
     serve.delete("api")
+
+
+CONFIG = """
+applications:
+  - name: cfg
+    route_prefix: /cfg
+    import_path: serve_cfg_app:app
+    deployments:
+      - name: Greeter
+        num_replicas: 2
+        user_config: {greeting: hey}
+"""
+
+APP_MODULE = """
+from p2pcompute.mlkit import serve
+
+@serve.deployment
+class Greeter:
+    def __init__(self):
+        self.greeting = "hello"
+    def reconfigure(self, config):
+        self.greeting = config["greeting"]
+    async def __call__(self, request):
+        return self.greeting + " " + request.query_params.get("who", "?")
+
+app = Greeter.bind()
+"""
+
+
+def test_cli_deploy_status_from_a_config_file(url, tmp_path, capsys):
+    from p2pcompute.mlkit.serve import cli
+    (tmp_path / "serve_cfg_app.py").write_text(APP_MODULE)
+    (tmp_path / "serve.yaml").write_text(CONFIG)
+    assert cli.main(["deploy", str(tmp_path / "serve.yaml")]) == 0
+    assert http(url + "/cfg?who=ann")[:2] == (200, b"hey ann")
+    assert serve.status().applications["cfg"].deployments["Greeter"].replicas == {"READY": 2}
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "app cfg  RUNNING  route /cfg" in out and "Greeter: HEALTHY, target 2, READY 2" in out
+    (tmp_path / "bad.yaml").write_text("applications:\n  - name: x\n")
+    with pytest.raises(ValueError, match="import_path"):
+        cli.main(["deploy", str(tmp_path / "bad.yaml")])
+    serve.delete("cfg")

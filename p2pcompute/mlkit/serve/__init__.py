@@ -25,6 +25,7 @@ from p2pcompute.mlkit.serve.errors import (BackPressureError, BadRequestError, D
 from p2pcompute.mlkit.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from p2pcompute.mlkit.serve.http_util import Request
 from p2pcompute.mlkit.serve.ingress import ingress
+from p2pcompute.mlkit.serve import config_file  # noqa: E402  (p2p serve deploy)
 
 __all__ = ["Application", "ApplicationStatus", "AutoscalingConfig", "BackPressureError", "BadRequestError",
            "Deployment", "DeploymentFailedError", "DeploymentHandle", "DeploymentResponse",
