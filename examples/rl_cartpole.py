@@ -3,7 +3,7 @@
     python examples/rl_cartpole.py
 
 Stops when the 100-episode mean return reaches 475 (CartPole's "solved" bar; 500 is the most an episode
-can score) or after 40 s of training, then checkpoints the policy and plays one greedy episode with it.
+can score) or after 30 s of training, then checkpoints the policy and plays one greedy episode with it.
 """
 
 import time
@@ -13,7 +13,7 @@ import gymnasium as gym
 import p2pcompute as p2p
 from p2pcompute.mlkit import rl
 
-TIME_BUDGET_S = 40
+TIME_BUDGET_S = 30
 
 
 def main():
