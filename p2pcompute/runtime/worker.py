@@ -500,8 +500,15 @@ class Executor:
         except BaseException:  # noqa: BLE001 - a failing handler must not keep the actor alive
             log.exception("an atexit handler of actor %s failed", self.actor_id)
         if self.actor_owner:
-            self.client.ops.append(("send", self.actor_owner, rm.KillActor(self.actor_id, True)))
-            self.client.waker.wake()
+            # Through the channel the replies took, so the owner sees every reply before the kill (which fails
+            # the calls it still has in flight): the task socket for a plain actor, the I/O thread otherwise.
+            kill = rm.KillActor(self.actor_id, True)
+            if self.loop is None and self.pool is None:
+                self.tasks.send(self.actor_owner, codec.encode(kill))
+                self.tasks.flush()
+            else:
+                self.client.ops.append(("send", self.actor_owner, kill))
+                self.client.waker.wake()
         # The owner's kill ends this process; until then, calls still arriving get the actor-died error.
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
