@@ -34,6 +34,9 @@ class BlockMeta:
     columns: list = field(default_factory=list)
     op_stats: list = field(default_factory=list)  # list[OpStat]
     node_id: str = ""
+    # Set by the driver: bytes of the input blocks this block's lineage keeps alive while it lives (the
+    # core pins a task's arguments as long as its result exists, to rebuild it if lost).
+    pinned_bytes: int = 0
 
 
 def num_rows(block: Block) -> int:

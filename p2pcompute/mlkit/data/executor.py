@@ -5,9 +5,12 @@ same small interface - `launch()` starts what it may, `pending()` lists the refs
 `on_ready(refs)` takes finished ones, and its `outputs` deque holds finished blocks, in order, for the
 stage after it. The driver loop (`execute`) repeats: launch everywhere, hand the last stage's outputs to the
 consumer, wait for any pending ref. Backpressure is one rule: a stage launches a task only while its
-running tasks plus its finished-but-unconsumed blocks are under `max_blocks_buffered`. When the consumer
-stops pulling, the last stage fills up and stops, then the one before it, and so on: blocks alive at once
-are bounded by the stages' caps, whatever the dataset's size. Blocks are never fetched by the driver to
+running tasks plus its finished-but-unconsumed blocks are under `max_blocks_buffered`, and while the bytes
+all stages hold (finished blocks, plus running tasks at their stage's average block size) leave room for
+one more block within `max_bytes_buffered` (a quarter of the cluster's store capacity). A stage holding
+nothing may always start one task, so a pipeline never stalls on its budget. When the consumer stops
+pulling, the last stage fills up and stops, then the one before it, and so on: blocks alive at once are
+bounded by the caps, whatever the dataset's size. Blocks are never fetched by the driver to
 plan: each task returns its block and a small `BlockMeta` as two objects, and the driver waits on the meta.
 Lost blocks are rebuilt by the core from lineage (the driver owns every task), so the executor itself has
 no recovery code beyond re-sending a bundle whose actor died.
@@ -33,11 +36,16 @@ class ExecOptions:
     max_tasks_in_flight: int = 4      # running tasks per stage
     max_blocks_buffered: int = 8      # running + finished-but-unconsumed blocks per stage
     preserve_order: bool = True       # blocks leave each stage in input order
+    max_bytes_buffered: int | None = None  # all stages together; None: no byte bound
 
     @classmethod
     def for_cluster(cls) -> "ExecOptions":
-        cpus = max(1, int(p2p.cluster_resources().get("CPU", 1)))
-        return cls(max_tasks_in_flight=2 * cpus, max_blocks_buffered=2 * cpus + 4)
+        nodes = [n for n in p2p.nodes() if n.get("Alive", True)]
+        cpus = max(1, int(sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)))
+        capacity = sum(int(n.get("StoreCapacity") or 0) for n in nodes)
+        # A quarter of the stores: room for the consumer's blocks, lineage pins and everyone else's objects.
+        return cls(max_tasks_in_flight=2 * cpus, max_blocks_buffered=2 * cpus + 4,
+                   max_bytes_buffered=capacity // 4 if capacity else None)
 
 
 @dataclass
@@ -76,6 +84,22 @@ class Stage:
         self.outputs: collections.deque = collections.deque()   # (block_ref, BlockMeta), in order
         self.stats = StageStats(name)
         self.stopped = False
+        self.pipeline: "Pipeline | None" = None  # set by the pipeline: the shared byte budget lives there
+
+    def held_bytes(self) -> int:
+        """Bytes of blocks this stage holds or is making (running tasks at the stage's average size)."""
+        return sum(m.size_bytes + m.pinned_bytes for _, m in self.outputs)
+
+    def average_block_bytes(self) -> int:
+        st = self.stats
+        return st.bytes_out // st.blocks_out if st.blocks_out else 0
+
+    def budget_allows(self, holding: int) -> bool:
+        """May this stage start one more block? Always when it holds nothing (progress)."""
+        limit = self.opts.max_bytes_buffered
+        if limit is None or holding == 0 or self.pipeline is None:
+            return True
+        return self.pipeline.held_bytes() + self.average_block_bytes() <= limit
 
     # -- the interface the loop uses --
     def launch(self) -> None:
@@ -170,6 +194,11 @@ class _OrderedTasks:
     def buffered(self) -> int:
         return len(self.running) + len(self.done)
 
+    def held_bytes(self, per_running: int) -> int:
+        """Running tasks count `per_running` plus their inputs (the context, in bytes, for map stages)."""
+        running = sum(per_running + (c if isinstance(c, int) else 0) for _, _, c in self.running.values())
+        return running + sum(x[1].size_bytes + x[1].pinned_bytes for x in self.done.values() if x)
+
 
 class TaskMapStage(Stage):
     """Reads and/or fused per-block operators, one task per input bundle (or per read)."""
@@ -183,6 +212,7 @@ class TaskMapStage(Stage):
         self.bundle_rows = bundle_rows
         self._bundle: list = []
         self._bundle_rows = 0
+        self._bundle_bytes = 0
         self._tasks = _OrderedTasks(opts.preserve_order)
         self._task = _map_task.options(**remote_args) if remote_args else _map_task
         self._ops_ref = None
@@ -198,18 +228,21 @@ class TaskMapStage(Stage):
             ref, meta = up.outputs.popleft()
             self._bundle.append(ref)
             self._bundle_rows += meta.num_rows
+            self._bundle_bytes += meta.size_bytes
             if not self.bundle_rows or self._bundle_rows >= self.bundle_rows:
                 break
         ready = self._bundle and (not self.bundle_rows or self._bundle_rows >= self.bundle_rows or up.exhausted())
         if not ready:
             return None
         bundle, self._bundle, self._bundle_rows = self._bundle, [], 0
-        return ("blocks", bundle)
+        size, self._bundle_bytes = self._bundle_bytes, 0
+        return ("blocks", bundle, size)
 
     def launch(self) -> None:
         opts = self.opts
         while (not self.stopped and len(self._tasks.running) < opts.max_tasks_in_flight
-               and self._tasks.buffered() + len(self.outputs) < opts.max_blocks_buffered):
+               and self._tasks.buffered() + len(self.outputs) < opts.max_blocks_buffered
+               and self.budget_allows(self._tasks.buffered() + len(self.outputs))):
             item = self._next_input()
             if item is None:
                 return
@@ -220,9 +253,10 @@ class TaskMapStage(Stage):
             self._input_index += 1
             if item[0] == "read":
                 block_ref, meta_ref = self._task.remote(self._ops_ref, item[1], where)
+                self._tasks.add(block_ref, meta_ref, 0)
             else:
                 block_ref, meta_ref = self._task.remote(self._ops_ref, None, where, *item[1])
-            self._tasks.add(block_ref, meta_ref)
+                self._tasks.add(block_ref, meta_ref, item[2])
             if not self.stats.started_at:
                 self.stats.started_at = time.monotonic()
             self.stats.tasks_launched += 1
@@ -230,12 +264,16 @@ class TaskMapStage(Stage):
     def pending(self) -> list:
         return list(self._tasks.running)
 
+    def held_bytes(self) -> int:
+        return super().held_bytes() + self._tasks.held_bytes(self.average_block_bytes())
+
     def on_ready(self, ready: set) -> None:
         hits = self._tasks.take_ready(ready)
         if not hits:
             return
         metas = p2p.get([h[0] for h in hits])
-        for (meta_ref, seq, block_ref, _), meta in zip(hits, metas):
+        for (meta_ref, seq, block_ref, input_bytes), meta in zip(hits, metas):
+            meta.pinned_bytes = input_bytes
             self._tasks.complete(seq, block_ref, meta)
             self.stats.record(meta)
         self._tasks.emit(self.outputs)
@@ -256,9 +294,15 @@ class Pipeline:
     def __init__(self, last: Stage):
         self.last = last
         self.all = last.stages()
+        for s in self.all:
+            s.pipeline = self
+
+    def held_bytes(self) -> int:
+        return sum(s.held_bytes() for s in self.all)
 
     def launch(self) -> None:
-        for s in self.all:
+        # Downstream first: when the byte budget is tight, finishing blocks beats starting new ones.
+        for s in reversed(self.all):
             s.launch()
 
     def pending(self) -> list:

@@ -198,7 +198,8 @@ class ActorMapStage(Stage):
                 self._add_actor()
             self.stats.started_at = time.monotonic()
         cap = self.opts.max_blocks_buffered
-        while self._tasks.buffered() + len(self.outputs) < cap:
+        while (self._tasks.buffered() + len(self.outputs) < cap
+               and self.budget_allows(self._tasks.buffered() + len(self.outputs))):
             if not self._queue:
                 if len(self._tasks.running) + len(self.outputs) + len(self._tasks.done) >= cap:
                     return
@@ -225,6 +226,9 @@ class ActorMapStage(Stage):
 
     def pending(self) -> list:
         return list(self._tasks.running)
+
+    def held_bytes(self) -> int:
+        return super().held_bytes() + self._tasks.held_bytes(self.average_block_bytes())
 
     def on_ready(self, ready: set) -> None:
         for meta_ref, seq, block_ref, (actor, item) in self._tasks.take_ready(ready):
