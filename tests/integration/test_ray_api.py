@@ -217,15 +217,22 @@ def test_exit_actor_outside_an_actor_is_a_type_error():
         p2p.actor.exit_actor()
 
 
-def test_ray_terminate_runs_after_earlier_calls(cluster):
-    acct = Account.remote(1)
-    earlier = [acct.deposit.remote(1) for _ in range(3)]
-    term = acct.__ray_terminate__.remote()
-    later = acct.deposit.remote(1)
-    assert p2p.get(earlier, timeout=30) == [2, 3, 4]
-    for ref in (term, later):
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_ray_terminate_runs_after_earlier_calls(cluster, concurrency):
+    # Several rounds: the owner must see the earlier calls' replies before it learns of the exit, or it
+    # fails calls that completed (a race this caught once).
+    for _ in range(6):
+        acct = Account.options(max_concurrency=concurrency).remote(1)
+        earlier = [acct.deposit.remote(1) for _ in range(3)]
+        term = acct.__ray_terminate__.remote()
+        later = acct.deposit.remote(1)
+        got = p2p.get(earlier, timeout=30)
+        assert (sorted(got) if concurrency > 1 else got) == [2, 3, 4]
         with pytest.raises(errors.ActorDiedError):
-            p2p.get(ref, timeout=30)
+            p2p.get(term, timeout=30)
+        if concurrency == 1:  # with threads, a later call may already be running, as in Ray
+            with pytest.raises(errors.ActorDiedError):
+                p2p.get(later, timeout=30)
 
 
 def test_list_named_actors_by_namespace(cluster):
