@@ -16,7 +16,7 @@ from p2pcompute import options as opt
 from p2pcompute import serialization, signatures
 from p2pcompute.auto_init import runtime as _runtime
 from p2pcompute.config import INLINE_MAX_BYTES
-from p2pcompute.errors import InvalidArgumentError, InvalidArgumentTypeError
+from p2pcompute.errors import InvalidArgumentTypeError
 from p2pcompute.object_ref import ObjectRef
 from p2pcompute.runtime.client import TaskRecord
 
