@@ -150,3 +150,25 @@ def test_ppo_as_a_tune_function_trainable(ml_cluster, tmp_path):
         restored = rl.PPO.from_checkpoint(d)
         assert restored.iteration == 3
         assert rl.load_policy(d).compute_single_action(np.zeros(4)) in (0, 1)
+
+
+@pytest.mark.timeout(120)
+def test_rollout_worker_that_does_not_answer_in_time_is_replaced(ml_cluster, tmp_path):
+    import psutil
+    algo = (rl.PPOConfig().environment(StallingCartPole, env_config={"dir": str(tmp_path)})
+            .env_runners(num_env_runners=2, rollout_fragment_length=50, sample_timeout_s=5)
+            .training(train_batch_size=100, num_epochs=1).debugging(seed=0).build())
+    try:
+        # Both workers up before the clock starts, so the deadline measures sampling, not actor start-up.
+        p2p.get([w.pid.remote() for w in algo.workers.workers.values()], timeout=60)
+        result = algo.train()  # worker 2 stalls at its 30th step and never answers
+        stalled_pid = int((tmp_path / "stalled").read_text())
+        assert result["num_env_runner_batches"] == 1
+        assert result["num_env_runner_restarts"] == 1
+        assert result["time_this_iter_s"] >= 5
+        # The stalled worker was stopped, not left running beside its replacement.
+        wait_until(lambda: not psutil.pid_exists(stalled_pid) or psutil.Process(stalled_pid).status() == "zombie",
+                   30, what="the stalled worker's process to be killed")
+        assert algo.train()["num_env_runner_batches"] == 2
+    finally:
+        algo.stop()
