@@ -24,6 +24,7 @@ loads_st = st.dictionaries(st.text("abcdefgh", min_size=1, max_size=3), st.integ
 
 
 @given(loads_st, st.integers(1, 20), st.integers(0, 2**32))
+@settings(max_examples=60)
 def test_chooser_respects_capacity_and_finds_room(loads, capacity, seed):
     choice = ReplicaChooser(random.Random(seed)).choose(loads, capacity)
     with_room = [r for r, n in loads.items() if n < capacity]
@@ -34,6 +35,7 @@ def test_chooser_respects_capacity_and_finds_room(loads, capacity, seed):
 
 
 @given(loads_st, st.integers(1, 20), st.integers(0, 2**32))
+@settings(max_examples=60)
 def test_chooser_never_takes_the_most_loaded_of_two_or_more(loads, capacity, seed):
     room = {r: n for r, n in loads.items() if n < capacity}
     choice = ReplicaChooser(random.Random(seed)).choose(loads, capacity)
@@ -139,7 +141,7 @@ def test_autoscaler_waits_out_its_delays():
 
 @given(st.integers(1, 5), st.integers(0, 10), st.integers(1, 12),
        st.lists(st.tuples(st.floats(0, 3), st.floats(0, 200)), max_size=40))
-@settings(max_examples=200)
+@settings(max_examples=60, deadline=None)
 def test_autoscaler_stays_in_bounds_and_never_acts_early(lo, extra, start, feed):
     cfg = AutoscalingConfig(min_replicas=lo, max_replicas=lo + extra, target_ongoing_requests=3,
                             upscale_delay_s=1.5, downscale_delay_s=4)
@@ -196,7 +198,7 @@ def _apply(slots: dict, actions: list, complete) -> None:
 
 
 @given(st.integers(1, 6), st.integers(0, 2**32))
-@settings(max_examples=100)
+@settings(max_examples=40, deadline=None)
 def test_rolling_update_keeps_target_replicas_serving(n, seed):
     rng = random.Random(seed)
     nodes = ["n1", "n2", "n3"]

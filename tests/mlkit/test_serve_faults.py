@@ -40,7 +40,7 @@ nodes = {s.value["node"] for s in state.list_slots("noop")}
 victim = sorted(n for n in nodes if n != here)[0]
 box = {}
 t = threading.Thread(target=lambda: box.setdefault("r", asyncio.run(
-    loadgen.run_load(url, duration_s=10, concurrency=6, rate_per_s=150))))
+    loadgen.run_load(url, duration_s=8, concurrency=6, rate_per_s=150))))
 t.start()
 time.sleep(3)  # steady load before the fault (the driver is the experiment, not a test wait)
 kill_at = time.monotonic()
@@ -78,7 +78,7 @@ def test_replica_peer_killed_under_load(tmp_path):
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
         result = json.loads(line[len("RESULT "):])
         print(result)
-        assert result["total"] > 400
+        assert result["total"] > 300
         assert result["failed"] <= 0.01 * result["total"], result
         assert result["refilled_s"] < 60
     finally:

@@ -78,6 +78,7 @@ class Router:
         self.gone: dict[str, float] = {}         # replicas that died or stopped -> until when to skip them
         self.chooser = ReplicaChooser(random.Random())
         self._refreshing: asyncio.Future | None = None
+        self.exists = True
 
     # ---- the replica set ------------------------------------------------------------------------------
 
@@ -90,6 +91,7 @@ class Router:
         self._refreshing = asyncio.get_running_loop().run_in_executor(None, self._read)
         handles, meta = await self._refreshing
         self.refreshed_at = time.monotonic()
+        self.exists = meta is not None
         if meta is not None:
             self.max_ongoing = int(meta.get("max_ongoing_requests", self.max_ongoing))
             self.max_queued = int(meta.get("max_queued_requests", self.max_queued))
@@ -144,6 +146,10 @@ class Router:
                                        exclude=refused)
             if name is None:
                 if not self.handles:
+                    if not self.exists:
+                        raise DeploymentUnavailableError(
+                            f"there is no deployment {self.deployment!r} in app {self.app!r} (deleted, or never "
+                            f"deployed); see serve.status()")
                     if time.monotonic() > deadline:
                         raise DeploymentUnavailableError(
                             f"no replica of deployment {self.deployment!r} (app {self.app!r}) is running; "

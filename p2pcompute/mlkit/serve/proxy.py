@@ -42,8 +42,8 @@ class Proxy:
         self.routes_at = 0.0
         self.requests = 0
 
-    async def _refresh_routes(self) -> None:
-        if time.monotonic() - self.routes_at < hd.REFRESH_S:
+    async def _refresh_routes(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.routes_at < hd.REFRESH_S:
             return
         apps = await asyncio.get_running_loop().run_in_executor(None, state.list_apps)
         self.routes = {m["route_prefix"]: (name, m["ingress"]) for name, m in apps.items()
@@ -84,6 +84,9 @@ class Proxy:
         if path == "/-/routes":
             return await _json(send, 200, {p: a for p, (a, _) in sorted(self.routes.items())})
         found = self.match(path)
+        if found is None:
+            await self._refresh_routes(force=True)   # an app deployed since the last refresh
+            found = self.match(path)
         if found is None:
             return await _text(send, 404, f"no application is routed at {path!r}; routes: {sorted(self.routes)}")
         prefix, app, ingress = found
