@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 from p2pcompute.runtime import messages as rm
 
-WAIT_S = 2.0
+WAIT_S = 3.0
 EVENTS_MAX = 20_000
 
 
@@ -115,7 +115,10 @@ class StateReports:
         if g.what == "tasks":
             since = g.options.get("since_ns", 0)
             since = since if isinstance(since, int) else 0
-            report["events"] = [ev for ev in self.events.values() if ev.get("end_ns", 0) >= since]
+            name = g.options.get("name")
+            # Filtering here, not at the asker, keeps a narrow question cheap on a peer with a long history.
+            report["events"] = [ev for ev in self.events.values() if ev.get("end_ns", 0) >= since
+                                and (name is None or ev.get("name") == name)]
         elif g.what == "metrics":
             report["peer_metrics"] = self.peer_metrics()
         self.peer._send(g.reply_to, rm.StateReply(g.request_id, [report] + g.peers))

@@ -94,6 +94,12 @@ def _matches(row: dict, filters: list) -> bool:
     return True
 
 
+def _narrowing(filters: list) -> dict:
+    """What peers can filter themselves (an equality on the name), so they send only what matters."""
+    names = [str(v) for k, op, v in filters if k == "name" and op == "="]
+    return {"name": names[0]} if len(names) == 1 else {}
+
+
 def _apply(rows: Iterable[dict], filters: list, limit: int) -> list[dict]:
     out = []
     for row in rows:
@@ -163,7 +169,7 @@ def list_tasks(filters=None, *, limit: int = DEFAULT_LIMIT, detail: bool = False
     """Tasks and actor calls, pending, running and finished (finished ones as long as their peer keeps
     them). With `detail=False` error messages are cut to their last line."""
     flt = _check_args(filters, limit)
-    rows = _apply(merge_tasks(_source(source).state("tasks", timeout)), flt, limit)
+    rows = _apply(merge_tasks(_source(source).state("tasks", timeout, _narrowing(flt))), flt, limit)
     if not detail:
         for row in rows:
             msg = row.get("error_message")
