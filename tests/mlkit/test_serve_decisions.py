@@ -242,3 +242,44 @@ def test_plan_for_deleted_app_stops_everything_and_failed_version_keeps_old():
     # A dead replica of an old version is only forgotten.
     p = pl.plan("v2", 1, "c", [pl.Slot("v1", 0, pl.READY, "gone", "c")], ["a"])
     assert [type(a).__name__ for a in p.actions] == ["Remove", "Start"]
+
+
+# ---- HTTP exposure --------------------------------------------------------------------------------------
+
+
+def test_binding_beyond_loopback_requires_a_token():
+    from p2pcompute.mlkit.serve.api import _check_http
+    assert "auth_token" not in _check_http(None, "EveryNode")            # 127.0.0.1:8000, no token needed
+    opened = _check_http({"host": "0.0.0.0", "port": 0}, "EveryNode")
+    assert len(opened["auth_token"]) >= 24                               # made up when not given
+    assert _check_http({"host": "0.0.0.0", "auth_token": "t"}, "HeadOnly")["auth_token"] == "t"
+    with pytest.raises(ValueError, match="unknown option"):
+        _check_http({"hots": "x"}, "EveryNode")
+    with pytest.raises(ValueError, match="proxy_location"):
+        _check_http(None, "Everywhere")
+    with pytest.raises(ValueError, match="port"):
+        _check_http({"port": 70000}, "EveryNode")
+
+
+@pytest.mark.parametrize("client,auth,expected", [
+    (("10.1.2.3", 5000), None, 401),
+    (("10.1.2.3", 5000), b"Bearer wrong", 401),
+    (("10.1.2.3", 5000), b"Bearer s3cret", 200),
+    (("127.0.0.1", 5000), None, 200),
+])
+def test_proxy_asks_non_loopback_clients_for_the_token(client, auth, expected):
+    from p2pcompute.mlkit.serve.proxy import Proxy
+    proxy = Proxy(auth_token="s3cret")
+    proxy.routes_at = float("inf")        # no table here: keep the (empty) route table as it is
+    sent = []
+    headers = [(b"authorization", auth)] if auth else []
+    scope = {"type": "http", "path": "/-/healthz", "method": "GET", "headers": headers, "client": client}
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(proxy(scope, receive, send))
+    assert sent[0]["status"] == expected
