@@ -212,6 +212,24 @@ def test_exit_actor_fails_queued_calls_runs_atexit_and_does_not_restart(cluster,
                20, what="the name to be released")
 
 
+@p2p.remote
+class AsyncService:
+    async def ping(self):
+        return "pong"
+
+    async def leave(self):
+        p2p.actor.exit_actor()
+
+
+def test_exit_actor_in_an_async_actor(cluster):
+    svc = AsyncService.options(max_restarts=1).remote()
+    assert p2p.get(svc.ping.remote(), timeout=30) == "pong"
+    with pytest.raises(errors.ActorDiedError, match="exit_actor"):
+        p2p.get(svc.leave.remote(), timeout=30)
+    with pytest.raises(errors.ActorDiedError):
+        p2p.get(svc.ping.remote(), timeout=30)  # gone for good, though it had a restart left
+
+
 def test_exit_actor_outside_an_actor_is_a_type_error():
     with pytest.raises(TypeError, match="inside an actor"):
         p2p.actor.exit_actor()
