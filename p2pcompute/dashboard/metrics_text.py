@@ -64,6 +64,13 @@ def _peer(out: _Out, report: dict) -> None:
                     dict(base, state=key.split(":", 1)[1]), count)
         elif key.startswith("lease_"):
             out.add(f"p2p_{key}_total", "counter", f"lease decisions of this peer: {key[6:]}", base, count)
+        elif key == "table_leader_changes":
+            out.add("p2p_table_leader_changes_total", "counter", "changes of table leader this peer saw", base,
+                    count)
+    for key, name in (("transfer_bytes_sent", "p2p_transfer_sent_bytes_total"),
+                      ("transfer_bytes_received", "p2p_transfer_received_bytes_total")):
+        if key in m:
+            out.add(name, "counter", "object bytes this peer's transfers moved", base, m[key])
     for key, help_text in (("queued_lease_requests", "lease requests waiting on this peer"),
                            ("leases", "leases granted and not returned"), ("workers", "worker processes"),
                            ("idle_workers", "workers without a lease"), ("processes", "local processes"),
@@ -73,6 +80,7 @@ def _peer(out: _Out, report: dict) -> None:
                            ("store_objects", "objects in shared memory"),
                            ("store_spilled_objects", "objects spilled to disk"),
                            ("task_events_kept", "finished task attempts this peer remembers"),
+                           ("transfers_in_flight", "objects being pulled to or from this peer"),
                            ("uptime_s", "seconds since this peer started")):
         if key in m:
             name = "p2p_uptime_seconds" if key == "uptime_s" else f"p2p_{key}"

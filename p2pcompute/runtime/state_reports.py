@@ -45,6 +45,7 @@ class StateReports:
         self.gathers: dict[str, _Gather] = {}
         self._seq = 0
         self._lease_names = _lease_counter_names()
+        self._leader = None  # the table leader last seen, to count changes
         self.handles = (rm.TaskEvents, rm.StateRequest, rm.StateReply, rm.ProcStateReply)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -140,9 +141,17 @@ class StateReports:
                 "store_spilled_objects": len(p.objects.spilled), "members_by_state": by_state,
                 "resources_total": dict(lease.total), "resources_available": dict(lease.available),
                 "table_role": (table or {}).get("role", ""), "task_events_kept": len(self.events),
-                "processes": len(p.processes.procs), "uptime_s": time.time() - p.started_at}
+                "processes": len(p.processes.procs), "uptime_s": time.time() - p.started_at,
+                "transfer_bytes_sent": getattr(p.transfers, "bytes_sent", 0),
+                "transfer_bytes_received": getattr(p.transfers, "bytes_received", 0),
+                "transfers_in_flight": len(getattr(p.transfers, "transfers", ()) or ())}
 
     def on_tick(self) -> None:
+        leader = getattr(getattr(self.peer, "table", None), "leader", None)
+        if leader != self._leader:
+            if leader is not None and self._leader is not None:
+                self.count("table_leader_changes")
+            self._leader = leader if leader is not None else self._leader
         now = time.monotonic()
         for gid, g in list(self.gathers.items()):
             if now > g.deadline:

@@ -26,6 +26,8 @@ import time
 from p2pcompute.net import codec
 from p2pcompute.runtime import messages as rm
 
+# P2P_TASK_EVENTS=0 turns recording off (no history, no timeline; pending and running tasks still show).
+ENABLED = os.environ.get("P2P_TASK_EVENTS", "1") != "0"
 FLUSH_EVERY_NS = 250_000_000
 FLUSH_BATCH = 256
 _OPEN_MAX = 10_000
@@ -55,10 +57,12 @@ class TaskEventLog:
         return bool(self._done)
 
     def received(self, task_id: str) -> None:
-        if len(self._recv) < _OPEN_MAX:
+        if ENABLED and len(self._recv) < _OPEN_MAX:
             self._recv[task_id] = time.time_ns()
 
     def begin(self, msg) -> None:
+        if not ENABLED:
+            return
         now = time.time_ns()
         ev = {"task_id": msg.task_id, "name": msg.name, "kind": msg.kind, "job_id": msg.job_id,
               "owner": _owner_of(msg.task_id), "worker_id": self.worker_id, "node_id": self.node_id,

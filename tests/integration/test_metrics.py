@@ -44,7 +44,8 @@ def test_text_format_round_trips_and_sums_processes():
     c = {"kind": "counter", "description": 'say "hi"\nthere', "tag_keys": ["who"],
          "values": [[['a"b\\c'], 2.0]]}
     report = {"peer": "p1", "peer_metrics": {"counters": {"tasks_finished:task": 5, "membership:alive": 2,
-                                                          "lease_grants": 9},
+                                                          "lease_grants": 9, "table_leader_changes": 1},
+                                             "transfer_bytes_sent": 4096,
                                              "store_used_bytes": 10, "members_by_state": {"alive": 2},
                                              "table_role": "leader"},
               "processes": {"w1": {"metrics": {"tm_lat": h, "tm_hits": c}},
@@ -55,6 +56,8 @@ def test_text_format_round_trips_and_sums_processes():
     assert s[("p2p_tasks_total", (("kind", "task"), ("peer", "p1"), ("state", "finished")))] == 5
     assert s[("p2p_lease_grants_total", (("peer", "p1"),))] == 9
     assert s[("p2p_table_leader", (("peer", "p1"),))] == 1
+    assert s[("p2p_table_leader_changes_total", (("peer", "p1"),))] == 1
+    assert s[("p2p_transfer_sent_bytes_total", (("peer", "p1"),))] == 4096
     assert s[("tm_hits", (("peer", "p1"), ("who", 'a"b\\c')))] == 4  # two processes summed
     buckets = [s[("tm_lat_bucket", (("le", le), ("peer", "p1")))] for le in ("0.1", "1", "+Inf")]
     assert buckets == [2, 6, 8]  # cumulative
