@@ -57,14 +57,17 @@ class Trial:
     started_at: float | None = dataclasses.field(default=None, repr=False)
 
     def to_state(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("started_at")
-        return d
+        # Shallow: configs and results are replaced, never mutated, once recorded (asdict's deep copy of
+        # every trial made each save cost O(trials x result size) in copying alone).
+        return {f: getattr(self, f) for f in _STATE_FIELDS}
 
     @classmethod
     def from_state(cls, d: dict) -> "Trial":
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+_STATE_FIELDS = [f.name for f in dataclasses.fields(Trial) if f.name != "started_at"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -202,8 +205,9 @@ class ExperimentStorage:
         states = [t.to_state() for t in trials]
         _atomic_write(os.path.join(self.path, "experiment_state.pkl"),
                       cloudpickle.dumps({"trials": states, **extra}))
-        _atomic_write(os.path.join(self.path, "experiment_state.json"),
-                      json.dumps({"trials": _jsonable(states)}, indent=1).encode())
+        # One line per trial: readable, and cheap to write often.
+        lines = ",\n".join(json.dumps(_jsonable(s)) for s in states)
+        _atomic_write(os.path.join(self.path, "experiment_state.json"), f'{{"trials": [\n{lines}\n]}}\n'.encode())
 
     def load_state(self) -> dict:
         with open(os.path.join(self.path, "experiment_state.pkl"), "rb") as f:

@@ -52,7 +52,7 @@ __all__ = ["Tuner", "TuneConfig"]
 # A poll answers as soon as a trial has something; this only bounds how long an idle call is held.
 POLL_TIMEOUT_S = 2.0
 # Plain reports save the experiment state at most this often; status changes and checkpoints save at once.
-STATE_SAVE_INTERVAL_S = 2.0
+STATE_SAVE_INTERVAL_S = 1.0
 
 
 @dataclasses.dataclass
@@ -381,8 +381,9 @@ class _Driver:
         self.scheduler.on_trial_complete(trial.trial_id, trial.last_result)
         self.source.searcher.on_trial_complete(trial.trial_id, trial.last_result, False)
         self.release(trial, stopped)
+        # Saved with the next throttled save: a driver dying before it only reruns this trial's tail from
+        # its latest checkpoint on restore.
         self._dirty = True
-        self.save(force=True)
 
     def exploit(self, trial: Trial, decision: Exploit) -> None:
         donor = self.by_id.get(decision.donor)
