@@ -186,9 +186,91 @@ def phase_peers(args) -> dict:
         stop_peers(peers)
 
 
+def _ray_allreduce(ray, n: int, args) -> list[dict]:
+    """The same ring (this library's Communicator) between Ray actors: Ray's object transfer path instead of
+    p2pcompute's, everything else equal."""
+    from p2pcompute.mlkit.train.collective import Communicator, Mailbox
+
+    @ray.remote(max_concurrency=16)
+    class RingWorker:
+        def __init__(self):
+            self.mailbox = Mailbox()
+
+        def setup(self, rank, peers):
+            self.comm = Communicator(rank, peers, self.mailbox, timeout_s=600)
+
+        def deliver(self, tag, value):
+            self.mailbox.put(tag, value)
+
+        def bench(self, sizes_mb, repeat):
+            out = {}
+            for mb in sizes_mb:
+                a = np.full(mb * 2**20 // 8, float(self.comm.rank))
+                self.comm.allreduce(a)
+                times = []
+                for _ in range(repeat if mb < 100 else max(1, repeat - 1)):
+                    self.comm.barrier()
+                    t0 = time.perf_counter()
+                    self.comm.allreduce(a)
+                    times.append(time.perf_counter() - t0)
+                out[mb] = min(times)
+            return out
+
+    workers = [RingWorker.options(num_cpus=0).remote() for _ in range(n)]
+    ray.get([w.setup.remote(r, workers) for r, w in enumerate(workers)])
+    sizes = [mb for mb in ALLREDUCE_MB if mb <= args.max_allreduce_mb]
+    times = ray.get([w.bench.remote(sizes, args.repeat) for w in workers])[0]
+    for w in workers:
+        ray.kill(w)
+    rows = []
+    for mb in sizes:
+        t = times[mb]
+        size_gb = mb * 2**20 / 1e9
+        rows.append({"workers": n, "mb": mb, "where": "Ray actors, same ring", "ms": t * 1e3,
+                     "algbw_GBps": size_gb / t, "busbw_GBps": size_gb / t * 2 * (n - 1) / n, "p2p_GBps": float("nan")})
+    return rows
+
+
+def _ray_ovr(ray, args) -> dict:
+    """What a Ray user writes without a collective library: actors compute shard gradients, the driver sums
+    them and steps (same model code, same number of steps)."""
+    X, y = make_data(args.rows)
+    model = _model(args.iters)
+
+    @ray.remote(num_cpus=1)
+    class Shard:
+        def __init__(self, X, y, model, classes):
+            self.X, self.y, self.model = X, y, model
+            self.model.classes_ = classes
+            self.idx = model._encode(y)
+
+        def grads(self, w):
+            loss, g = self.model._loss_grad_sums(w, self.X, self.idx)
+            return loss, g
+
+    t0 = time.perf_counter()
+    classes = np.unique(y)
+    model.classes_ = classes
+    w = model._init_weights(X.shape[1], np.random.default_rng(0))
+    half = len(y) // 2
+    shards = [Shard.remote(X[:half], y[:half], model, classes), Shard.remote(X[half:], y[half:], model, classes)]
+    from p2pcompute.mlkit.train.models.base import Optimizer
+    opt = Optimizer(model.optimizer, model.lr, model.momentum)
+    for _ in range(args.iters):
+        parts = ray.get([s.grads.remote(w) for s in shards])
+        grads = {k: sum(p[1][k] for p in parts) / len(y) + (model.alpha * w[k] if k == "W" else 0) for k in w}
+        opt.step(w, grads)
+    wall = time.perf_counter() - t0
+    model.weights_, model.n_features_in_ = w, X.shape[1]
+    return {"ovr_ray2w_s": wall, "ovr_ray2w_acc": model.score(X, y)}
+
+
 def phase_ray(args) -> dict:
     import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    out = {}
+    out.update(_ray_ovr(ray, args))
+    out["allreduce"] = [row for n in (2, 3) for row in _ray_allreduce(ray, n, args)]
 
     @ray.remote
     class PS:
@@ -229,7 +311,6 @@ def phase_ray(args) -> dict:
         return steps
 
     rng = np.random.default_rng(0)
-    out = {}
     for mode in ("sync", "async"):
         ps = PS.remote(args.ps_dim, mode, 2)
         shards = [(rng.normal(size=(args.ps_rows, args.ps_dim)), rng.normal(size=args.ps_rows)) for _ in range(2)]
@@ -263,7 +344,8 @@ def report(r: dict, args) -> None:
     single = r.get("ovr_single_s")
     for key, label in (("ovr_single_s", "numpy, one process"), ("ovr_sklearn_s", "scikit-learn OvR (lbfgs), one process"),
                        ("ovr_2w_s", "p2pcompute, 2 workers, embedded 2-CPU peer"),
-                       ("ovr_3w_s", "p2pcompute, 3 workers on 3 local peers")):
+                       ("ovr_3w_s", "p2pcompute, 3 workers on 3 local peers"),
+                       ("ovr_ray2w_s", "Ray, 2 actors, driver sums gradients")):
         if key in r:
             ratio = f"  ({single / r[key]:.2f}x one process)" if single and key != "ovr_single_s" else ""
             acc = r.get(key[:-2] + "_acc")
@@ -271,8 +353,9 @@ def report(r: dict, args) -> None:
     print("\n== allreduce (sum of float64), best of repeats ==")
     print(f"  {'workers':>7} {'MB':>5} {'ms':>9} {'algbw GB/s':>11} {'busbw GB/s':>11} {'p2p GB/s':>9}  where")
     for v in r.get("allreduce", []):
+        p2p_speed = "" if v["p2p_GBps"] != v["p2p_GBps"] else f"{v['p2p_GBps']:.2f}"  # NaN: not measured
         print(f"  {v['workers']:>7} {v['mb']:>5} {v['ms']:9.1f} {v['algbw_GBps']:11.2f} {v['busbw_GBps']:11.2f} "
-              f"{v['p2p_GBps']:9.2f}  {v['where']}")
+              f"{p2p_speed:>9}  {v['where']}")
     print(f"\n== parameter server, 2 workers, {args.ps_dim} float64 weights, {args.ps_steps} steps each ==")
     for mode in ("sync", "async"):
         if f"ps_{mode}_pushes_per_s" in r:

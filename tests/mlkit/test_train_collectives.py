@@ -28,6 +28,15 @@ pytestmark = [pytest.mark.mlkit]
 _POOL: list = []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_pool():
+    """The pool's actors go away with this module, so later test modules get the peer to themselves."""
+    yield
+    for worker in _POOL:
+        p2p.kill(worker)
+    _POOL.clear()
+
+
 def _group(n: int, ring_threshold_bytes: int = 256 * 1024) -> list:
     if not _POOL:
         _POOL.extend(RemoteTrainWorker.options(num_cpus=0).remote() for _ in range(4))
@@ -142,16 +151,21 @@ def test_broadcast_and_allgather_carry_any_shape_and_dtype(ml_cluster, data):
 
 def _large_broadcast_loop(config):
     r = _rank()
-    big = np.arange(config["size"], dtype=np.float64) if r == 1 else None
-    out = session.broadcast(big, src_rank=1)
-    out[0] = -1  # the result is the caller's to modify
-    return float(out[1:].sum())
+    sums = []
+    for i in range(config["rounds"]):  # back to back: the root moves on before the others have read
+        big = np.arange(config["size"], dtype=np.float64) + i if r == 1 else None
+        out = session.broadcast(big, src_rank=1)
+        out[0] = -1  # the result is the caller's to modify
+        gathered = session.allgather(np.full(config["size"], float(r + i)))
+        sums.append((float(out[1:].sum()), [float(g[-1]) for g in gathered]))
+    return sums
 
 
-def test_broadcast_of_a_large_array_reaches_every_rank(ml_cluster):
-    size = 200_000
-    results = _run(_group(3), _large_broadcast_loop, {"size": size})
-    assert results == [float(np.arange(1, size).sum())] * 3
+def test_large_broadcasts_and_allgathers_reach_every_rank(ml_cluster):
+    size, rounds = 200_000, 5  # 1.6 MB each: through the object store
+    results = _run(_group(3), _large_broadcast_loop, {"size": size, "rounds": rounds})
+    expected = [(float((np.arange(1, size) + i).sum()), [float(r + i) for r in range(3)]) for i in range(rounds)]
+    assert results == [expected] * 3
 
 
 def _barrier_loop(config):

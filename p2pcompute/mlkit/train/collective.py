@@ -114,6 +114,10 @@ class Communicator:
         self.timeout_s = timeout_s
         self.ring_threshold_bytes = ring_threshold_bytes
         self.stats = CollectiveStats()
+        # Refs this rank `put` for broadcast/allgather, by collective sequence number. A receiver that holds
+        # such a ref (in its mailbox) is not counted as a borrower by the core (see docs/mlkit/train.md,
+        # "Known core issue"), so the sender keeps its own ref until every rank has provably read it.
+        self._held: list[tuple[int, object]] = []
 
     # ---- point to point ----------------------------------------------------------------------------------
 
@@ -129,6 +133,20 @@ class Communicator:
         self._seq += 1
         self.stats.calls[op] = self.stats.calls.get(op, 0) + 1
         return self._seq
+
+    def _heard_from_all(self, seq: int) -> None:
+        # Collective `seq` got data that every rank sent after finishing all earlier collectives (each rank
+        # reads a broadcast or allgather value before it returns), so their refs are no longer needed.
+        if self._held:
+            self._held = [(s, ref) for s, ref in self._held if s >= seq]
+
+    def _share(self, seq: int, arr: np.ndarray):
+        # Large arrays go to the store once and travel as a ref; small ones inline.
+        if arr.nbytes <= 100 * 1024:
+            return arr
+        ref = p2p.put(arr)
+        self._held.append((seq, ref))
+        return ref
 
     # ---- collectives -------------------------------------------------------------------------------------
 
@@ -149,6 +167,7 @@ class Communicator:
             out = self._allreduce_ring(seq, arr, REDUCE_OPS[op])
         if op == "mean":
             out = np.divide(out, n, out=out, casting="unsafe")
+        self._heard_from_all(seq)
         return out
 
     def _allreduce_direct(self, seq: int, arr: np.ndarray, ufunc) -> np.ndarray:
@@ -203,7 +222,7 @@ class Communicator:
             return np.array(_as_array(array, "broadcast"), copy=True)
         if self.rank == src_rank:
             arr = _as_array(array, "broadcast")
-            ref = p2p.put(arr) if arr.nbytes > 100 * 1024 else arr
+            ref = self._share(seq, arr)
             for dst in range(self.world_size):
                 if dst != self.rank:
                     self._send(dst, (seq, 0, self.rank), [ref], "broadcast")
@@ -218,7 +237,7 @@ class Communicator:
         arr = _as_array(array, "allgather")
         seq = self._next_seq("allgather")
         if self.world_size > 1:
-            ref = p2p.put(arr) if arr.nbytes > 100 * 1024 else arr
+            ref = self._share(seq, arr)
             for dst in range(self.world_size):
                 if dst != self.rank:
                     self._send(dst, (seq, 0, self.rank), [ref], "allgather")
@@ -231,6 +250,7 @@ class Communicator:
             if isinstance(value, p2p.ObjectRef):
                 value = p2p.get(value)
             out.append(np.array(value, copy=True))
+        self._heard_from_all(seq)
         return out
 
     def allgather_object(self, obj) -> list:
@@ -239,7 +259,9 @@ class Communicator:
         for dst in range(self.world_size):
             if dst != self.rank:
                 self._send(dst, (seq, 0, self.rank), obj, "allgather_object")
-        return [obj if src == self.rank else self._recv((seq, 0, src)) for src in range(self.world_size)]
+        out = [obj if src == self.rank else self._recv((seq, 0, src)) for src in range(self.world_size)]
+        self._heard_from_all(seq)
+        return out
 
     def barrier(self) -> None:
         """Return once every rank has called barrier."""
@@ -250,6 +272,7 @@ class Communicator:
         for src in range(self.world_size):
             if src != self.rank:
                 self._recv((seq, 0, src))
+        self._heard_from_all(seq)
 
     def _check_rank(self, rank: int, what: str) -> None:
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world_size:

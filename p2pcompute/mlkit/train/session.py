@@ -72,6 +72,9 @@ class Session:
     shards: dict[str, Any]  # dataset name -> ObjectRef of this rank's shard (fetched on first use)
     checkpoint: Checkpoint | None
     report_count: int = 0
+    # Reports sent without waiting; `run` waits for them before returning, so the driver never finishes
+    # the run while a report is still on its way to the controller.
+    unacknowledged: list = field(default_factory=list)
     _shard_values: dict[str, Any] = field(default_factory=dict)
 
 
@@ -129,7 +132,10 @@ def report(metrics: dict, checkpoint: Checkpoint | None = None) -> None:
     if checkpoint is not None:
         p2p.get(session.controller.report.remote(rank, session.report_count, clean, checkpoint))
     elif rank == 0:
-        session.controller.report.remote(rank, session.report_count, clean, None)
+        session.unacknowledged.append(session.controller.report.remote(rank, session.report_count, clean, None))
+        if len(session.unacknowledged) > 64:  # keep the list short in long runs
+            p2p.get(session.unacknowledged)
+            session.unacknowledged.clear()
 
 
 def _plain(value):

@@ -44,9 +44,12 @@ class TrainWorker:
 
     def run(self, train_loop: Callable, config: dict | None, context, shards: dict, checkpoint, controller) -> Any:
         assert self._communicator is not None, "setup() runs before run()"
-        _session._install(_session.Session(context, self._communicator, controller, shards, checkpoint))
+        session = _session.Session(context, self._communicator, controller, shards, checkpoint)
+        _session._install(session)
         try:
-            return call_train_loop(train_loop, config)
+            result = call_train_loop(train_loop, config)
+            p2p.get(session.unacknowledged)
+            return result
         finally:
             _session._install(None)
 
