@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -15,7 +16,7 @@ import pytest
 pytest.importorskip("uvicorn")
 
 import p2pcompute as p2p  # noqa: E402
-from itest_util import wait_until  # noqa: E402
+from itest_util import alive, wait_until  # noqa: E402
 from p2pcompute.mlkit import serve  # noqa: E402
 from p2pcompute.mlkit.serve import loadgen, state  # noqa: E402
 
@@ -59,6 +60,9 @@ class Echo:
 
     def count(self, n):
         yield from range(n)
+
+    def pid(self):
+        return os.getpid()
 
 
 def test_http_codes_bodies_and_streams(url):
@@ -244,10 +248,12 @@ def test_delete_frees_replicas_and_route(url):
     serve.run(Echo.bind(), name="gone", route_prefix="/gone")
     names = _names("gone")
     assert names and http(url + "/gone", [1])[0] == 200
+    pid = serve.get_app_handle("gone").pid.remote().result()
     serve.delete("gone")
     assert _names("gone") == [] and "gone" not in serve.status().applications
     for name in names:
         wait_until(lambda: not _exists(name), 20, interval_s=0.05, what=f"replica {name} to stop")
+    wait_until(lambda: not alive([pid]), 20, interval_s=0.05, what="the replica's process to exit")
     wait_until(lambda: http(url + "/gone", [1])[0] == 404, 10, interval_s=0.1, what="the route to go")
 
 

@@ -73,9 +73,20 @@ def start(http_options: dict | None = None, *, proxy_location: str = "EveryNode"
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"serve agents did not start on {sorted(set(nodes) - set(agents))} within "
-                               f"{timeout_s} s")
+                               f"{timeout_s} s{_agent_errors(set(nodes) - set(agents))}")
         time.sleep(0.05)  # waiting for the agents' records in the table, bounded by the deadline
     return dict(opts)
+
+
+def _agent_errors(nodes) -> str:
+    """What the agents that did not register say (their constructor's error, if any)."""
+    out = []
+    for node in sorted(nodes):
+        try:
+            p2p.get(p2p.get_actor(f"agent#{node}", namespace=state.NAMESPACE).info.remote(), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            out.append(f"{node}: {type(exc).__name__}: {exc}")
+    return ("; " + "; ".join(out)) if out else ""
 
 
 def run(app: Application, *, name: str = "default", route_prefix: str | None = "/", blocking: bool = False,

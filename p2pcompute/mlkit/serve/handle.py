@@ -257,6 +257,17 @@ class _Stream:
             self.buffer.extend(chunks)
         return self.buffer.popleft()
 
+    async def close(self) -> None:
+        """Abandon the stream early (the client went away): the replica drops its generator."""
+        if self.done:
+            return
+        self.done = True
+        self.router.release(self.name)
+        try:
+            await self.handle.stream_close.remote(self.sid)
+        except Exception:  # noqa: BLE001 - the replica is gone: nothing to close
+            pass
+
 
 class DeploymentResponse:
     """The future result of a handle call: `await response` in async code, `response.result()` in sync code."""

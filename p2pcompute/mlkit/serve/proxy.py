@@ -121,19 +121,21 @@ class Proxy:
     async def _stream(self, send, router, name, env):
         _, sid, status, headers = env
         stream = hd._Stream(router, name, sid)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
         try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             while True:
                 try:
                     chunk = await stream.next()
                 except StopAsyncIteration:
                     break
+                except Exception as exc:  # noqa: BLE001 - the head is sent: end the body and say why in it
+                    await send({"type": "http.response.body", "body": f"\nstream failed: {exc}".encode(),
+                                "more_body": True})
+                    break
                 await send({"type": "http.response.body", "body": http_util.chunk_bytes(chunk), "more_body": True})
-        except Exception as exc:  # noqa: BLE001 - the head is sent: end the body and say why in it
-            await send({"type": "http.response.body", "body": f"\nstream failed: {exc}".encode(),
-                        "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await stream.close()   # a no-op once the stream ended; else the client went away mid-stream
 
 async def _text(send, status: int, text: str) -> None:
     body = text.encode()
