@@ -215,6 +215,20 @@ def test_resume_from_checkpoint_is_what_a_fresh_run_starts_from(ml_cluster, tmp_
     assert result.metrics["resumed"] == 41
 
 
+def _mlkit_data_loop():
+    shard = train.get_dataset_shard("train")
+    total = sum(int(batch["id"].sum()) for batch in shard.iter_batches(batch_size=16))
+    train.report({"sum": int(train.allreduce(np.array([total]))[0]), "rows": shard.count()})
+
+
+def test_an_mlkit_data_dataset_is_split_across_the_workers(ml_cluster, tmp_path):
+    data = pytest.importorskip("p2pcompute.mlkit.data")
+    result = train.DataParallelTrainer(
+        _mlkit_data_loop, scaling_config=train.ScalingConfig(num_workers=2, resources_per_worker=ZERO_CPU),
+        run_config=_run_config(tmp_path), datasets={"train": data.range(100)}).fit()
+    assert result.metrics["sum"] == sum(range(100)) and result.metrics["rows"] == 50
+
+
 def test_bad_arguments_fail_at_once_with_a_message(tmp_path):
     with pytest.raises(TypeError, match="train_loop_per_worker"):
         train.DataParallelTrainer(42)
