@@ -10,13 +10,16 @@ time of the tuning run against running the same trials, for the same number of e
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
-import numpy as np
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one BLAS thread per trial: trials are the parallelism
 
-import p2pcompute as p2p
-from p2pcompute.mlkit import tune
+import numpy as np  # noqa: E402
+
+import p2pcompute as p2p  # noqa: E402
+from p2pcompute.mlkit import tune  # noqa: E402
 
 N_FEATURES = 40
 MAX_EPOCHS = 27
@@ -24,11 +27,11 @@ MAX_EPOCHS = 27
 
 def make_data(seed: int = 0):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((3000, N_FEATURES))
+    x = rng.standard_normal((12000, N_FEATURES))
     w1 = rng.standard_normal((N_FEATURES, 8))
-    logits = np.tanh(x @ w1) @ rng.standard_normal(8) + 0.3 * rng.standard_normal(3000)
+    logits = np.tanh(x @ w1) @ rng.standard_normal(8) + 0.3 * rng.standard_normal(12000)
     y = (logits > 0).astype(np.float64)
-    return x[:2400], y[:2400], x[2400:], y[2400:]
+    return x[:9600], y[:9600], x[9600:], y[9600:]
 
 
 def init_params(config, rng):
@@ -89,7 +92,7 @@ def trainable(config):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--address", default=None)
-    ap.add_argument("--samples", type=int, default=24)
+    ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--storage", default=None)
     args = ap.parse_args()
     p2p.init(address=args.address)
