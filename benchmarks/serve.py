@@ -2,10 +2,15 @@
 
     python benchmarks/serve.py                 # p2pcompute, then Ray Serve if installed
     python benchmarks/serve.py --only p2p      # or --only ray
+    python benchmarks/serve.py --kill          # kill -9 of a replica's peer under load, 3 local peers
 
 Cases (each a bounded load: a fixed duration, then it stops): a no-op deployment with 1 and 2 replicas, at
 saturation (closed loop, `--concurrency` connections) and at half of the saturated rate (open loop); and a
-numpy linear model with `@serve.batch`, rows/s at saturation. The load generator is
+numpy linear model with `@serve.batch`, rows/s at saturation. `--kill` starts three local peers (`p2p start` /
+`p2p join`), drives a no-op deployment with 3 replicas through one peer's proxy (closed loop), kills another
+peer that hosts a replica with SIGKILL, and reports failed requests, the throughput dip and the time until
+throughput is back to 90% of its level before the kill (Ray Serve is not measured here: it has no multi-peer
+setup on one machine without a head node to spare). The load generator is
 `p2pcompute.mlkit.serve.loadgen` (asyncio, keep-alive connections) for both systems. The machine is shared and
 noisy: compare the two columns of one run, not runs of different days.
 """
@@ -117,13 +122,106 @@ def bench_ray(args) -> dict:
     return out
 
 
+KILL_DRIVER = r"""
+import asyncio, json, os, signal, sys, threading, time
+import p2pcompute as p2p
+from p2pcompute.mlkit import serve
+from p2pcompute.mlkit.serve import loadgen, state
+address, token_file, pids, seconds = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
+p2p.init(address=address, token=open(token_file).read().strip())
+here = p2p.get_runtime_context().get_node_id()
+
+@serve.deployment(num_replicas=3, max_ongoing_requests=16)
+class Noop:
+    async def __call__(self, request):
+        return "ok"
+
+serve.start(http_options={"port": 0})
+serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+url = serve.proxy_urls()[here] + "/noop"
+victim = sorted(s.value["node"] for s in state.list_slots("noop") if s.value["node"] != here)[0]
+box = {}
+t = threading.Thread(target=lambda: box.setdefault("r", asyncio.run(
+    loadgen.run_load(url, duration_s=seconds, concurrency=8))))
+t.start()
+time.sleep(seconds / 3)
+kill_at = time.monotonic()
+os.kill(pids[victim], signal.SIGKILL)
+t.join()
+res = box["r"]
+kill_s = kill_at - (time.monotonic() - res.elapsed_s)
+refill_deadline = time.monotonic() + 60
+while time.monotonic() < refill_deadline:
+    if sum(1 for s in state.list_slots("noop", linearizable=True)
+           if s.state == "READY" and s.value["node"] != victim) == 3:
+        break
+    time.sleep(0.1)
+print("RESULT " + json.dumps({"finished_at_s": res.finished_at_s, "statuses": res.statuses, "kill_s": kill_s,
+                              "refilled_s": time.monotonic() - kill_at}))
+"""
+
+
+def bench_kill(args) -> None:
+    import os
+    import shutil
+    import tempfile
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                                    "integration"))
+    from cluster_util import Cluster
+    base = tempfile.mkdtemp(prefix="p2pk-")
+    cluster = Cluster(base)
+    try:
+        peers = [cluster.start(num_cpus=1) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                sum(1 for s in p.states().values() if s == "alive") == 3 for p in peers):
+            time.sleep(0.2)
+        pids = json.dumps({p.peer_id: p.pid for p in peers})
+        script = os.path.join(base, "kill_driver.py")
+        with open(script, "w") as f:
+            f.write(KILL_DRIVER)
+        proc = subprocess.run([sys.executable, script, peers[0].address, cluster.token_file, pids,
+                               str(args.seconds * 5)], capture_output=True, text=True, timeout=600, cwd=base)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            print(f"kill run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            return
+        r = json.loads(line[-1][7:])
+    finally:
+        cluster.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
+    kill_s, bin_s = r["kill_s"], 0.5
+    ok_times = [t for t, s in zip(r["finished_at_s"], r["statuses"]) if s == 200]
+    before = [t for t in ok_times if 1.0 <= t < kill_s]
+    base_rate = len(before) / max(1e-9, kill_s - 1.0)
+    end = max(r["finished_at_s"])
+    bins = []
+    t = kill_s
+    while t + bin_s <= end:
+        bins.append(sum(1 for x in ok_times if t <= x < t + bin_s) / bin_s)
+        t += bin_s
+    back = next((i * bin_s for i, rate in enumerate(bins) if rate >= 0.9 * base_rate
+                 and all(b >= 0.9 * base_rate for b in bins[i:i + 2])), None)
+    failed = sum(1 for s in r["statuses"] if s != 200)
+    print(f"kill -9 of a replica's peer under load (3 peers, 1 CPU each, 8 connections):")
+    print(f"  requests {len(r['statuses'])}, failed {failed} ({100 * failed / len(r['statuses']):.2f}%)")
+    print(f"  throughput before the kill {base_rate:.0f}/s; lowest 0.5 s window after it "
+          f"{min(bins) if bins else float('nan'):.0f}/s")
+    print(f"  back to >= 90% of it after {back if back is not None else 'never'} s; slot refilled on a live peer "
+          f"after {r['refilled_s']:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["p2p", "ray"])
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each measured load")
     ap.add_argument("--concurrency", type=int, default=16, help="connections of the load generator")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--kill", action="store_true", help="only the kill-under-load measurement")
     args = ap.parse_args()
+    if args.kill:
+        bench_kill(args)
+        return
     if args.only:
         result = bench_p2p(args) if args.only == "p2p" else bench_ray(args)
         print("RESULT " + json.dumps(result))
