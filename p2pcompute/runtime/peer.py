@@ -382,6 +382,16 @@ class PeerDaemon:
             self._send(msg.reply_to, rm.PeerStatusReply(msg.request_id, {"stopping": True}))
             self.leave()
 
+    def keeper_address(self) -> str:
+        """This peer's keeper of detached actors (the table service restarts actors of dead peers through
+        it): its address, or "" while it is starting, which this call begins if needed."""
+        keeper = self.processes.procs.get(self.keeper_id) if self.keeper_id else None
+        if keeper is not None and self.keeper_addr:
+            return self.keeper_addr
+        if self._keeper_popen is None or self._keeper_popen.poll() is not None:
+            self._keeper_request(rm.KeeperRequest("table", self.addr))
+        return ""
+
     def _keeper_request(self, msg: rm.KeeperRequest) -> None:
         keeper = self.processes.procs.get(self.keeper_id) if self.keeper_id else None
         if keeper is not None and self.keeper_addr:

@@ -122,6 +122,7 @@ class TableReplica:
         self._ack_ns: dict[str, int] = {}
         self._acked_seq: dict[str, int] = {}
         self._snapshot_sent_ns: dict[str, int] = {}
+        self._answered: set[str] = set()  # followers that answered this leader (not only given a grace time)
         self._reads = ReadIndex()
         self._term_start_index = 0  # index of this leader's no-op; reads and config changes wait for it
         self._heartbeat_due_ns = 0
@@ -170,6 +171,7 @@ class TableReplica:
         if self.role == LEADER:
             if now_ns >= self._heartbeat_due_ns:
                 self._broadcast(now_ns, out)
+                self._maybe_change_config(now_ns, out)  # a change held back until every member answered
             self._check_quorum(now_ns, out)
         elif now_ns >= self._election_deadline_ns:
             self._reset_election_timer(now_ns)
@@ -277,7 +279,7 @@ class TableReplica:
     def _become_leader(self, now_ns: int, out: list) -> None:
         self.role, self.leader_id, self.leader_addr = LEADER, self.node_id, self.addr
         self._next, self._match, self._ack_ns, self._acked_seq = {}, {}, {}, {}
-        self._snapshot_sent_ns = {}
+        self._snapshot_sent_ns, self._answered = {}, set()
         self._reads.clear()
         self._sync_followers(now_ns)
         self._term_start_index = self._append(("noop",))
@@ -314,6 +316,7 @@ class TableReplica:
             if peer not in self._replicas:
                 for table in (self._next, self._match, self._ack_ns, self._acked_seq):
                     table.pop(peer, None)
+                self._answered.discard(peer)
         for peer in self._replicas:
             if peer != self.node_id and peer not in self._next:
                 self._next[peer], self._match[peer] = self.log.last_index() + 1, 0
@@ -396,6 +399,7 @@ class TableReplica:
             self.stats["ignored_stale_reply"] += 1
             return False
         self._ack_ns[peer] = now_ns
+        self._answered.add(peer)
         self._acked_seq[peer] = max(self._acked_seq[peer], min(seq, self._reads.seq))
         return True
 
@@ -583,7 +587,11 @@ class TableReplica:
             return
         if self._config_index > self.commit_index or self.commit_index < self._term_start_index:
             return  # one change at a time, and only once our no-op committed (dissertation errata)
-        new = next_replicas(self._replicas, self._alive, self.node_id, self.config.target_replicas)
+        horizon_ns = now_ns - self.config.election_timeout_max_ms * MS
+        answering = all(peer in self._answered and self._ack_ns.get(peer, 0) >= horizon_ns
+                        for peer in self._replicas if peer != self.node_id)
+        new = next_replicas(self._replicas, self._alive, self.node_id, self.config.target_replicas,
+                            grow=answering)
         if new is None:
             return
         self._append(("config", new))

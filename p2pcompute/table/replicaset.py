@@ -19,6 +19,9 @@ single member (Raft's single-server change), so any majority of the old set over
   cluster has them; and when a machine holds two replicas while another live machine holds none, the set
   moves one over (add the spare, then drop a member of the crowded machine). Two peers on one machine die
   together more often than two on two machines.
+- Members are added only while every member answers the leader: a member dead but not yet declared so
+  (membership takes seconds, Raft's leader notices in one election timeout) plus a new member that dies
+  before it catches up would leave a set of 4 with 2 dead, which can elect no one.
 - A member whose address changed (same peer id, new address) is re-added with the new address.
 - The leader never removes itself; if it must go, another leader will remove it.
 
@@ -42,8 +45,10 @@ def machine_of(addr: str) -> str:
 
 
 def next_replicas(replicas: dict[str, str], alive: dict[str, str], leader_id: str,
-                  target: int) -> dict[str, str] | None:
-    """The next replica set (one member different from `replicas`), or None when none is due."""
+                  target: int, grow: bool = True) -> dict[str, str] | None:
+    """The next replica set (one member different from `replicas`), or None when none is due. With `grow`
+    False (a member is not answering the leader, though membership has not declared it dead yet) no member
+    is added: adding one to a set with an undetected dead member can leave a set that no majority answers."""
     for member, addr in sorted(replicas.items()):
         if member != leader_id and member in alive and alive[member] != addr:
             return {**replicas, member: alive[member]}
@@ -53,6 +58,8 @@ def next_replicas(replicas: dict[str, str], alive: dict[str, str], leader_id: st
         return _without(replicas, dead[0])
     if dead and len(replicas) > 3 and (len(dead) >= 2 or len(replicas) % 2 == 0):
         return _without(replicas, dead[0])
+    if not grow:
+        return _shrink(replicas, dead, leader_id) if len(replicas) > target else None
     if len(replicas) < target and spares and (len(replicas) % 2 == 0 or len(spares) >= 2):
         return _with(replicas, _best_spare(replicas, alive, spares))
     if len(replicas) > target:
