@@ -321,23 +321,6 @@ def cmd_table(args) -> int:
     return 0
 
 
-def cmd_table(args) -> int:
-    """`p2p table recover`: re-form the replicated table after a majority of its replicas died for good."""
-    from p2pcompute.runtime import messages as rm
-    _state, reply = _request(args.home, lambda addr: rm.TableOp("recover", ("recover",), False, addr),
-                             timeout_s=20)
-    if not reply.ok:
-        raise CommandError(str(reply.error))
-    outcome = reply.result
-    if args.json:
-        print(json.dumps(outcome, indent=2))
-        return 0
-    print(f"table recovered: {outcome['leader']} leads replicas {', '.join(outcome['replicas'])}; "
-          f"lost replicas: {', '.join(outcome['lost'])}")
-    print(outcome["note"])
-    return 0
-
-
 def cmd_demo(args) -> int:
     from p2pcompute import demo
     if args.peers and args.peers > 1:
@@ -395,13 +378,6 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="leave the cluster gracefully and stop the local peer")
     stop.add_argument("--home", default=None)
     stop.set_defaults(func=cmd_stop)
-    table = sub.add_parser("table", help="operate the replicated metadata table")
-    table.add_argument("action", choices=["recover"],
-                       help="recover: after a majority of the table's replicas died for good, re-form it from "
-                            "the most advanced surviving replica (run on any surviving peer)")
-    table.add_argument("--home", default=None)
-    table.add_argument("--json", action="store_true")
-    table.set_defaults(func=cmd_table)
     table = sub.add_parser("table", help="operate the replicated metadata table")
     table.add_argument("action", choices=["recover"],
                        help="recover: after a majority of the table's replicas died for good, re-form it from "

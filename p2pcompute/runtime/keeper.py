@@ -10,11 +10,6 @@ leader's peer: the keeper recorded its recipe (pickled class and arguments, the 
 the table's `actors` table, and the new keeper moves the name to the new incarnation, which `get_actor`
 then returns. Restarts on the same peer (its worker died) are the owner's, as for any actor.
 
-When that peer dies, a named detached actor with restarts left is restarted by the keeper of the table
-leader's peer: the keeper recorded its recipe (pickled class and arguments, the creator's environment) in
-the table's `actors` table, and the new keeper moves the name to the new incarnation, which `get_actor`
-then returns. Restarts on the same peer (its worker died) are the owner's, as for any actor.
-
 Detached actors live until killed (`kill(handle)`), whoever holds handles or not.
 """
 
@@ -69,34 +64,6 @@ def _serve(rt, requests: queue.Queue) -> None:
                 exc, function_name="creating a detached actor", pid=os.getpid(), node_id=rt.node_id))
         rt.ops.append(("send", msg.reply_to, reply))
         rt.waker.wake()
-
-
-def _keep_recipe(rt, handle, spec: bytes, env: dict, options: dict, restart: dict | None) -> None:
-    """Record in the table how to build a named detached actor again, so that when this peer dies the table
-    leader's peer restarts it elsewhere (see runtime/table_service.py). Best effort: the actor exists
-    already; without the record it only lives as long as this peer."""
-    from p2pcompute.runtime import names
-    from p2pcompute.runtime.table_service import MAX_SPEC_BYTES
-    try:
-        if restart is not None:
-            rt.table(("actor_delete", restart.get("actor_id", "")))
-        restarts = options.get("max_restarts", 0)
-        if restarts == 0:
-            return
-        if len(spec) > MAX_SPEC_BYTES:
-            log.warning("detached actor %s: its class and arguments pickle to %d bytes (over %d), so it is "
-                        "not restarted on another peer if this one dies", options["name"], len(spec),
-                        MAX_SPEC_BYTES)
-            return
-        key = restart["name_key"] if restart is not None else names.key_of(options["name"],
-                                                                           options.get("namespace"))
-        env = {k: v for k, v in env.items() if k != "restart_of"}
-        rt.table(("actor_put", handle._actor_id, {
-            "name_key": key, "name_record": names.record_of(handle), "spec": spec, "job_env": env,
-            "restarts_left": restarts if restarts > 0 else -1, "class": handle._class_name}))
-    except P2PError as exc:
-        log.warning("detached actor %s will not be restarted elsewhere if this peer dies: %s",
-                    options.get("name"), exc)
 
 
 def _keep_recipe(rt, handle, spec: bytes, env: dict, options: dict, restart: dict | None) -> None:
