@@ -114,6 +114,7 @@ class JobManager:
         env = dict(os.environ)
         env.pop("P2P_CLUSTER_TOKEN", None)
         env.update({"P2P_ADDRESS": "auto", "P2P_HOME": self.home, "P2P_JOB_ID": job_id,
+                    "P2P_JOB_PEER_PID": str(os.getpid()),
                     "P2P_RUNTIME_ENV": json.dumps(driver_env), "PYTHONUNBUFFERED": "1"})
         env.update(env_spec.get("env_vars") or {})
         # `python` in an entrypoint means the interpreter this cluster runs on.

@@ -40,6 +40,7 @@ def after_init(state: dict, runtime_env: dict, include_dashboard, dashboard_host
         # Read by the I/O thread on each first push to a worker; nothing was submitted yet.
         rt.job_env["runtime_env"] = wire
         state["runtime_env_refs"] = keep
+    _watch_job_peer()
     peer = state.get("peer")
     if include_dashboard and peer is not None:
         from p2pcompute.dashboard.server import DEFAULT_PORT, Dashboard
@@ -56,3 +57,26 @@ def dashboard_url() -> str | None:
     from p2pcompute.state import STATE
     dash = STATE.get("dashboard")
     return dash.url if dash is not None else None
+
+
+def _watch_job_peer() -> None:
+    """A submitted job's driver ends with the peer that runs it: nobody else would ever stop it, and its
+    record already says FAILED once that peer is gone."""
+    pid = os.environ.get("P2P_JOB_PEER_PID")
+    if not pid or not pid.isdigit():
+        return
+    import select
+    import sys
+    import threading
+    try:
+        fd = os.pidfd_open(int(pid))
+    except (OSError, AttributeError):
+        return
+
+    def watch():
+        select.select([fd], [], [])
+        sys.stderr.write(f"p2pcompute: the peer running this job (pid {pid}) is gone; the job ends\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="p2p-job-peer-watch", daemon=True).start()

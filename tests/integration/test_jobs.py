@@ -13,6 +13,7 @@ import os
 import signal
 import textwrap
 
+import psutil
 import pytest
 
 from cluster_util import p2p, wait_for
@@ -170,6 +171,7 @@ def test_a_job_lost_with_its_peer_is_reported_failed(two, tmp_path):
     client = _client(two, 1)
     job_id = client.submit_job(entrypoint="python forever.py", runtime_env={"working_dir": wd})
     wait_for(lambda: "attached" in client.get_job_logs(job_id), 30, "the job's driver attached")
+    assert _job_drivers(two.peers[1].home)
     os.kill(two.peers[1].pid, signal.SIGKILL)
 
     def state():
@@ -178,3 +180,16 @@ def test_a_job_lost_with_its_peer_is_reported_failed(two, tmp_path):
     rows = wait_for(state, 40, "the job reported FAILED after its peer died")
     row = next(r for r in rows if r["job_id"] == job_id)
     assert two.peers[1].peer_id in row["message"]
+    # and its driver does not outlive its peer
+    wait_for(lambda: not _job_drivers(two.peers[1].home), 20, "the job's driver to exit")
+
+
+def _job_drivers(home: str) -> list[int]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "forever.py" in " ".join(p.info["cmdline"] or ()) and p.cwd().startswith(home):
+                out.append(p.pid)
+        except (psutil.Error, OSError):
+            pass
+    return out
