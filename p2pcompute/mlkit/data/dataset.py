@@ -406,11 +406,31 @@ def _pool_size(concurrency) -> tuple:
                      f"not {concurrency!r}")
 
 
+_LOST_RETRY_S = 60.0
+
+
+def get_block(ref):
+    """A block's value. A block whose holder just died may be reported lost before its owner (this driver)
+    has learnt of the death and re-run the task that made it: ask again for a while before giving up."""
+    deadline = time.monotonic() + _LOST_RETRY_S
+    backoff_s = 0.05
+    while True:
+        try:
+            return p2p.get(ref)
+        except p2p.errors.OwnerDiedError:
+            raise
+        except p2p.errors.ObjectLostError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(backoff_s)  # the rebuild starts once the death is declared (seconds): poll for it
+            backoff_s = min(1.0, backoff_s * 2)
+
+
 def _fetch_blocks(refs: Iterator[tuple], prefetch: int) -> Iterator[dict]:
     """Values of the blocks, fetched `prefetch` blocks ahead on a thread (0: in the caller's thread)."""
     if prefetch <= 0:
         for ref, _ in refs:
-            yield p2p.get(ref)
+            yield get_block(ref)
         return
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -419,7 +439,7 @@ def _fetch_blocks(refs: Iterator[tuple], prefetch: int) -> Iterator[dict]:
     def pump():
         try:
             for ref, _ in refs:
-                value = p2p.get(ref)
+                value = get_block(ref)
                 while not stop.is_set():
                     try:
                         q.put((True, value), timeout=0.1)
