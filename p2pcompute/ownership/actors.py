@@ -142,8 +142,8 @@ class ActorCaller:
         return self.actor_id.split(".", 1)[0]
 
 
-def _died(text: str) -> bytes:
-    return serialization.system_error_bytes(ActorDiedError(text))
+def _died(text: str, actor_id: str | None = None) -> bytes:
+    return serialization.system_error_bytes(ActorDiedError(text, actor_id=actor_id))
 
 
 class ActorCore:
@@ -238,10 +238,10 @@ class ActorCore:
             self._by_lease.pop(owned.held.lease_id, None)
             owned.held = None
         if owned.killed:
-            return self._die(owned, _died(f"actor {owned.name} ({owned.actor_id}) was killed"))
+            return self._die(owned, _died(f"actor {owned.name} ({owned.actor_id}) was killed", owned.actor_id))
         if owned.restarts_left == 0:
             return self._die(owned, _died(
-                f"actor {owned.name} ({owned.actor_id}) died ({reason}) and has no restarts left"))
+                f"actor {owned.name} ({owned.actor_id}) died ({reason}) and has no restarts left", owned.actor_id))
         if owned.restarts_left > 0:
             owned.restarts_left -= 1
         owned.state = "restarting"
@@ -263,7 +263,7 @@ class ActorCore:
             # the worker has not been stopped yet.
             caller.state = "dead"
             caller.killed = True
-            caller.error = _died(f"actor {actor_id} was killed")
+            caller.error = _died(f"actor {actor_id} was killed", actor_id)
             effects += self._lose_inflight(caller, "the actor was killed")
             while caller.queue:
                 effects.append(FailTask(caller.queue.popleft(), caller.error))
@@ -279,7 +279,8 @@ class ActorCore:
         if owned.held is not None:
             effects.append(Send(owned.held.peer_addr, am.ForceKillWorker(owned.held.worker_id, "kill(actor)")))
         elif owned.state in ("pending", "restarting") and no_restart:
-            effects += self._die(owned, _died(f"actor {owned.name} ({owned.actor_id}) was killed"))
+            effects += self._die(owned, _died(f"actor {owned.name} ({owned.actor_id}) was killed",
+                                              owned.actor_id))
         return effects
 
     def on_handle_freed(self, actor_id: str) -> list:
@@ -322,7 +323,7 @@ class ActorCore:
         owned = self.owned.get(msg.actor_id)
         if owned is None:
             return [Send(msg.reply_to, am.ActorLocation(msg.actor_id, "dead", "", "", "", 1 << 30,
-                                                        _died(f"actor {msg.actor_id} no longer exists")))]
+                                                        _died(f"actor {msg.actor_id} no longer exists", msg.actor_id)))]
         if owned.state != "dead":
             owned.subscribers.add(msg.reply_to)
         return [Send(msg.reply_to, self._location(owned))]
@@ -370,7 +371,7 @@ class ActorCore:
         if caller.state == "alive":
             return [self._push_call(caller, rec)]
         if caller.state == "dead":
-            return [FailTask(rec, caller.error or _died(f"actor {rec.actor_id} is dead"))]
+            return [FailTask(rec, caller.error or _died(f"actor {rec.actor_id} is dead", rec.actor_id))]
         caller.queue.append(rec)
         return self._resolve(caller)
 
@@ -420,7 +421,8 @@ class ActorCore:
         elif loc.state == "dead":
             effects += self._lose_inflight(caller, "the actor died")
             while caller.queue:
-                effects.append(FailTask(caller.queue.popleft(), loc.error or _died(f"actor {loc.actor_id} died")))
+                effects.append(FailTask(caller.queue.popleft(),
+                                        loc.error or _died(f"actor {loc.actor_id} died", loc.actor_id)))
         elif loc.state == "restarting":
             effects += self._lose_inflight(caller, "the actor's worker died")
         return effects
@@ -439,13 +441,13 @@ class ActorCore:
                 retried.append(rec)
             elif caller.state == "dead":
                 effects.append(FailTask(rec, caller.error or _died(
-                    f"actor call {rec.name} ({rec.task_id}) was lost: {why}")))
+                    f"actor call {rec.name} ({rec.task_id}) was lost: {why}", rec.actor_id)))
             else:
                 # The actor lives on (restarting): the call may or may not have run, so it is not retried
                 # unless the caller said calls are safe to repeat.
                 effects.append(FailTask(rec, serialization.system_error_bytes(ActorUnavailableError(
                     f"actor call {rec.name} ({rec.task_id}) was lost: {why}; the actor is restarting. Set "
-                    f"max_task_retries to retry calls across actor restarts"))))
+                    f"max_task_retries to retry calls across actor restarts", actor_id=rec.actor_id))))
         # Retried calls go back in front of the calls not yet pushed, in the order they were first pushed.
         caller.queue.extendleft(reversed(retried))
         return effects
@@ -461,7 +463,8 @@ class ActorCore:
                 continue
             if is_dead(caller.owner_id):
                 caller.state = "dead"
-                caller.error = _died(f"actor {caller.actor_id}: its owner (the process that created it) died")
+                caller.error = _died(f"actor {caller.actor_id}: its owner (the process that created it) died",
+                                     caller.actor_id)
                 effects += self._lose_inflight(caller, "its owner died")
                 while caller.queue:
                     effects.append(FailTask(caller.queue.popleft(), caller.error))

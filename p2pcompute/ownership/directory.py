@@ -1,4 +1,4 @@
-"""The values a client process knows: owned results and borrowed objects it asked about.
+"""The object directory: the values a process knows — owned results and borrowed objects it asked about.
 
 The I/O thread fills these in; user threads read them in `get` and `wait`. One lock guards the hand-off
 (state changes and waiter lists), so a waiter can never register after the wake-up it needed.
@@ -135,7 +135,8 @@ class ObjectTable:
                 flags = self._flags(object_ids)
                 if not woke or sum(flags) >= num:
                     return flags
-                if fail_fast and any(self.values[oid].state == ERROR for oid, f in zip(object_ids, flags) if f and oid in self.values):
+                if fail_fast and any(self.values[oid].state == ERROR
+                                     for oid, f in zip(object_ids, flags) if f and oid in self.values):
                     return flags
             if deadline is not None and time.monotonic() >= deadline:
                 return flags

@@ -34,7 +34,8 @@ def test_init_shutdown_cleans_up_everything(fresh_cluster, monkeypatch):
     start = time.monotonic()
     info = p2p.init(num_cpus=2)
     elapsed_s = time.monotonic() - start
-    assert elapsed_s < 2.0, f"init() took {elapsed_s:.2f} s"
+    # A bound against a hang, not a speed test: init()'s speed is measured in benchmarks/compare.py.
+    assert elapsed_s < 10.0, f"init() took {elapsed_s:.2f} s"
     assert p2p.is_initialized()
     assert isinstance(info, dict) and info["node_id"]
 

@@ -321,7 +321,6 @@ def cancel_from_here(refs):
 
 # The driver's client must hand a borrower's CancelTask to runtime/remote_cancel.on_cancel_request (its
 # `_on_cancel_request` does nothing yet); strict, so this fails as soon as that is wired and the mark can go.
-@pytest.mark.xfail(strict=True, reason="the driver's client does not act on a borrower's cancel request yet")
 @pytest.mark.timeout(40)
 def test_cancel_of_a_driver_owned_ref_from_a_task(cluster):
     sleeper = p2p.remote(lambda s: time.sleep(s) or "finished")

@@ -1,0 +1,801 @@
+"""The owner: everything a process decides about the tasks it submitted and the objects it owns. A pure core.
+
+Theory of operation.
+
+*Tasks.* `submit` records a task and pins its arguments. Once every ref argument is ready (`_resolve_deps`,
+`_on_resolved`) it is scheduled: a plain task goes to the submitter core, which leases a worker and answers
+with `Push`; an actor call goes to the actor core, which keeps the caller's order. The worker's `TaskReply`
+resolves the results — or retries the task (`max_retries` after a worker or peer death, `retry_exceptions`
+after a user error), or fails it. An argument a worker could not read is rebuilt (or re-asked of its
+owner) and the task runs again.
+
+*Objects.* The directory (`ownership/directory.py`) holds each known value's state: inline bytes, locations
+of stored copies, or an error. Borrowers ask the owner (`GetObject`) and are answered when the value is
+ready (`ObjectStatus`); peers report new copies (`AddLocation`). References are counted by the reference
+table core; when it says `Free`, the owner drops the value and tells the holders.
+
+*Lineage.* A finished task whose results are stored on other peers keeps its arguments pinned while those
+results live, so a copy lost with its peer is rebuilt by running the task again (recursively through lost
+arguments), at most `max_retries` times per object.
+
+*Deaths.* A dead worker or peer hands back the tasks in flight there (retried or failed), the actors there
+(restarted or dead), the copies there (rebuilt or re-asked), and the objects owned by dead processes
+(`OwnerDiedError`: nothing can rebuild them).
+
+Pure: no sockets, no clock reads. Time comes in as `now_ns`; what leaves is a list of effects — `Send`,
+`Timer`, `ForgetAddress`, `ReleaseName` — that the client process (`runtime/client.py`) or the simulator
+carries out. The reference table, the submitter and the actor core are this core's parts; their effects are
+applied here. The directory's lock only guards the hand-off to user threads in `get` and `wait`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+from p2pcompute import serialization
+from p2pcompute.errors import (ArgumentLostError, ObjectFreedError, ObjectLostError, OwnerDiedError,
+                               PeerUnavailableError, RemoteProtocolError, TaskCancelledError, WorkerCrashedError)
+from p2pcompute.lease import messages as lm
+from p2pcompute.lease.submitter import ActorPlaced, Held, Push, Steal, SubmitterConfig, SubmitterCore, TaskInfo
+from p2pcompute.net.effects import Send, Timer
+from p2pcompute.ownership import messages as om
+from p2pcompute.ownership import task_messages as tm
+from p2pcompute.ownership.actors import (ActorCore, FailTask, Pin, PushCall, PushCreate, ReleaseName, Restart,
+                                         SubmitTask, Unpin)
+from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED, ObjectTable
+from p2pcompute.ownership.refcount import Free, ReferenceTable
+from p2pcompute.ownership.task_record import TaskRecord
+
+log = logging.getLogger("p2pcompute.owner")
+
+INLINE_MAX_BYTES = 100 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetAddress:
+    """The process at `addr` is dead: drop its connection."""
+
+    addr: str
+
+
+class OwnerCore:
+    """The owner's protocols of one process (a driver or a worker)."""
+
+    def __init__(self, proc_id: str, addr: str, job_id: str, job_env: dict, peer_addr: str,
+                 submitter_config: SubmitterConfig | None = None):
+        self.proc_id = proc_id
+        self.addr = addr
+        self.job_id = job_id
+        self.job_env = job_env
+        self.peer_addr = peer_addr
+        self.node_id = ""
+        self.refs = ReferenceTable(proc_id, addr)
+        self.objects = ObjectTable()
+        self.submitter = SubmitterCore(proc_id, addr, job_id, peer_addr, config=submitter_config)
+        self.actors = ActorCore(addr)
+        self.tasks: dict[str, TaskRecord] = {}
+        self.task_of_object: dict[str, str] = {}
+        self.dep_waiters: dict[str, list[TaskRecord]] = {}
+        # object id -> the task that made it, for stored results that can be rebuilt if their copies are lost
+        self.lineage: dict[str, TaskRecord] = {}
+        self.sent_code: set = set()   # (worker id, code id) pairs already shipped: code goes once per worker
+        self.sent_env: set = set()    # workers that have the job's environment
+        self._counter = itertools.count(1)
+        self._out: list = []          # effects for the driver, gathered by the current entry point
+        self._now = 0
+
+    def new_id(self) -> str:
+        """A new object or task id: this process's id and a counter (any thread)."""
+        return f"{self.proc_id}.{next(self._counter):x}"
+
+    def _take(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, to: str, msg) -> None:
+        self._out.append(Send(to, msg))
+
+    # ---- entry points ---------------------------------------------------------------------------------
+
+    def submit(self, now_ns: int, rec: TaskRecord) -> list:
+        self._now = now_ns
+        self._submit(rec)
+        return self._take()
+
+    def on_tick(self, now_ns: int) -> list:
+        self._now = now_ns
+        self.apply(self.submitter.on_tick(now_ns))
+        return self._take()
+
+    def on_message(self, now_ns: int, sender: str, msg) -> list:
+        """A message for the owner's protocols; unknown types are ignored (the driver routes the rest)."""
+        self._now = now_ns
+        handler = self._handlers.get(type(msg))
+        if handler is not None:
+            handler(self, sender, msg)
+        return self._take()
+
+    def handles(self, msg) -> bool:
+        return type(msg) in self._handlers
+
+    def run(self, now_ns: int, fn, *args) -> list:
+        """Run one of the core's operations (`cancel`, `fetch`, ...) from the driver and take its effects."""
+        self._now = now_ns
+        fn(*args)
+        return self._take()
+
+    def apply(self, effects: list) -> None:
+        """Carry out the effects of the core's parts (submitter, reference table, actor core)."""
+        for eff in effects:
+            t = type(eff)
+            if t is Send or t is Timer:
+                self._out.append(eff)
+            elif t is Push:
+                self._push(eff.task_id, eff.lease)
+            elif t is Free:
+                self._on_free(eff.object_id)
+            elif t is ActorPlaced:
+                self.apply(self.actors.on_placed(self.tasks.get(eff.task_id), eff.lease))
+            elif t is Steal:
+                self._send(eff.lease.worker_ctl_addr, tm.StealTasks(list(eff.task_ids), self.addr))
+            elif t is PushCall:
+                self._send(eff.addr, self.push_message(eff.rec, eff.worker_id, eff.seq))
+            elif t is FailTask:
+                if not eff.rec.done:
+                    self._finish_with_error(eff.rec, eff.error)
+            elif t is PushCreate:
+                eff.rec.held = eff.held
+                self._send(eff.held.worker_addr, self.push_message(eff.rec, eff.held.worker_id))
+            elif t is SubmitTask:
+                self._submit(eff.rec)
+            elif t is Restart:
+                self._restart_actor(eff.actor_id, eff.old)
+            elif t is Pin:
+                self.refs.pin(eff.object_id, eff.owner_addr)
+            elif t is Unpin:
+                self.apply(self.refs.unpin(eff.object_id))
+            elif t is ReleaseName:
+                self._out.append(eff)
+            else:
+                raise AssertionError(f"unknown effect {eff!r}")
+
+    # ---- submitting -----------------------------------------------------------------------------------
+
+    def _submit(self, rec: TaskRecord) -> None:
+        self.tasks[rec.task_id] = rec
+        for oid in rec.return_ids:
+            self.task_of_object[oid] = rec.task_id
+        refs = self.refs
+        # Submitted tasks hold their arguments until they finish, whatever the user does with the refs.
+        for oid, owner in rec.slot_refs:
+            refs.pin(oid, owner)
+        for oid, owner in rec.nested_refs:
+            refs.pin(oid, owner)
+        if rec.args_object is not None:
+            oid, size, path = rec.args_object[:3]
+            if oid not in self.objects.values:  # first submission (not a retry): account for the blob
+                self.objects.resolve(oid, STORED, size=size, locations=[[self.node_id, self.peer_addr, path]])
+                self._send(self.peer_addr, om.ObjectSealed(oid, size, self.addr))
+            refs.pin(oid, self.addr)
+        if rec.kind == "actor_call":
+            owner = self.owner_of_actor(rec.actor_id)
+            refs.pin(rec.actor_id, owner)
+            self.apply(self.actors.submit_call(rec, owner))  # its place in the caller's order is taken now
+        self._resolve_deps(rec)
+
+    def owner_of_actor(self, actor_id: str) -> str:
+        caller = self.actors.callers.get(actor_id)
+        if caller is not None:
+            return caller.owner_addr
+        return self.refs.owner_of(actor_id) or self.addr
+
+    def _resolve_deps(self, rec: TaskRecord) -> None:
+        waiting = 0
+        values = self.objects.values
+        fetch = []
+        for oid, _owner in rec.slot_refs:
+            v = values.get(oid)
+            if v is None or v.state == PENDING:
+                waiting += 1
+                self.dep_waiters.setdefault(oid, []).append(rec)
+                if not self.refs.is_owned(oid):
+                    fetch.append(oid)
+        rec.deps_left = waiting
+        if fetch:
+            self.fetch(fetch)
+        if waiting == 0:
+            self._schedule(rec)
+
+    def _on_resolved(self, object_id: str) -> None:
+        recs = self.dep_waiters.pop(object_id, None)
+        if recs:
+            for rec in recs:
+                rec.deps_left -= 1
+                if rec.deps_left == 0 and not rec.done:
+                    self._schedule(rec)
+
+    def _schedule(self, rec: TaskRecord) -> None:
+        slots = []
+        values = self.objects.values
+        locality: dict = {}
+        waiting = []
+        for oid, owner in rec.slot_refs:
+            v = values.get(oid)
+            if v is None or v.state == PENDING:
+                # Ready when counted, but reset since (its copies were lost and it is being rebuilt).
+                waiting.append(oid)
+            elif v.state == INLINE:
+                slots.append(["inline", v.data])
+            elif v.state == STORED:
+                slots.append(["stored", oid, v.size, [list(loc) for loc in v.locations], owner])
+                for peer_id, peer_addr, _path in v.locations:
+                    entry = locality.get(peer_id)
+                    locality[peer_id] = [(entry[0] if entry else 0) + v.size, peer_addr]
+            else:
+                # A failed argument fails the task with the same error, without running it.
+                self._finish_with_error(rec, v.error or serialization.system_error_bytes(
+                    ObjectLostError(f"argument {oid} failed")))
+                return
+        if waiting:
+            rec.deps_left = len(waiting)
+            for oid in waiting:
+                self.dep_waiters.setdefault(oid, []).append(rec)
+            self.fetch([oid for oid in waiting if not self.refs.is_owned(oid)])
+            return
+        if rec.args_object is not None:
+            entry = locality.get(self.node_id)
+            locality[self.node_id] = [(entry[0] if entry else 0) + rec.args_object[1], self.peer_addr]
+        rec.slots = slots
+        rec.locality = locality
+        rec.scheduled = True
+        if rec.kind == "actor_call":
+            self.apply(self.actors.call_ready(rec))
+            return
+        self.apply(self.submitter.submit(self._now, self._task_info(rec)))
+
+    def _task_info(self, rec: TaskRecord) -> TaskInfo:
+        opts = rec.options
+        first_target = None
+        locality = {peer: entry[0] for peer, entry in rec.locality.items()}
+        if rec.locality:
+            # Ask first the peer holding most bytes of the arguments, if that is enough to matter.
+            best_peer, (best_bytes, best_addr) = max(rec.locality.items(), key=lambda kv: kv[1][0])
+            if best_bytes >= INLINE_MAX_BYTES and best_peer != self.node_id:
+                first_target = best_addr
+        strategy = opts.get("scheduling_strategy") or "DEFAULT"
+        affinity = soft = None
+        if isinstance(strategy, tuple):  # ("NODE_AFFINITY", node_id, soft)
+            _, affinity, soft = strategy
+            strategy = "DEFAULT"
+        key = (tuple(sorted(rec.shape.items())), rec.code_id, strategy, affinity,
+               first_target, rec.kind == "actor_create" and rec.task_id)
+        return TaskInfo(rec.task_id, key, rec.shape, strategy, affinity, bool(soft) if soft is not None else True,
+                        locality, first_target, actor=rec.kind == "actor_create")
+
+    def push_message(self, rec: TaskRecord, worker_id: str, seq: int = 0) -> tm.PushTask:
+        code = None
+        if (worker_id, rec.code_id) not in self.sent_code:
+            self.sent_code.add((worker_id, rec.code_id))
+            code = rec.code
+        env = None
+        if worker_id not in self.sent_env:
+            self.sent_env.add(worker_id)
+            env = self.job_env
+        for oid, owner in rec.nested_refs:
+            self.apply(self.refs.on_sent(oid, owner, worker_id))
+        return tm.PushTask(rec.task_id, rec.kind, rec.name, self.job_id, rec.code_id, code, env, rec.args,
+                           rec.args_object, rec.slots or [], [list(r) for r in rec.nested_refs],
+                           rec.return_ids, self.addr, rec.actor_id, rec.method, seq, rec.options.get("wire", {}))
+
+    def _push(self, task_id: str, held: Held) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.done:
+            self.apply(self.submitter.on_task_done(self._now, task_id))
+            return
+        rec.held = held
+        rec.push_ns = self._now
+        self._send(held.worker_addr, self.push_message(rec, held.worker_id))
+
+    # ---- replies --------------------------------------------------------------------------------------
+
+    def _on_task_reply(self, _sender: str, msg: tm.TaskReply) -> None:
+        rec = self.tasks.get(msg.task_id)
+        if rec is None or rec.done:
+            # A late answer of another attempt: nothing to take from it, but its worker may be free now.
+            self.apply(self.submitter.on_task_done(self._now, msg.task_id, 0, msg.worker_id))
+            self._discard_returns(msg)
+            return
+        if rec.kind == "task":
+            self.apply(self.submitter.on_task_done(self._now, rec.task_id, msg.exec_ns, msg.worker_id))
+        if msg.system_error is not None:
+            if self._argument_lost(rec, msg.system_error):
+                return
+            self._finish_with_error(rec, msg.system_error)
+            return
+        if len(msg.returns) != len(rec.return_ids):
+            self._finish_with_error(rec, serialization.system_error_bytes(
+                RemoteProtocolError(f"worker sent {len(msg.returns)} results for {len(rec.return_ids)} returns")))
+            return
+        # A user exception may be retried if the task asked for it.
+        for entry in msg.returns:
+            if entry[0] == "error" and self._should_retry_exception(rec, entry):
+                rec.max_retries -= 1
+                self._retry(rec)
+                return
+        for oid, entry in zip(rec.return_ids, msg.returns):
+            self._store_return(oid, entry, msg.node_id)
+        if rec.kind == "actor_call":
+            self.apply(self.actors.call_finished(rec))
+        self._complete(rec)
+
+    def _argument_lost(self, rec: TaskRecord, error: bytes) -> bool:
+        """The worker could not read an argument: forget the copy it was told of, rebuild, and run again."""
+        exc = serialization.error_from_bytes(error)
+        if not isinstance(exc, ArgumentLostError):
+            return False
+        oid = exc.object_id
+        v = self.objects.values.get(oid)
+        if v is None:
+            return False
+        if v.state == ERROR:
+            self._finish_with_error(rec, v.error)
+            return True
+        if v.state == STORED:
+            rec.arg_losses += 1
+            if rec.arg_losses > 5:
+                return False
+            # The worker tried every copy it was told of and could read none: they are gone (a dead
+            # holder's death may not have reached us yet).
+            v.locations = []
+            if self.refs.is_owned(oid):
+                self._object_lost(oid, "a worker could not read any copy")
+            else:
+                self._refetch(oid)
+        # PENDING: being rebuilt (or re-asked of its owner); the task runs again once it is ready.
+        if rec.kind == "task":
+            self.submitter.forget_task(rec.task_id)
+        rec.scheduled = False
+        rec.held = None
+        self._resolve_deps(rec)
+        return True
+
+    def _store_return(self, oid: str, entry: list, node_id: str) -> None:
+        kind = entry[0]
+        refs = self.refs
+        alive = oid in refs
+        if kind == "inline":
+            _, blob, contained = entry
+            if alive:
+                self.objects.resolve(oid, INLINE, data=blob, size=len(blob), contained=contained)
+        elif kind == "stored":
+            _, size, contained, store_path, holder_id, holder_addr = entry
+            if alive:
+                self.objects.resolve(oid, STORED, size=size, locations=[[holder_id, holder_addr, store_path]],
+                                     contained=contained)
+            else:
+                self._send(holder_addr, om.FreeObjects([oid]))
+        else:
+            contained = []
+            if alive:
+                self.objects.resolve(oid, ERROR, error=entry[1])
+        if contained:
+            self.apply(refs.adopt_contained(oid, [tuple(c) for c in contained]))
+        self._on_resolved(oid)
+        if alive:
+            self._notify_remote_waiters(oid)
+
+    def _discard_returns(self, msg: tm.TaskReply) -> None:
+        """A late reply of an earlier attempt: free the copies it stored, unless one is the copy we use (both
+        attempts ran on the same peer, where the store keys copies by object id)."""
+        values = self.objects.values
+        for i, entry in enumerate(msg.returns):
+            if not (isinstance(entry, list) and len(entry) == 6 and entry[0] == "stored"):
+                continue
+            oid, holder_addr = f"{msg.task_id}.{i}", entry[5]
+            v = values.get(oid)
+            if v is not None and v.state == STORED and any(loc[1] == holder_addr for loc in v.locations):
+                continue
+            self._send(holder_addr, om.FreeObjects([oid]))
+
+    @staticmethod
+    def _should_retry_exception(rec: TaskRecord, entry: list) -> bool:
+        if rec.max_retries <= 0 or rec.cancelled or not rec.retry_exceptions:
+            return False
+        if rec.retry_exceptions is True:
+            return True
+        names = entry[2] if len(entry) > 2 else []
+        return any(name in names for name in rec.retry_exceptions)
+
+    def _complete(self, rec: TaskRecord) -> None:
+        rec.done = True
+        self.tasks.pop(rec.task_id, None)
+        for oid in rec.return_ids:
+            self.task_of_object.pop(oid, None)
+        if rec.lineage_pinned:
+            return  # a rebuild finished; the arguments stay pinned by lineage
+        if rec.kind == "task" and not rec.cancelled:
+            values = self.objects.values
+            stored = [oid for oid in rec.return_ids
+                      if (v := values.get(oid)) is not None and v.state == STORED and oid in self.refs]
+            if stored:
+                # Its results live on other peers' stores: keep what rebuilding them needs.
+                rec.lineage_pinned = True
+                rec.lineage_live = len(stored)
+                for oid in stored:
+                    self.lineage[oid] = rec
+                return
+        self._release_args(rec)
+
+    def _release_args(self, rec: TaskRecord) -> None:
+        refs = self.refs
+        effects: list = []
+        for oid, _ in rec.slot_refs:
+            effects += refs.unpin(oid)
+        for oid, _ in rec.nested_refs:
+            effects += refs.unpin(oid)
+        if rec.args_object is not None:
+            effects += refs.unpin(rec.args_object[0])
+        if rec.kind == "actor_call":
+            effects += refs.unpin(rec.actor_id)
+        if effects:
+            self.apply(effects)
+
+    def _finish_with_error(self, rec: TaskRecord, error: bytes) -> None:
+        assert error is not None, "every failure carries its error"
+        if rec.kind == "task" and rec.scheduled:
+            self.submitter.forget_task(rec.task_id)
+        for oid in rec.return_ids:
+            self._store_return(oid, ["error", error], "")
+        if rec.kind == "actor_create":
+            self.apply(self.actors.on_create_failed(rec, error))
+        self._complete(rec)
+        if rec.kind == "actor_call":
+            self.apply(self.actors.call_finished(rec))
+
+    def _lost_tasks(self, task_ids: list[str], why: str) -> None:
+        for task_id in task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is None or rec.done:
+                continue
+            if rec.cancelled:
+                self._finish_with_error(rec, serialization.system_error_bytes(
+                    TaskCancelledError(f"task {rec.name} ({task_id}) was cancelled")))
+            elif rec.max_retries > 0:
+                rec.max_retries -= 1
+                self._retry(rec)
+            else:
+                self._finish_with_error(rec, serialization.system_error_bytes(WorkerCrashedError(
+                    f"task {rec.name} ({task_id}) failed: {why}, and it has no retries left "
+                    f"(max_retries={rec.options.get('max_retries', 0)})")))
+
+    def _retry(self, rec: TaskRecord) -> None:
+        self.submitter.forget_task(rec.task_id)
+        for oid in rec.return_ids:
+            self.objects.reset(oid)
+        rec.held = None
+        self.apply(self.submitter.submit(self._now, self._task_info(rec)))
+
+    def _restart_actor(self, actor_id: str, old: TaskRecord) -> None:
+        rec = TaskRecord(self.new_id(), "actor_create", old.name, old.code_id, old.code,
+                         old.args, old.args_object, old.slot_refs, old.nested_refs, old.return_ids, old.shape,
+                         old.options, 0, False, actor_id=old.actor_id)
+        for oid in rec.return_ids:
+            self.objects.reset(oid)
+        self.apply(self.actors.restarted(actor_id, rec))
+
+    # ---- objects --------------------------------------------------------------------------------------
+
+    def on_put(self, object_id: str, contained: list, stored_size: int | None) -> None:
+        """A value this process put (already in the directory) is registered: its refs, its stored copy."""
+        if contained:
+            self.apply(self.refs.set_contains(object_id, contained))
+        if stored_size is not None:
+            self._send(self.peer_addr, om.ObjectSealed(object_id, stored_size, self.addr))
+        self._on_resolved(object_id)
+        self._notify_remote_waiters(object_id)
+
+    def fetch(self, object_ids: list[str]) -> None:
+        """Ask owners about borrowed objects we need and know nothing of yet."""
+        values = self.objects.values
+        for oid in object_ids:
+            if self.refs.is_owned(oid):
+                if oid not in values and oid not in self.refs:
+                    self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(
+                        ObjectFreedError(f"object {oid} was already freed")))
+                continue
+            v = values.get(oid) or self.objects.value(oid)
+            if v.requested or v.state != PENDING:
+                continue
+            owner = self.refs.owner_of(oid)
+            if owner is None:
+                continue
+            v.requested = True
+            self._send(owner, om.GetObject(oid, self.addr))
+
+    def _on_get_object(self, sender: str, msg: om.GetObject) -> None:
+        oid = msg.object_id
+        if oid not in self.refs or not self.refs.is_owned(oid):
+            state = "freed" if self.refs.is_owned(oid) else "lost"
+            self._send(msg.reply_to, om.ObjectStatus(oid, state, None, [], [], None))
+            return
+        v = self.objects.values.get(oid)
+        if v is None:
+            with self.objects.lock:
+                v = self.objects.value(oid)  # still being computed: the reply goes out when it is ready
+        if v.state == PENDING:
+            if v.remote_waiters is None:
+                v.remote_waiters = []
+            v.remote_waiters.append((sender, msg.reply_to))
+            return
+        self._reply_status(sender, msg.reply_to, oid, v)
+
+    def _reply_status(self, sender: str, reply_to: str, oid: str, v) -> None:
+        for inner_id, inner_owner in v.contained:
+            self.apply(self.refs.on_sent(inner_id, inner_owner, sender))
+        if v.state == INLINE:
+            status = om.ObjectStatus(oid, "inline", v.data, [], [list(c) for c in v.contained], None)
+        elif v.state == STORED:
+            status = om.ObjectStatus(oid, "stored", None, [list(loc) + [v.size] for loc in v.locations],
+                                     [list(c) for c in v.contained], None)
+        else:
+            status = om.ObjectStatus(oid, "error", None, [], [], v.error)
+        self._send(reply_to, status)
+
+    def _notify_remote_waiters(self, oid: str) -> None:
+        v = self.objects.values.get(oid)
+        if v is None or not v.remote_waiters:
+            return
+        waiters, v.remote_waiters = v.remote_waiters, None
+        for sender, reply_to in waiters:
+            self._reply_status(sender, reply_to, oid, v)
+
+    def _on_object_status(self, _sender: str, msg: om.ObjectStatus) -> None:
+        oid = msg.object_id
+        contained = [tuple(c) for c in msg.contained if isinstance(c, list) and len(c) == 2]
+        if msg.state == "inline" and msg.data is not None:
+            self.objects.resolve(oid, INLINE, data=msg.data, size=len(msg.data), contained=contained)
+        elif msg.state == "stored" and msg.locations:
+            locs = [[loc[0], loc[1], loc[2]] for loc in msg.locations]
+            size = msg.locations[0][3] if len(msg.locations[0]) > 3 else 0
+            self.objects.resolve(oid, STORED, size=size, locations=locs, contained=contained)
+        elif msg.state == "error" and msg.error is not None:
+            self.objects.resolve(oid, ERROR, error=msg.error)
+        else:
+            error = (ObjectFreedError(f"object {oid} was freed by its owner") if msg.state == "freed" else
+                     OwnerDiedError(f"object {oid}: its owner no longer has it (the owner restarted or died), "
+                                    f"so it cannot be read or rebuilt"))
+            self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(error))
+        if contained:
+            self.apply(self.refs.adopt_contained(oid, contained))
+        self._on_resolved(oid)
+
+    def free_all_stored(self) -> None:
+        """Leaving: every stored object this process owns dies with it, so free the copies now rather than
+        leave them to the peers' cleanup."""
+        by_holder: dict[str, list[str]] = {}
+        for oid, v in list(self.objects.values.items()):
+            if v.state == STORED and self.refs.is_owned(oid):
+                for _peer_id, peer_addr, _path in v.locations:
+                    by_holder.setdefault(peer_addr, []).append(oid)
+        for addr, oids in by_holder.items():
+            self._send(addr, om.FreeObjects(oids))
+
+    def _on_add_location(self, _sender: str, msg: om.AddLocation) -> None:
+        v = self.objects.values.get(msg.object_id)
+        if v is None or msg.object_id not in self.refs or v.state != STORED:
+            self._send(msg.peer_addr, om.FreeObjects([msg.object_id]))  # already gone: drop the copy too
+            return
+        loc = [msg.peer_id, msg.peer_addr, msg.store_path]
+        if loc not in v.locations:
+            v.locations.append(loc)
+
+    def _on_free(self, object_id: str) -> None:
+        v = self.objects.drop(object_id)
+        rec = self.lineage.pop(object_id, None)
+        if rec is not None:
+            rec.lineage_live -= 1
+            if rec.lineage_live <= 0 and rec.task_id not in self.tasks:
+                rec.lineage_pinned = False
+                self._release_args(rec)
+        if v is None or not self.refs.is_owned(object_id):
+            return
+        if v.state == STORED:
+            for _peer_id, peer_addr, _path in v.locations:
+                self._send(peer_addr, om.FreeObjects([object_id]))
+        if v.remote_waiters:
+            for _sender, reply_to in v.remote_waiters:
+                self._send(reply_to, om.ObjectStatus(object_id, "freed", None, [], [], None))
+        self.apply(self.actors.on_handle_freed(object_id))
+
+    def copies_unreadable(self, oid: str) -> None:
+        """A reader of this process found no copy of `oid` it could read: every copy we know of is gone."""
+        v = self.objects.values.get(oid)
+        if v is None or v.state != STORED:
+            return
+        v.locations = []
+        if self.refs.is_owned(oid):
+            self._object_lost(oid, "no copy could be read")
+        else:
+            self._refetch(oid)
+
+    # ---- cancellation ---------------------------------------------------------------------------------
+
+    def cancel(self, object_id: str, force: bool, recursive: bool = True) -> None:
+        task_id = self.task_of_object.get(object_id)
+        rec = self.tasks.get(task_id) if task_id else None
+        if rec is None or rec.done:
+            return
+        rec.cancelled = True
+        error = serialization.system_error_bytes(TaskCancelledError(f"task {rec.name} ({rec.task_id}) was cancelled"))
+        if not rec.scheduled:
+            self._finish_with_error(rec, error)
+            return
+        if rec.kind == "task":
+            removed, effects = self.submitter.cancel(self._now, rec.task_id)
+            self.apply(effects)
+            if removed:
+                self._finish_with_error(rec, error)
+                return
+            if rec.held is not None:
+                self._send(rec.held.worker_ctl_addr, tm.CancelTask(rec.task_id, force, recursive, self.addr))
+                if force:
+                    self._send(rec.held.peer_addr, tm.ForceKillWorker(rec.held.worker_id, "cancel(force=True)"))
+        elif rec.kind == "actor_call":
+            self.apply(self.actors.cancel_call(rec, force))
+
+    # ---- deaths ---------------------------------------------------------------------------------------
+
+    def _on_process_died(self, _sender: str, msg: tm.ProcessDied) -> None:
+        """A process died — or a whole peer (`kind == "peer"`), and with it every process whose id starts
+        with that peer's id."""
+        now = self._now
+        if msg.kind == "peer":
+            prefix = msg.proc_id + "-"
+            self.apply(self.refs.on_peer_died(msg.proc_id))
+            lost, effects = self.submitter.on_peer_died(now, msg.proc_id, msg.addr)
+            why = f"its peer {msg.proc_id} died"
+            is_dead = lambda proc: proc.startswith(prefix)  # noqa: E731
+        else:
+            self.apply(self.refs.on_process_died(msg.proc_id))
+            lost, effects = self.submitter.on_worker_died(now, msg.proc_id)
+            why = f"its worker process died ({msg.reason})"
+            is_dead = msg.proc_id.__eq__
+        self.apply(effects)
+        self._lost_tasks(lost, why)
+        self.apply(self.actors.on_process_died(msg.reason, is_dead))
+        # Objects owned by a dead process can never be produced now.
+        for oid in self.refs.object_ids():
+            owner = oid.split(".", 1)[0]
+            if owner == self.proc_id or not is_dead(owner):
+                continue
+            v = self.objects.values.get(oid)
+            if v is None or v.state == PENDING:
+                self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(OwnerDiedError(
+                    f"object {oid} was owned by process {owner}, which died ({msg.reason}); an object lives "
+                    f"only as long as the process that created it, so nothing can rebuild it")))
+                self._on_resolved(oid)
+        if msg.kind == "peer":
+            self._lose_copies_on(msg.proc_id)
+        for addr in (msg.addr, msg.task_addr):
+            if addr:
+                self._out.append(ForgetAddress(addr))
+
+    def _lose_copies_on(self, peer_id: str) -> None:
+        """Drop locations on a dead peer. An owned object with no copy left is rebuilt from its lineage; a
+        borrowed one is asked of its owner again (which rebuilds it)."""
+        for oid, v in list(self.objects.values.items()):
+            if v.state != STORED or not v.locations:
+                continue
+            left = [loc for loc in v.locations if loc[0] != peer_id]
+            if len(left) == len(v.locations):
+                continue
+            v.locations = left
+            if left:
+                continue
+            if self.refs.is_owned(oid):
+                self._object_lost(oid, f"its only copy was on peer {peer_id}, which died")
+            else:
+                self._refetch(oid)
+
+    def _refetch(self, oid: str) -> None:
+        self.objects.reset(oid)
+        v = self.objects.values.get(oid)
+        if v is not None:
+            v.requested = False
+        self.fetch([oid])
+
+    def _object_lost(self, oid: str, why: str) -> None:
+        """An owned object lost every copy: run the task that made it again, or fail it clearly."""
+        v = self.objects.values.get(oid)
+        if v is None or oid not in self.refs:
+            return
+        rec = self.lineage.get(oid)
+        if rec is None:
+            made_by_put = oid not in self.task_of_object
+            self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(ObjectLostError(
+                f"object {oid} is lost: {why}. " + ("It was made by put(), which keeps no lineage, so it cannot "
+                                                     "be rebuilt; keep important values alive on several peers "
+                                                     "or recompute them in a task" if made_by_put else
+                                                     "It cannot be rebuilt."))))
+            self._on_resolved(oid)
+            return
+        if rec.task_id in self.tasks:
+            self.objects.reset(oid)
+            return  # already being rebuilt
+        limit = rec.options.get("max_retries", 3)
+        if 0 <= limit <= rec.rebuilds:
+            self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(ObjectLostError(
+                f"object {oid} is lost ({why}) and was already rebuilt {rec.rebuilds} time(s), the task's "
+                f"max_retries")))
+            self._on_resolved(oid)
+            return
+        rec.rebuilds += 1
+        log.info("rebuilding %s by re-running %s (%s)", oid, rec.name, why)
+        for rid in rec.return_ids:
+            rv = self.objects.values.get(rid)
+            if rv is not None and rv.state == STORED and not rv.locations:
+                self.objects.reset(rid)
+        rec.done = rec.scheduled = False
+        rec.held = None
+        self.tasks[rec.task_id] = rec
+        for rid in rec.return_ids:
+            self.task_of_object[rid] = rec.task_id
+        # Its own arguments may be lost too: rebuild them first (recursively).
+        for dep, _owner in rec.slot_refs:
+            dv = self.objects.values.get(dep)
+            if dv is not None and dv.state == STORED and not dv.locations and self.refs.is_owned(dep):
+                self._object_lost(dep, why)
+        self._resolve_deps(rec)
+
+    def fail_everything(self, why: str) -> None:
+        error = serialization.system_error_bytes(PeerUnavailableError(why))
+        for oid, v in list(self.objects.values.items()):
+            if v.state == PENDING:
+                self.objects.resolve(oid, ERROR, error=error)
+
+    # ---- messages -------------------------------------------------------------------------------------
+
+    def _on_lease_message(self, _sender: str, msg) -> None:
+        self.apply(self.submitter.on_message(self._now, msg))
+
+    def _on_lease_revoked(self, _sender: str, msg: lm.LeaseRevoked) -> None:
+        handled, effects = self.actors.on_lease_revoked(msg.lease_id, msg.reason)
+        self.apply(effects)
+        if handled:
+            return
+        lost, effects = self.submitter.on_revoked(self._now, msg.lease_id)
+        self.apply(effects)
+        self._lost_tasks(lost, f"its worker died ({msg.reason})")
+
+    def _on_tasks_bounced(self, _sender: str, msg: tm.TasksBounced) -> None:
+        self.apply(self.submitter.bounce(self._now, [tid for tid in msg.task_ids if isinstance(tid, str)]))
+
+    def _on_cluster_info(self, _sender: str, msg: tm.ClusterInfo) -> None:
+        if msg.alive_peers > 0:
+            self.submitter.peers_that_fit = msg.alive_peers
+
+    def _on_actor_message(self, _sender: str, msg) -> None:
+        self.apply(self.actors.on_message(msg))
+
+    _handlers = {
+        tm.TaskReply: _on_task_reply,
+        lm.LeaseGranted: _on_lease_message,
+        lm.LeaseSpillback: _on_lease_message,
+        lm.LeaseRejected: _on_lease_message,
+        lm.LeaseWanted: _on_lease_message,
+        lm.LeaseRevoked: _on_lease_revoked,
+        om.GetObject: _on_get_object,
+        om.ObjectStatus: _on_object_status,
+        om.AddLocation: _on_add_location,
+        om.AddBorrower: lambda self, _s, msg: self.apply(self.refs.on_add_borrower(msg)),
+        om.BorrowerAdded: lambda self, _s, msg: self.apply(self.refs.on_borrower_added(msg)),
+        om.RemoveBorrower: lambda self, sender, msg: self.apply(self.refs.on_remove_borrower(sender, msg)),
+        tm.TasksBounced: _on_tasks_bounced,
+        tm.ProcessDied: _on_process_died,
+        tm.ClusterInfo: _on_cluster_info,
+        tm.ActorLocation: _on_actor_message,
+        tm.ResolveActor: _on_actor_message,
+        tm.KillActor: _on_actor_message,
+    }
