@@ -124,26 +124,31 @@ def sampling(envs: int, fragment: int, rounds: int, max_workers: int) -> dict:
 
 # ---- ES -------------------------------------------------------------------------------------------------
 
-def es_scaling(iterations: int, max_workers: int, pairs: int) -> dict:
-    out = {}
-    for n in [0] + list(range(1, max_workers + 1)):
-        algo = (rl.ESConfig().environment("Pendulum-v1").env_runners(num_env_runners=n)
-                .training(num_rollouts_per_worker=pairs if n else pairs, noise_size=2_000_000,
-                          num_eval_episodes=1)
-                .debugging(seed=0).build())
-        try:
-            algo.train()  # warm
+def es_scaling(rounds: int, max_workers: int, pairs: int) -> dict:
+    """Env steps/s of ES rollouts on Pendulum-v1 (antithetic pairs of 200-step episodes): the driver alone,
+    then the first 1, 2, ... workers of one ES algorithm's group, taking turns round by round (medians)."""
+    algo = (rl.ESConfig().environment("Pendulum-v1").env_runners(num_env_runners=max_workers)
+            .training(num_rollouts_per_worker=pairs, noise_size=2_000_000).debugging(seed=0).build())
+    try:
+        local = rl.es.ESWorker("Pendulum-v1", None, algo.policy_spec, algo.noise, seed=0)
+        handles = [algo.workers.workers[i] for i in sorted(algo.workers.workers)]
+        theta = algo.get_weights()
+        ref = p2p.put(theta)
+        p2p.get([h.rollouts.remote(ref, 1, 0.05) for h in handles])  # warm
+        rates: dict[str, list[float]] = {}
+        for _ in range(rounds):
             t0 = time.perf_counter()
-            steps0 = algo.num_env_steps_sampled
-            for _ in range(iterations):
-                result = algo.train()
-            wall = time.perf_counter() - t0
-            out["single process" if n == 0 else f"{n} worker{'s' if n > 1 else ''}"] = {
-                "steps_per_s": (algo.num_env_steps_sampled - steps0) / wall,
-                "return": result["episode_return_mean"]}
-        finally:
-            algo.stop()
-    return out
+            steps = local.rollouts(theta, pairs, 0.05)["env_steps"]
+            rates.setdefault("single process", []).append(steps / (time.perf_counter() - t0))
+            for n in range(1, max_workers + 1):
+                t0 = time.perf_counter()
+                ref = p2p.put(theta)
+                steps = sum(r["env_steps"] for r in p2p.get([h.rollouts.remote(ref, pairs, 0.05)
+                                                             for h in handles[:n]]))
+                rates.setdefault(f"{n} worker{'s' if n > 1 else ''}", []).append(steps / (time.perf_counter() - t0))
+        return {name: float(np.median(v)) for name, v in rates.items()}
+    finally:
+        algo.stop()
 
 
 def es_cartpole(workers: int, max_iterations: int) -> dict:
@@ -206,12 +211,11 @@ def main() -> int:
             for name, v in s.items():
                 print(f"sampling CartPole-v1, {name:>14}: {v:9,.0f} env steps/s ({v / base:.2f}x)", flush=True)
         if "es" in parts:
-            e = es_scaling(iterations=3, max_workers=3, pairs=4)
+            e = es_scaling(rounds=max(3, args.rounds // 2), max_workers=3, pairs=4)
             report["es_scaling"] = e
-            base = e["single process"]["steps_per_s"]
+            base = e["single process"]
             for name, v in e.items():
-                print(f"ES Pendulum-v1, {name:>14}: {v['steps_per_s']:9,.0f} env steps/s "
-                      f"({v['steps_per_s'] / base:.2f}x)", flush=True)
+                print(f"ES Pendulum-v1, {name:>14}: {v:9,.0f} env steps/s ({v / base:.2f}x)", flush=True)
             cp = es_cartpole(workers=2, max_iterations=80)
             report["es_cartpole"] = cp
             print(f"ES CartPole-v1, 2 workers: {'reached 475' if cp['solved'] else 'NOT solved'} after "
