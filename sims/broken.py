@@ -1,18 +1,40 @@
-"""Cores broken on purpose, for the tests that prove the simulator's checks can fail (`--break refcount`).
+"""Cores broken on purpose, for the tests that prove the checks can fail. The production cores carry no
+test switches: each planted bug is a subclass here, which the simulator builds when asked.
 
-The lease and membership cores carry their own test-only switches (`LeaseCore._test_ignore_capacity`,
-`Membership._test_skip_refutation`), which `--break capacity` and `--break refutation` turn on. The
-reference table has none, so its planted bug lives here: the variant the property tests use
-(tests/property/test_refcount_props.py), an owner that acknowledges a forwarded registration without
-recording it. A borrower that forwards a ref to a third process then leaves the owner unaware of that
-process, and the owner frees the object while the third process still holds it.
+- `--break capacity`: `LeaseCoreIgnoringCapacity` grants without checking or reserving resources. Its own
+  `check_invariants` is left on, so the core's accounting check catches it as well as the simulator's audit.
+- `--break refutation`: `MembershipSkippingRefutation` never outbids a suspicion of itself, so a slow
+  peer is declared dead for good.
+- `--break refcount` (and tests/property/test_refcount_props.py): `OwnerIgnoresAddBorrower`, an owner that
+  acknowledges a forwarded registration without recording it. A borrower that forwards a ref to a third
+  process then leaves the owner unaware of that process, and the owner frees the object while the third
+  process still holds it.
 """
 
 from __future__ import annotations
 
+from p2pcompute.lease.core import LeaseCore
 from p2pcompute.net.effects import Send
+from p2pcompute.net.membership import Membership
 from p2pcompute.ownership.messages import BorrowerAdded
 from p2pcompute.ownership.refcount import ReferenceTable
+
+
+class LeaseCoreIgnoringCapacity(LeaseCore):
+    """Planted bug: grants whatever is asked, without checking or reserving resources."""
+
+    def _fits_available(self, shape: dict) -> bool:
+        return True
+
+    def _reserve(self, shape: dict) -> None:
+        pass
+
+
+class MembershipSkippingRefutation(Membership):
+    """Planted bug: a peer never refutes a suspicion of itself."""
+
+    def _refute_suspicion(self, claimed_incarnation, sender, out) -> None:
+        pass
 
 
 class OwnerIgnoresAddBorrower(ReferenceTable):

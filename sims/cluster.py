@@ -48,8 +48,11 @@ class Cluster:
         self.ledger = TaskLedger()
         self.tracker = DetectionTracker()
         self.membership_config = MembershipConfig()
-        self.membership_flags = ["_test_skip_refutation"] if "refutation" in opts.breaks else []
-        self.lease_flags = ["_test_ignore_capacity"] if "capacity" in opts.breaks else []
+        from sims import broken
+        from p2pcompute.lease.core import LeaseCore
+        from p2pcompute.net.membership import Membership
+        self.membership_class = broken.MembershipSkippingRefutation if "refutation" in opts.breaks else Membership
+        self.lease_class = broken.LeaseCoreIgnoringCapacity if "capacity" in opts.breaks else LeaseCore
         self.with_leases = opts.workload != "membership"
         self.peer_total = {resources.CPU: opts.cpus * resources.UNIT}
         self.worker_start_ns = 20_000_000

@@ -66,10 +66,8 @@ class SimPeer:
         self._booting = True
         now = self.local()
         # Membership
-        self.membership = Membership(peer_id, self.addr, config=cluster.membership_config, rng=cluster.peer_rng(),
-                                     now_ns=now, meta={"gen": gen})
-        for flag in cluster.membership_flags:
-            setattr(self.membership, flag, True)
+        self.membership = cluster.membership_class(peer_id, self.addr, config=cluster.membership_config,
+                                                   rng=cluster.peer_rng(), now_ns=now, meta={"gen": gen})
         self._mem_at = NEVER
         # Leases and workers
         self.lease: LeaseCore | None = None
@@ -84,10 +82,8 @@ class SimPeer:
         self._view_interval_ns = cluster.opts.view_interval_ms * _MS
         self._pv_cache: dict[str, tuple[dict, PeerView]] = {}
         if cluster.with_leases:
-            self.lease = LeaseCore(peer_id, self.addr, cluster.peer_total,
-                                   config=LeaseConfig(choices=cluster.opts.choices), rng=cluster.peer_rng())
-            for flag in cluster.lease_flags:
-                setattr(self.lease, flag, True)
+            self.lease = cluster.lease_class(peer_id, self.addr, cluster.peer_total,
+                                             config=LeaseConfig(choices=cluster.opts.choices), rng=cluster.peer_rng())
             cluster.audit.peer_started(self.key, peer_id, cluster.peer_total)
             self._last_view = self.lease.local_view()
             self.membership.set_view(self._last_view)

@@ -134,7 +134,9 @@ class LeaseCore:
         self.peer_id = peer_id
         self.peer_addr = peer_addr
         self.config = config or LeaseConfig()
-        self.rng = rng or random.Random(0)
+        # Each peer samples spill targets with its own sequence (the runtime passes an OS-seeded rng): one
+        # shared default sequence would make every peer pick the same targets, herding instead of spreading.
+        self.rng = rng or random.Random(f"lease:{peer_id}")
         self.total = dict(total)
         self.available = dict(total)
         cpus = total.get(resources.CPU, 0) // resources.UNIT
@@ -159,8 +161,6 @@ class LeaseCore:
         # of its processes; dead processes are kept up to a bound (oldest forgotten first).
         self._dead_peers: set[str] = set()
         self._dead_procs: dict[str, None] = {}
-        # Test-only switch: grant without reserving resources (the simulator must catch this).
-        self._test_ignore_capacity = False
 
     # ---- identities ---------------------------------------------------------------------------------
 
@@ -502,7 +502,7 @@ class LeaseCore:
             req = waiting.request
             if req.affinity is not None and req.affinity != self.peer_id and not req.soft:
                 continue  # hard affinity to another peer: it waits for that peer, never runs here
-            if not self._test_ignore_capacity and not resources.fits(req.shape, self.available):
+            if not self._fits_available(req.shape):
                 continue
             if waiting.infeasible:
                 waiting.infeasible = not resources.fits(req.shape, self.total)
@@ -516,12 +516,17 @@ class LeaseCore:
                 continue
             # Reserve now so no later request takes these resources while the worker starts.
             start = self._start_worker(now_ns, req.job_id)
-            if not self._test_ignore_capacity:
-                resources.subtract(self.available, req.shape)
+            self._reserve(req.shape)
             waiting.worker_id = start.worker_id
             self.workers[start.worker_id].lease_id = "reserved"
             effects.append(start)
         return effects
+
+    def _fits_available(self, shape: dict) -> bool:
+        return resources.fits(shape, self.available)
+
+    def _reserve(self, shape: dict) -> None:
+        resources.subtract(self.available, shape)
 
     def _idle_worker(self, job_id: str) -> _Worker | None:
         fallback = None
@@ -536,8 +541,8 @@ class LeaseCore:
 
     def _grant(self, now_ns: int, waiting: _Waiting, worker: _Worker) -> list:
         req = waiting.request
-        if waiting.worker_id is None and not self._test_ignore_capacity:
-            resources.subtract(self.available, req.shape)
+        if waiting.worker_id is None:
+            self._reserve(req.shape)
         self.waiting.remove(waiting)
         self._by_request.pop(req.request_id, None)
         lease_id = self._new_id("l")
@@ -633,7 +638,7 @@ class LeaseCore:
                 resources.add(held, waiting.request.shape)
         for name in set(held) | set(self.total) | set(self.available):
             expect = self.total.get(name, 0) - held.get(name, 0)
-            if self.available.get(name, 0) != expect and not self._test_ignore_capacity:
+            if self.available.get(name, 0) != expect:
                 problems.append(f"peer {self.peer_id}: {name} available {self.available.get(name, 0)}, "
                                 f"expected {expect}")
         holders: dict = {}

@@ -118,9 +118,6 @@ class Membership:
     Pure: no sockets, no clock reads; randomness only through `rng`. See the module docstring.
     """
 
-    # Test-only: never refute a suspicion, so tests can show their checkers catch a wrongly dead peer.
-    _test_skip_refutation = False
-
     def __init__(self, self_id: str, self_addr: str, *, config: MembershipConfig, rng: Random, now_ns: int,
                  incarnation: int = 0, meta: dict | None = None):
         if type(self_id) is not str or not self_id:
@@ -474,9 +471,11 @@ class Membership:
             if sender is not None:
                 out.append(Send(sender, Gossip(self.self_id, (self._record(me),), ())))
             return
-        if self._test_skip_refutation:
-            return
-        self._refute(inc, sender, out)
+        self._refute_suspicion(inc, sender, out)
+
+    def _refute_suspicion(self, claimed_incarnation: int, sender: str | None, out: list) -> None:
+        """Someone suspects us or declared us dead: outbid it (a planted bug in sims/broken.py skips this)."""
+        self._refute(claimed_incarnation, sender, out)
 
     def _refute(self, claimed_incarnation: int, sender: str | None, out: list) -> None:
         """Outbid a claim about us with a higher incarnation, spread it, and answer the claimant at once."""

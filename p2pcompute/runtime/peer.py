@@ -67,7 +67,7 @@ class PeerDaemon:
         self.waker = Waker()
         self.transport.add_fd(self.waker.fd)
         self.total = dict(total)
-        self.lease = LeaseCore(peer_id, self.addr, total)
+        self.lease = LeaseCore(peer_id, self.addr, total, rng=random.Random())  # its own spill sampling
         # GPU ids for GPU leases (see runtime/gpus.py); the ids are this peer's CUDA_VISIBLE_DEVICES if set.
         self.gpus = GpuAssigner(total.get(resources.GPU, 0), session_dir, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.log_dir = log_dir or os.path.join(session_dir, "logs")

@@ -2,7 +2,7 @@
 
 An independent model follows the grants the core sends and checks, at every grant, that the resources
 leased never exceed what the peer has, that no worker is leased twice, and that a spilled request is never
-spilled again. A planted bug (`_test_ignore_capacity`) must be caught by the same checks.
+spilled again. A planted bug (`sims.broken.LeaseCoreIgnoringCapacity`) must be caught by the same checks.
 """
 
 import pytest
@@ -16,6 +16,7 @@ from p2pcompute.lease.messages import (LeaseGranted, LeaseRevoked, LeaseSpillbac
                                        WorkerUnblocked)
 from p2pcompute.lease.policy import PeerView
 from p2pcompute.net.effects import Send
+from sims.broken import LeaseCoreIgnoringCapacity
 
 U = resources.UNIT
 TOTAL = {resources.CPU: 2 * U, "gpu": 1 * U}
@@ -28,8 +29,8 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @initialize(with_peer=st.booleans())
     def setup(self, with_peer):
-        self.core = LeaseCore("p1", "addr-p1", TOTAL, config=LeaseConfig(max_workers_extra=4))
-        self.core._test_ignore_capacity = self.broken
+        core_class = LeaseCoreIgnoringCapacity if self.broken else LeaseCore
+        self.core = core_class("p1", "addr-p1", TOTAL, config=LeaseConfig(max_workers_extra=4))
         if with_peer:
             self.core.set_views([PeerView("p2", "addr-p2", {resources.CPU: 8 * U}, {resources.CPU: 8 * U})])
         self.now = 0

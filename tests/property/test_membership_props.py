@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send
 from p2pcompute.net.membership import MemberChanged, Membership, MembershipConfig, detection_bound_ms
+from sims.broken import MembershipSkippingRefutation
 
 MS = 1_000_000
 CFG = MembershipConfig()
@@ -189,7 +190,8 @@ def run_slow_peer(seed: int, n: int, dup: float, jitter_ms: int, slow_ms: tuple[
     net = ChaosNet(seed)
     cores = build_cluster(net, n)
     slow = net.rng.choice(cores)
-    slow._test_skip_refutation = skip_refutation
+    if skip_refutation:
+        slow.__class__ = MembershipSkippingRefutation  # the planted bug (sims/broken.py), on a built core
     net.dup, net.delay_ms = dup, (1.0, 1.0 + jitter_ms)
     net.slow_ms[slow.self_addr] = slow_ms
     net.run_for(8000)

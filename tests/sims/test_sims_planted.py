@@ -1,7 +1,7 @@
 """The checks can fail: each core, broken on purpose, is caught, and the printed replay command reproduces it.
 
-`--break capacity` turns on `LeaseCore._test_ignore_capacity` (grants without reserving resources);
-`--break refutation` turns on `Membership._test_skip_refutation` (a peer wrongly declared dead never
+`--break capacity` builds `sims.broken.LeaseCoreIgnoringCapacity` (grants without reserving resources);
+`--break refutation` builds `sims.broken.MembershipSkippingRefutation` (a peer wrongly declared dead never
 refutes — pauses longer than the suspicion timeout make that happen); `--break refcount` swaps in
 `sims.broken.OwnerIgnoresAddBorrower` (an owner that forgets borrowers registered by a forwarder — the
 actors workload forwards refs to third parties). Each run without the switch is clean, so it is the switch

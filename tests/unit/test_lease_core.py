@@ -170,3 +170,11 @@ def test_a_holders_own_waiting_requests_do_not_ask_for_its_leases():
     grants(c.on_request_lease(1, request("r1", holder="a")))
     c.on_request_lease(2, request("r2", holder="a"))  # the same holder wants more: not a reason to give back
     assert not [e for e in c.on_tick(10_000_000) if isinstance(e, Send) and isinstance(e.msg, LeaseWanted)]
+
+
+def test_each_peer_samples_spill_targets_with_its_own_sequence():
+    # One shared default sequence would make every peer spill to the same targets (herding).
+    firsts = {LeaseCore(f"p{i}", f"addr-p{i}", {resources.CPU: CPU}).rng.random() for i in range(8)}
+    assert len(firsts) == 8
+    again = LeaseCore("p3", "addr-p3", {resources.CPU: CPU}).rng.random()
+    assert again in firsts  # the default is seeded by the peer id: runs stay reproducible

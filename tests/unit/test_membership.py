@@ -23,6 +23,7 @@ from p2pcompute.net.membership_messages import (
     ALIVE, DEAD, LEFT, SUSPECT, Ack, Gossip, Join, Ping, PingReq, Snapshot,
 )
 from p2pcompute.net.messages import REGISTRY
+from sims.broken import MembershipSkippingRefutation
 
 MS = 1_000_000
 CFG = MembershipConfig()
@@ -243,7 +244,8 @@ def _slow_peer_run(seed: int, skip_refutation: bool) -> tuple[Net, Membership]:
     net = Net(seed)
     cores = net.cluster(4)
     slow = cores[1]
-    slow._test_skip_refutation = skip_refutation
+    if skip_refutation:
+        slow.__class__ = MembershipSkippingRefutation  # the planted bug (sims/broken.py), on a built core
     # Everything the slow peer sends, its acks included, arrives 700 ms late: after the probe period ends.
     net.slow_ns[slow.self_addr] = 700 * MS
     net.run_for(6000)
