@@ -2,6 +2,7 @@
 
     python examples/tune_classifier.py               # embedded peer with this machine's CPUs
     python examples/tune_classifier.py --address auto --samples 32
+    python examples/tune_classifier.py --plot curves.png   # learning curves of all trials (matplotlib)
 
 Prints the live progress (a table on a terminal, a line per change otherwise), the best config, and the wall
 time of the tuning run against running the same trials, for the same number of epochs, one after another.
@@ -94,6 +95,7 @@ def main():
     ap.add_argument("--address", default=None)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--storage", default=None)
+    ap.add_argument("--plot", default=None, metavar="PNG", help="write every trial's learning curve here")
     args = ap.parse_args()
     p2p.init(address=args.address)
     storage = args.storage or tempfile.mkdtemp(prefix="tune_classifier_")
@@ -114,6 +116,9 @@ def main():
     print(f"\nbest config: {best.config}")
     print(f"best val_acc {best.metrics['val_acc']:.3f} after {best.metrics['training_iteration']} epochs "
           f"({grid.num_terminated} trials, {grid.num_errors} errors; results in {grid.experiment_path})")
+
+    if args.plot:
+        print(f"learning curves: {tune.plot_learning_curves(grid, 'val_acc', args.plot)}")
 
     # The same trials, each for the epochs it ran under ASHA, one after another in this process.
     t0 = time.perf_counter()

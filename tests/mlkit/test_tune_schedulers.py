@@ -38,6 +38,16 @@ def test_asha_promotes_the_top_fraction_and_stops_the_rest_at_each_rung():
     assert s.rung_sizes() == [{8: 0, 4: 0, 2: 2, 1: 3}]
 
 
+def test_decision_points_are_the_rungs_and_pbt_intervals():
+    s = ASHAScheduler(metric="acc", mode="max", max_t=20, grace_period=2, reduction_factor=3)
+    assert s.decision_points("a") == {"at": [2, 6, 18, 20]}
+    h = HyperBandScheduler(metric="acc", mode="max", max_t=9, grace_period=1, reduction_factor=3)
+    assert [h.decision_points(t) for t in "abc"] == [{"at": [1, 3, 9]}, {"at": [3, 9]}, {"at": [9]}]
+    assert ASHAScheduler(time_attr="time_total_s", max_t=5).decision_points("a") is None
+    pbt = PopulationBasedTraining(perturbation_interval=4, hyperparam_mutations={"lr": [1, 2]})
+    assert pbt.decision_points("a") == {"every": 4}
+
+
 def test_asha_min_mode_and_missing_metric():
     s = ASHAScheduler(metric="loss", mode="min", max_t=10, grace_period=1, reduction_factor=3)
     assert s.on_trial_result("a", {"training_iteration": 1, "loss": 1.0}) == CONTINUE

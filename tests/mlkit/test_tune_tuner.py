@@ -61,10 +61,17 @@ def test_fit_writes_files_readable_without_p2pcompute(ml_cluster, tmp_path):
 
 
 def test_asha_stops_weak_trials_early(ml_cluster, tmp_path):
+    executed = tmp_path / "executed"
+    executed.mkdir()
+
     def slow_quadratic(config):
-        for step in range(12):
-            time.sleep(0.002)
-            tune.report({"loss": (config["x"] - 3) ** 2 + 1.0 / (step + 1)})
+        step = 0
+        try:
+            for step in range(1, 13):
+                time.sleep(0.002)
+                tune.report({"loss": (config["x"] - 3) ** 2 + 1.0 / step})
+        finally:
+            (executed / tune.get_trial_id()).write_text(str(step))
 
     # One trial at a time, so the order results reach ASHA (and so its decisions) does not depend on timing.
     grid = tune.Tuner(slow_quadratic, param_space={"x": tune.uniform(0, 6)},
@@ -80,6 +87,9 @@ def test_asha_stops_weak_trials_early(ml_cluster, tmp_path):
     assert best.metrics["training_iteration"] == 12          # the winner ran its full budget
     xs = sorted(abs(r.config["x"] - 3) for r in grid)
     assert abs(best.config["x"] - 3) == xs[0]                # and it is the config nearest the optimum
+    # Trials wait for ASHA's decision at each rung, so a stopped trial computed nothing past its last report.
+    for r in grid:
+        assert int((executed / r.trial_id).read_text()) == r.metrics["training_iteration"]
 
 
 def test_trial_that_raises_once_succeeds_on_retry_from_its_checkpoint(ml_cluster, tmp_path):

@@ -98,6 +98,17 @@ class ProgressReporter:
         if self.verbose >= 1 and not self.tty:
             print(f"[tune {time.time() - self.start:7.1f}s] {text}", file=self.stream, flush=True)
 
+    def on_result(self, trial_id: str, result: dict) -> None:
+        """verbose=2: one line per report (above the table on a terminal, which is redrawn after it)."""
+        shown = {k: v for k, v in result.items() if k not in ("trial_id", "timestamp", "time_this_iter_s")}
+        line = f"[tune {time.time() - self.start:7.1f}s] {trial_id} " + " ".join(
+            f"{k}={_fmt(v)}" for k, v in shown.items())
+        if self.tty and self._drawn_lines:
+            self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")
+            self._drawn_lines = 0
+            self._last_draw = 0.0
+        print(line, file=self.stream, flush=True)
+
     def summary(self, trials: list[Trial]) -> None:
         if self.verbose < 1:
             return

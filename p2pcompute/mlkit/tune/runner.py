@@ -34,11 +34,12 @@ class TrialRunner:
         self.thread: threading.Thread | None = None
 
     def start(self, trainable, trial_id: str, config: dict, checkpoint, start_iteration: int,
-              generation: int) -> bool:
+              generation: int, decision_points: dict | None = None) -> bool:
         if not self._stop_current(STOP_WAIT_S):
             return False
         with self.cond:
-            s = session_mod.Session(trial_id, config, checkpoint, start_iteration, generation, self.cond)
+            s = session_mod.Session(trial_id, config, checkpoint, start_iteration, generation, self.cond,
+                                    decision_points)
             self.session = s
             self.cond.notify_all()
         self.thread = threading.Thread(target=self._run, args=(trainable, s), daemon=True,
@@ -62,9 +63,13 @@ class TrialRunner:
                 s.error = error
                 self.cond.notify_all()
 
-    def poll(self, generation: int, timeout_s: float):
-        """(reports, done, error) of `generation`: whatever is buffered once there is something or it ended."""
+    def poll(self, generation: int, timeout_s: float, acked: int = 0):
+        """(reports, done, error) of `generation`: whatever is buffered once there is something or it ended.
+        `acked`: the driver has decided on every report up to that iteration (a waiting trial may go on)."""
         with self.cond:
+            s = self.session
+            if s is not None and s.generation == generation:
+                s.acknowledge(acked)
             def ready():
                 s = self.session
                 return s is not None and s.generation == generation and (s.buffer or s.done)

@@ -3,7 +3,9 @@
 Theory of operation: a trial runs the user's function in a thread of its trial actor (`runner.py`). The
 thread holds a `Session`; `report` appends `(metrics, checkpoint)` to the session's buffer and returns at once
 (the driver drains the buffer in batches with long polls), so a report costs microseconds, not a round trip.
-When the driver decides the trial must end (a scheduler stopped it, a stop condition hit, it is being
+At iterations where the scheduler decides (ASHA's rungs, PBT's perturbation points: `Session.waits_at`), the
+trial waits after reporting until the driver acknowledges that iteration (sent with its next poll), so a
+trial about to be stopped does not compute past the decision. When the driver decides the trial must end (a scheduler stopped it, a stop condition hit, it is being
 restarted), the next `report` raises `StopTrial` (a `BaseException`, so `except Exception` in user code does
 not swallow it) and the thread unwinds.
 """
@@ -29,7 +31,7 @@ class Session:
     """The state of one run of a trainable in its thread."""
 
     def __init__(self, trial_id: str, config: dict, checkpoint: Checkpoint | None, start_iteration: int,
-                 generation: int, cond: threading.Condition):
+                 generation: int, cond: threading.Condition, decision_points: dict | None = None):
         self.trial_id = trial_id
         self.config = config
         self.checkpoint = checkpoint
@@ -42,6 +44,21 @@ class Session:
         self.error: str | None = None
         self.start_time = time.time()
         self.last_report_time = self.start_time
+        # Iterations after which to wait for the driver's go-ahead: {"at": [...], "every": k} (see
+        # TrialScheduler.decision_points), and the highest iteration the driver has acknowledged.
+        points = decision_points or {}
+        self.wait_at = frozenset(points.get("at") or ())
+        self.wait_every = points.get("every") or 0
+        self.acked = start_iteration
+
+    def waits_at(self, iteration: int) -> bool:
+        return iteration in self.wait_at or bool(self.wait_every and iteration % self.wait_every == 0)
+
+    def acknowledge(self, iteration: int) -> None:
+        """The driver has decided on every report up to `iteration` (called with the condition held)."""
+        if iteration > self.acked:
+            self.acked = iteration
+            self.cond.notify_all()
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
         if not isinstance(metrics, Mapping):
@@ -62,6 +79,11 @@ class Session:
                 raise StopTrial()
             self.buffer.append((result, checkpoint))
             self.cond.notify_all()
+            if self.waits_at(self.iteration):
+                iteration = self.iteration
+                self.cond.wait_for(lambda: self.acked >= iteration or self.stop_requested)
+                if self.stop_requested:
+                    raise StopTrial()
         if checkpoint is not None:
             self.checkpoint = checkpoint
 

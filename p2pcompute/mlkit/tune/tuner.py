@@ -320,12 +320,12 @@ class _Driver:
             actor = self.idle.pop() if self.idle else TrialRunner.options(**self.options).remote()
             self.actors[trial.trial_id] = actor
         actor.start.remote(self.trainable_ref, trial.trial_id, trial.config, checkpoint, trial.iteration,
-                           trial.generation)
+                           trial.generation, self.scheduler.decision_points(trial.trial_id))
         self.poll(trial)
         self._dirty = True
 
     def poll(self, trial: Trial) -> None:
-        ref = self.actors[trial.trial_id].poll.remote(trial.generation, POLL_TIMEOUT_S)
+        ref = self.actors[trial.trial_id].poll.remote(trial.generation, POLL_TIMEOUT_S, trial.iteration)
         self.polls[ref] = trial.trial_id
 
     # ------------------------------------------------------------------ answers
@@ -364,6 +364,9 @@ class _Driver:
             if decision != CONTINUE:
                 break
         self.storage.append_results(trial_id, written)
+        if self.rc.verbose >= 2:
+            for metrics in written:
+                self.reporter.on_result(trial_id, metrics)
         if decision == STOP:
             self.finish(trial, stopped=not done)
         elif isinstance(decision, Exploit):

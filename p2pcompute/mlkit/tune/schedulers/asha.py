@@ -80,6 +80,14 @@ class AsyncHyperBandScheduler(TrialScheduler):
             self.assignment[trial_id] = self._next_bracket
             self._next_bracket = (self._next_bracket + 1) % len(self.brackets)
 
+    def decision_points(self, trial_id):
+        # Rungs are in time_attr units; they are iterations only when time_attr counts reports.
+        if self.time_attr != "training_iteration":
+            return None
+        self.on_trial_add(trial_id, {})
+        rungs = [m for m, _ in self.brackets[self.assignment[trial_id]].rungs]
+        return {"at": sorted({int(math.ceil(m)) for m in rungs + [self.max_t]})}
+
     def on_trial_result(self, trial_id, result):
         t = self.time(result)
         if t is None:

@@ -55,6 +55,12 @@ class TrialScheduler:
         """The decision for this result: CONTINUE, STOP or Exploit."""
         return CONTINUE
 
+    def decision_points(self, trial_id: str) -> dict | None:
+        """Iterations (counted in reports) after which the trial should wait for this scheduler's decision
+        before computing more: `{"at": [iterations], "every": k}`, or None to never wait. Waiting costs one
+        round trip to the driver; not waiting lets a trial compute past a decision to stop it."""
+        return None
+
     def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
         """The trial finished (by itself, by a stop condition, or stopped by this scheduler)."""
 

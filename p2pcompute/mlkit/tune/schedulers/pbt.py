@@ -64,6 +64,11 @@ class PopulationBasedTraining(TrialScheduler):
         self.configs[trial_id] = copy.deepcopy(dict(config))
         self.last_perturbation.setdefault(trial_id, 0.0)
 
+    def decision_points(self, trial_id):
+        if self.time_attr != "training_iteration" or self.perturbation_interval != int(self.perturbation_interval):
+            return None
+        return {"every": int(self.perturbation_interval)}
+
     def on_trial_complete(self, trial_id, result) -> None:
         # A finished trial still serves as a donor (its checkpoint stays), but is no longer ranked as a receiver.
         pass
