@@ -121,7 +121,8 @@ def handle(dash, method: str, path: str, query: dict, body):
         raise _error(404, f"no endpoint {path}")
     # ---- writes (the guard required the token) ---------------------------------------------------------
     if dash.jobs is None:
-        raise _error(403, "job submission is not enabled on this peer")
+        raise _error(403, "job submission is not enabled on this peer: start it with `p2p start --enable-jobs` "
+                          "(or `p2p join ... --enable-jobs`)")
     m = _PACKAGE_PATH.match(path)
     if m:
         return dash.jobs.store_package(m.group(1), body())

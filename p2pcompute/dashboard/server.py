@@ -41,7 +41,7 @@ class _Server(ThreadingHTTPServer):
 class Dashboard:
     def __init__(self, *, peer_addr: str, sock_dir: str, log_dir: str, peer_id: str, token: str | None,
                  host: str = "127.0.0.1", port: int = DEFAULT_PORT, home: str | None = None,
-                 jobs: bool = True):
+                 jobs: bool = False):
         from p2pcompute.dashboard.peer_link import PeerLink
         self.peer_id = peer_id
         self.log_dir = log_dir
@@ -223,10 +223,11 @@ def _handler_for(dash: Dashboard):
 
 
 def start_for_peer(peer, *, token: str | None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                   home: str | None = None) -> Dashboard:
-    """Start a dashboard inside a running `PeerDaemon` (called before its loop starts)."""
+                   home: str | None = None, jobs: bool = False) -> Dashboard:
+    """Start a dashboard inside a running `PeerDaemon` (called before its loop starts). It is read-only
+    unless `jobs` (`p2p start --enable-jobs`) turns job submission on."""
     dash = Dashboard(peer_addr=peer.addr, sock_dir=peer.session_dir, log_dir=peer.log_dir, peer_id=peer.peer_id,
-                     token=token, host=host, port=port, home=home)
+                     token=token, host=host, port=port, home=home, jobs=jobs)
     dash.start()
     peer.dashboard = dash
     return dash

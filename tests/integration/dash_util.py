@@ -25,7 +25,7 @@ def non_loopback_ipv4() -> str | None:
 
 
 def start_peers(base: str, n: int, *, num_cpus: int = 1, dashboard_host: str = "127.0.0.1",
-                dashboard_hosts: dict | None = None) -> Cluster:
+                dashboard_hosts: dict | None = None, jobs: bool = False) -> Cluster:
     """`n` peers with dashboards (each on 8265 or the next free port); peer i's dashboard listens on
     `dashboard_hosts.get(i, dashboard_host)`."""
     cluster = Cluster(base)
@@ -33,6 +33,8 @@ def start_peers(base: str, n: int, *, num_cpus: int = 1, dashboard_host: str = "
         peer = Peer(os.path.join(base, f"p{i}"), free_port())
         args = ["--home", peer.home, "--host", "127.0.0.1", "--port", str(peer.port), "--num-cpus", str(num_cpus),
                 "--dashboard-host", (dashboard_hosts or {}).get(i, dashboard_host), "--dashboard-port", "8265"]
+        if jobs:
+            args.append("--enable-jobs")
         if i == 0:
             p2p("start", *args)
             cluster.token_file = os.path.join(peer.home, "token")

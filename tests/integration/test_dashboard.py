@@ -135,10 +135,11 @@ def test_metrics_are_prometheus_text_from_every_peer(obs):
                     for p in peers}
         calls = {p: samples.get(("obs_map_calls", (("peer", p), ("stage", "map")))) for p in peers}
         # On a loaded machine a worker may answer a scrape late (it is then left out): ask again.
-        return (finished, calls, samples) if sum(finished.values()) == 13 and None not in calls.values() else None
+        return (finished, calls, samples) if sum(finished.values()) >= 13 and None not in calls.values() else None
 
+    # Counters count attempts: a task run twice (retried after a lost reply on a loaded machine) counts twice.
     finished, calls, samples = wait_for(scrape, 30, "every peer's task and user metrics")
-    assert all(n >= 4 for n in finished.values()) and calls == {p: 4 for p in peers}
+    assert all(n >= 4 for n in finished.values()) and all(n >= 4 for n in calls.values()), (finished, calls)
     for p in peers:
         assert samples[("p2p_members", (("peer", p), ("state", "alive")))] == 3
         assert ("p2p_store_capacity_bytes", (("peer", p),)) in samples
@@ -228,6 +229,9 @@ def test_every_endpoint_refuses_wrong_or_missing_credentials(obs):
         assert http(url + path, method=method, body=body, cookie="p2p_session=forged")[0] == 401, path
     for path in POST_ENDPOINTS:  # writes need the token even from the peer's own machine
         assert http(url + path, method="POST", body=b"{}")[0] == 401, path
+        # and these peers run without --enable-jobs: read-only, even with the token
+        status, body, _ = http(url + path, method="POST", body=b"{}", token=token)
+        assert status == 403 and b"--enable-jobs" in body, path
     # a loopback read naming another host is a DNS-rebinding attempt
     assert http(url + "/api/nodes", headers={"Host": "evil.example:8265"})[0] == 403
     # logging in takes the token and gives a session that works; a wrong token gives nothing

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("jobs"))
-    cluster = start_peers(base, 2)
+    cluster = start_peers(base, 2, jobs=True)
     try:
         for peer in cluster.peers:
             wait_for(lambda: sum(s == "alive" for s in peer.states().values()) == 2, 30, "2 alive peers")
