@@ -5,6 +5,10 @@ the tuple of field values. Decoding uses an unpickler that refuses every global,
 plain data (no classes, no functions, no code): the worst a hostile frame can do is be rejected.
 
 `decode` returns a message or raises `RemoteProtocolError`; it never raises anything else (tests fuzz it).
+
+Size. A frame over `MAX_MESSAGE_BYTES` would be refused by every receiver (libzmq drops it and the
+connection), and nobody would tell the sender: `encode` refuses it at the sender instead, with
+`MessageTooLargeError` saying which message, how big, and what to do.
 """
 
 from __future__ import annotations
@@ -20,6 +24,30 @@ from p2pcompute.net.messages import BLOBS, FIELD_TYPES, GETTERS, PROTOCOL_VERSIO
 
 _HEADER = struct.Struct(">BH")
 HEADER_SIZE = _HEADER.size
+MAX_MESSAGE_BYTES = 64 << 20  # every receiver refuses larger frames (Transport's max_message_bytes)
+
+
+class MessageTooLargeError(LocalProtocolError, ValueError):
+    """A message too big for one frame: the sender must send its payload another way (the object store)."""
+
+
+# What to do about a message that is too big, for the messages that carry user data.
+_TOO_LARGE_HINTS = {
+    "PushTask": "the task's function or actor class (with what it captures: globals, closures, default "
+                "arguments) or its inline arguments are too big. Pass large data as an argument or as a ref "
+                "from put() instead of capturing it; arguments over 100 KiB go through the object store",
+    "CreateDetached": "the detached actor's class and constructor arguments are too big: create it with "
+                      "small arguments and pass large data to a method as a ref from put()",
+    "TableOp": "table values are meant to be small: store large data with put() and keep its ref elsewhere",
+}
+
+
+def _check_size(msg: Any, size: int) -> None:
+    if size > MAX_MESSAGE_BYTES:
+        name = type(msg).__name__
+        hint = _TOO_LARGE_HINTS.get(name, "send large values through the object store (put() and pass the ref)")
+        raise MessageTooLargeError(f"{name} is {size / (1 << 20):.1f} MiB, over the {MAX_MESSAGE_BYTES >> 20} "
+                                   f"MiB message limit: {hint}")
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -42,7 +70,10 @@ def encode(msg: Any) -> bytes:
     header = _HEADERS.get(code)
     if header is None:
         header = _HEADERS[code] = _HEADER.pack(PROTOCOL_VERSION, code)
-    return header + _dumps(getter(msg), protocol=5)
+    data = header + _dumps(getter(msg), protocol=5)
+    if len(data) > MAX_MESSAGE_BYTES:
+        _check_size(msg, len(data))
+    return data
 
 
 def encode_frames(msg: Any) -> list:
@@ -54,7 +85,9 @@ def encode_frames(msg: Any) -> list:
     blob = values[index]
     values[index] = None
     header = _HEADERS.get(msg.TYPE) or _HEADER.pack(PROTOCOL_VERSION, msg.TYPE)
-    return [header + _dumps(tuple(values), protocol=5), blob]
+    body = header + _dumps(tuple(values), protocol=5)
+    _check_size(msg, max(len(body), len(blob)))
+    return [body, blob]
 
 
 def decode(frame) -> Any:

@@ -33,6 +33,8 @@ import zmq.auth
 import zmq.utils.monitor
 from zmq.auth.thread import ThreadAuthenticator
 
+from p2pcompute.net.codec import MAX_MESSAGE_BYTES
+
 log = logging.getLogger("p2pcompute.transport")
 
 _MACHINE: str | None = None
@@ -239,7 +241,7 @@ class Transport:
 
     def __init__(self, context: Context, proc_id: str, role: str, *, ipc_path: str | None = None,
                  tcp_host: str | None = None, tcp_port: int = 0, advertise_host: str | None = None,
-                 max_message_bytes: int = 64 << 20, unreachable_after_ms: int = 10_000):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, unreachable_after_ms: int = 10_000):
         self.ctx = context
         self.proc_id = proc_id
         self.identity = f"{proc_id}#{role}".encode()

@@ -82,3 +82,13 @@ def test_corrupted_and_truncated_frames_only_raise_remote_protocol_error(code, n
             codec.decode(frame)
         except RemoteProtocolError:
             pass
+
+
+def test_a_message_over_the_frame_limit_is_refused_at_the_sender_saying_what_to_do():
+    from p2pcompute.net.codec import MAX_MESSAGE_BYTES, MessageTooLargeError
+    from p2pcompute.table.messages import ClientRequest
+    big = ClientRequest(client_id="c", request_id=1, acked_below=1, op=("put", "k", b"x" * MAX_MESSAGE_BYTES),
+                        reply_to="tcp://c")
+    with pytest.raises(MessageTooLargeError, match=r"ClientRequest is 64\.0 MiB, over the 64 MiB message limit"):
+        codec.encode(big)
+    assert isinstance(MessageTooLargeError("x"), ValueError)  # callers that log ValueError keep working
