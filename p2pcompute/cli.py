@@ -82,6 +82,8 @@ def _launch(args, seeds: list[str], token: str) -> dict:
         cmd += ["--no-dashboard"]
     else:
         cmd += ["--dashboard-host", args.dashboard_host, "--dashboard-port", str(args.dashboard_port)]
+        if getattr(args, "enable_jobs", False):
+            cmd += ["--enable-jobs"]
     env = dict(os.environ, P2P_CLUSTER_TOKEN=token)
     from p2pcompute import config
     env["PYTHONPATH"] = os.pathsep.join([config.package_root()] +
@@ -355,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dashboard-host", default="127.0.0.1",
                        help="interface the dashboard listens on (default 127.0.0.1; others need the token)")
         p.add_argument("--no-dashboard", action="store_true", help="serve no dashboard (nor job submission)")
+        p.add_argument("--enable-jobs", action="store_true",
+                       help="accept job submissions (p2p job submit) on the dashboard; they need the token")
 
     start = sub.add_parser("start", help="start the first peer of a cluster; prints the join command")
     peer_options(start)

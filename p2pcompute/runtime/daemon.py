@@ -39,6 +39,7 @@ def _parse(argv):
     parser.add_argument("--dashboard-port", type=int, default=8265)
     parser.add_argument("--dashboard-host", default="127.0.0.1")
     parser.add_argument("--no-dashboard", action="store_true")
+    parser.add_argument("--enable-jobs", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             from p2pcompute.dashboard.server import start_for_peer
             try:
                 dashboard_url = start_for_peer(daemon, token=token, host=args.dashboard_host,
-                                               port=args.dashboard_port, home=home.path).url
+                                               port=args.dashboard_port, home=home.path,
+                                               jobs=args.enable_jobs).url
             except OSError as exc:
                 logging.getLogger("p2pcompute.peer").warning("no dashboard: %s", exc)
         state = {"peer_id": peer_id, "pid": os.getpid(), "address": daemon.addr, "dashboard": dashboard_url,
