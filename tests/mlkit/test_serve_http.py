@@ -345,6 +345,6 @@ def test_cli_deploy_status_from_a_config_file(url, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "app cfg  RUNNING  route /cfg" in out and "Greeter: HEALTHY, target 2, READY 2" in out
     (tmp_path / "bad.yaml").write_text("applications:\n  - name: x\n")
-    with pytest.raises(ValueError, match="import_path"):
-        cli.main(["deploy", str(tmp_path / "bad.yaml")])
+    assert cli.main(["deploy", str(tmp_path / "bad.yaml")]) == 1
+    assert "needs an import_path" in capsys.readouterr().err
     serve.delete("cfg")

@@ -32,7 +32,9 @@ from p2pcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger("p2pcompute.mlkit.serve")
 PERIOD_S = 0.25
-DRAIN_GRACE_S = 1.5          # routers refresh every 0.5 s: after this no router still picks a DRAINING replica
+# Routers act on views at most 2 x 0.5 s old: after this no router still picks a DRAINING replica, and none
+# still holds a handle to one when it is killed (a call to a killed actor may never be answered).
+DRAIN_GRACE_S = 1.5
 STARTING_STUCK_S = 60.0
 
 

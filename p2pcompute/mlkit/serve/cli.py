@@ -31,10 +31,21 @@ def _connect(args) -> None:
 
 
 def cmd_serve(args) -> int:
-    from p2pcompute.mlkit import serve
+    import sys
+
+    from p2pcompute.errors import P2PError
     if args.action == "deploy" and not args.config:
-        print("p2p serve deploy: give the config file: p2p serve deploy CONFIG.yaml")
+        print("p2p serve deploy: give the config file: p2p serve deploy CONFIG.yaml", file=sys.stderr)
         return 2
+    try:
+        return _serve(args)
+    except (ValueError, TypeError, ImportError, OSError, TimeoutError, P2PError) as exc:
+        print(f"p2p serve {args.action}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args) -> int:
+    from p2pcompute.mlkit import serve
     _connect(args)
     if args.action == "deploy":
         for name in serve.config_file.deploy(args.config):

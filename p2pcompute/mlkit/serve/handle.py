@@ -83,14 +83,22 @@ class Router:
     # ---- the replica set ------------------------------------------------------------------------------
 
     async def refresh(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.refreshed_at < REFRESH_S and self.handles:
+        """Re-read the replica set. A router with a recent view refreshes in the background (requests do not
+        wait for the table); one with no replicas, a view older than 2 x REFRESH_S (it may name replicas
+        stopped since), or after a failure (`force`) waits for the answer."""
+        age_s = time.monotonic() - self.refreshed_at
+        if not force and age_s < REFRESH_S:
             return
-        if self._refreshing is not None and not self._refreshing.done():
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        if force or not self.handles or age_s >= 2 * REFRESH_S:
             await asyncio.shield(self._refreshing)
-            return
-        self._refreshing = asyncio.get_running_loop().run_in_executor(None, self._read)
-        handles, meta = await self._refreshing
-        self.refreshed_at = time.monotonic()
+
+    async def _refresh(self) -> None:
+        try:
+            handles, meta = await asyncio.get_running_loop().run_in_executor(None, self._read)
+        finally:
+            self.refreshed_at = time.monotonic()
         self.exists = meta is not None
         if meta is not None:
             self.max_ongoing = int(meta.get("max_ongoing_requests", self.max_ongoing))

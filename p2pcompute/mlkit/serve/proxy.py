@@ -40,15 +40,26 @@ class Proxy:
         self.auth_token = auth_token
         self.routes: dict[str, tuple[str, str]] = {}   # prefix -> (app, ingress deployment)
         self.routes_at = 0.0
+        self._refreshing: asyncio.Task | None = None
         self.requests = 0
 
     async def _refresh_routes(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.routes_at < hd.REFRESH_S:
+        """Re-read the routes; in the background unless there are none yet, the view is old, or `force`."""
+        age_s = time.monotonic() - self.routes_at
+        if not force and age_s < hd.REFRESH_S:
             return
-        apps = await asyncio.get_running_loop().run_in_executor(None, state.list_apps)
-        self.routes = {m["route_prefix"]: (name, m["ingress"]) for name, m in apps.items()
-                       if m.get("route_prefix")}
-        self.routes_at = time.monotonic()
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._read_routes())
+        if force or not self.routes or age_s >= 2 * hd.REFRESH_S:
+            await asyncio.shield(self._refreshing)
+
+    async def _read_routes(self) -> None:
+        try:
+            apps = await asyncio.get_running_loop().run_in_executor(None, state.list_apps)
+            self.routes = {m["route_prefix"]: (name, m["ingress"]) for name, m in apps.items()
+                           if m.get("route_prefix")}
+        finally:
+            self.routes_at = time.monotonic()
 
     def match(self, path: str) -> tuple[str, str, str] | None:
         best = None
