@@ -19,7 +19,7 @@ from p2pcompute.lease.messages import LeaseRevoked
 from p2pcompute.lease.submitter import ActorPlaced, Push, SubmitterCore, TaskInfo
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.ownership.refcount import Free
-from p2pcompute.runtime import messages as rm
+from p2pcompute.ownership import task_messages as rm
 from sims.invariants import TaskRecord
 
 NEVER = 1 << 62

@@ -35,7 +35,7 @@ from p2pcompute.lease.policy import PeerView
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.net.membership import MemberChanged, Membership
 from p2pcompute.net.membership_messages import SUSPECT
-from p2pcompute.runtime import messages as rm
+from p2pcompute.ownership import task_messages as rm
 
 NEVER = 1 << 62
 _MS = 1_000_000

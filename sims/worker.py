@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from p2pcompute.runtime import messages as rm
+from p2pcompute.ownership import task_messages as rm
 
 
 class SimWorker:

@@ -4,8 +4,8 @@
 
 Each library repeats the core's split at its own scale: pure *decision objects* (search algorithms, trial
 schedulers, routers, autoscalers, dataset planners) that are fed events and answer, and *drivers* that carry
-those answers out with tasks, actors and objects. Nothing here imports `p2pcompute.runtime` or the protocol
-cores: if a library needs something the core lacks, the core grows a public feature.
+those answers out with tasks, actors and objects. Only the public API is used here, never the runtime or the
+protocol cores: if a library needs something the core lacks, the core grows a public feature.
 
 Submodules are imported on first use, so `import p2pcompute.mlkit` costs nothing and optional dependencies
 (optuna, gymnasium, an ASGI server, pandas, dask, joblib) are only needed by the feature that uses them.

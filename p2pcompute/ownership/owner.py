@@ -64,7 +64,7 @@ class OwnerCore:
     """The owner's protocols of one process (a driver or a worker)."""
 
     def __init__(self, proc_id: str, addr: str, job_id: str, job_env: dict, peer_addr: str,
-                 submitter_config: SubmitterConfig | None = None):
+                 submitter_config: SubmitterConfig | None = None, objects: ObjectTable | None = None):
         self.proc_id = proc_id
         self.addr = addr
         self.job_id = job_id
@@ -72,7 +72,8 @@ class OwnerCore:
         self.peer_addr = peer_addr
         self.node_id = ""
         self.refs = ReferenceTable(proc_id, addr)
-        self.objects = ObjectTable()
+        # The directory; the client passes one its user threads can also wait on.
+        self.objects = objects if objects is not None else ObjectTable()
         self.submitter = SubmitterCore(proc_id, addr, job_id, peer_addr, config=submitter_config)
         self.actors = ActorCore(addr)
         self.tasks: dict[str, TaskRecord] = {}

@@ -33,13 +33,13 @@ from p2pcompute.net.transport import Transport, Waker
 from p2pcompute.object_ref import _OP_DEC, _OP_INC, ObjectRef
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.actors import ReleaseName
-from p2pcompute.ownership.directory import (ERROR, INLINE, PENDING, STORED, deadline_of, load_value,
-                                            timeout_error)
+from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED
 from p2pcompute.ownership.owner import INLINE_MAX_BYTES, ForgetAddress, OwnerCore
 from p2pcompute.ownership.store import LocalStore
 from p2pcompute.ownership.task_record import TaskRecord  # noqa: F401 - re-exported for the API modules
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.actors import ActorManager
+from p2pcompute.runtime.objects import ObjectTable, deadline_of, load_value, timeout_error
 from p2pcompute.runtime.output import OutputBuffer
 
 log = logging.getLogger("p2pcompute.client")
@@ -69,7 +69,7 @@ class ClientRuntime:
         self.ops: deque = deque()
         self.waker = Waker()
         self.transport.add_fd(self.waker.fd)
-        self.core = OwnerCore(proc_id, self.addr, job_id, job_env, peer_addr, submitter_config)
+        self.core = OwnerCore(proc_id, self.addr, job_id, job_env, peer_addr, submitter_config, ObjectTable())
         # The core's parts, named as the rest of the runtime reads them.
         self.refs = self.core.refs
         self.objects = self.core.objects

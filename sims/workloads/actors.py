@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from p2pcompute.runtime import messages as rm
+from p2pcompute.ownership import task_messages as rm
 from sims.driver import Driver, SimTask
 from sims.workloads.base import Workload
 from sims.workloads.dag import table_class

@@ -125,8 +125,7 @@ def test_an_object_made_by_put_and_lost_fails_with_a_clear_error():
     core = owner()
     oid = core.new_id()
     core.refs.add_local(oid, ME)
-    from p2pcompute.ownership.directory import STORED as S
-    core.objects.resolve(oid, S, size=10, locations=[["P2", "tcp://peer2:1", "/dev/shm/x"]])
+    core.objects.resolve(oid, STORED, size=10, locations=[["P2", "tcp://peer2:1", "/dev/shm/x"]])
     core.on_message(NOW, PEER, tm.ProcessDied("P2", "peer", "peer died", "tcp://peer2:1", ""))
     err = error_of(core, oid)
     assert isinstance(err, ObjectLostError) and "put()" in str(err)
