@@ -38,7 +38,7 @@ pre{background:#f1f3f6;padding:6px;max-height:220px;overflow:auto;font-size:12px
 <section><h2>Jobs</h2><table id="jobs"><thead><tr><th>job</th><th>state</th><th>peer</th><th>entry</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Objects and memory per peer</h2><table id="objects"><thead><tr><th>peer</th><th>objects</th><th>used</th><th>capacity</th><th>spilled</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Logs (this peer)</h2><select id="logsel" onchange="showLog()"></select><pre id="logtext"></pre></section>
-<section class="wide"><h2>Timeline</h2><div id="timeline">Download the <a href="/api/timeline" download="timeline.json">trace</a> and open it in <a href="https://ui.perfetto.dev">Perfetto</a>.
+<section class="wide"><h2>Timeline (last 60 s)</h2><div id="tlchart"></div><div id="timeline">The whole trace: <a href="/api/timeline" download="timeline.json">download</a> and open it in <a href="https://ui.perfetto.dev">Perfetto</a>.
 <span id="tlinfo"></span></div></section>
 </main><p id="err"></p>
 <script>
@@ -72,8 +72,20 @@ async function objects(){const o=await get("/api/objects");rows("objects",o.peer
 async function logList(){const l=await get("/api/logs");const s=$("logsel");const cur=s.value;
  s.innerHTML=l.map(f=>`<option value="${esc(f.name)}">${esc(f.name)} (${f.size} B)</option>`).join("");if(cur)s.value=cur;if(!cur&&l.length)showLog()}
 async function showLog(){const n=$("logsel").value;if(!n)return;const r=await fetch("/api/logs/"+encodeURIComponent(n)+"?limit=200");$("logtext").textContent=await r.text()}
+function hue(s){let h=0;for(const c of String(s))h=(h*31+c.charCodeAt(0))%360;return h}
+async function timeline(){const ev=await get("/api/timeline");const names={},lanes=new Map();
+ for(const e of ev){if(e.ph==="M"){names[e.name+":"+e.pid+":"+e.tid]=e.args.name;continue}
+  if(e.ph!=="X"||e.cat==="phase")continue;const k=e.pid+":"+e.tid;if(!lanes.has(k))lanes.set(k,[]);lanes.get(k).push(e)}
+ const now=Date.now()*1000,t0=now-60e6,W=1200,L=230,H=16;let y=0,svg="";
+ for(const [k,evs] of [...lanes.entries()].sort()){const [pid,tid]=k.split(":");
+  const vis=evs.filter(e=>e.ts+e.dur>=t0);if(!vis.length)continue;
+  svg+=`<text x="0" y="${y+12}" font-size="11">${esc(names["thread_name:"+pid+":"+tid]||tid)}</text>`;
+  for(const e of vis){const x=L+Math.max(0,(e.ts-t0))/60e6*(W-L),w=Math.max(1,Math.min(e.dur,e.ts+e.dur-t0)/60e6*(W-L));
+   svg+=`<rect x="${x.toFixed(1)}" y="${y+2}" width="${w.toFixed(1)}" height="${H-4}" fill="hsl(${hue(e.name)},60%,55%)"><title>${esc(e.name)} ${esc(e.args.task_id)} ${(e.dur/1000).toFixed(1)} ms ${esc(e.args.state)}</title></rect>`}
+  y+=H}
+ $("tlchart").innerHTML=y?`<svg width="${W}" height="${y}" style="max-width:100%">${svg}</svg>`:"no task ran in the last 60 s"}
 let tick=0;
-async function refresh(){try{await peers();if(tick%2===0)await Promise.all([tasks(),actors(),jobs(),objects()]);if(tick%5===0)await logList();$("err").textContent=""}
+async function refresh(){try{await peers();if(tick%2===0)await Promise.all([tasks(),actors(),jobs(),objects()]);if(tick%5===0)await Promise.all([logList(),timeline()]);$("err").textContent=""}
  catch(e){if(String(e).indexOf("login")<0)$("err").textContent=String(e)}tick++}
 refresh();setInterval(refresh,1500);
 </script></body></html>
