@@ -206,9 +206,10 @@ class DataParallelTrainer:
             infos = p2p.get([w.info.remote() for w in workers])
             contexts = self._contexts(infos, attempt)
             p2p.get([w.setup.remote(rank, workers, self.collective_timeout_s) for rank, w in enumerate(workers)])
-            self.worker_pids = [info["pid"] for info in infos]  # for tests and tools that inspect the group
+            blas_threads = int(options.get("num_cpus", 1)) or 1
             runs = [w.run.remote(self.train_loop_per_worker, self.train_loop_config, contexts[rank],
-                                 {name: refs[rank] for name, refs in shards.items()}, checkpoint, controller)
+                                 {name: refs[rank] for name, refs in shards.items()}, checkpoint, controller,
+                                 blas_threads)
                     for rank, w in enumerate(workers)]
             pending = list(runs)
             while pending:
@@ -250,4 +251,4 @@ class DataParallelTrainer:
 
     def _say(self, level: int, line: str) -> None:
         if self.run_config.verbose >= level:
-            print(line, file=sys.stderr if level == 1 and "failed" in line else sys.stdout, flush=True)
+            print(line, file=sys.stdout, flush=True)
