@@ -48,6 +48,7 @@ log = logging.getLogger("p2pcompute.client")
 # as if it were on another machine.
 _FORCE_TRANSFERS = os.environ.get("P2P_FORCE_TRANSFERS") == "1"
 _TICK_NS = 100_000_000
+_BLOCK_GRACE_S = 0.05  # a get shorter than this keeps the worker's CPU (see get_values)
 
 
 def now_ns() -> int:
@@ -85,6 +86,7 @@ class ClientRuntime:
         self.peer_info: dict = {}
         self.store: LocalStore | None = None
         self.handlers: dict = {}  # extra message handlers, for special processes (the keeper)
+        self.cpu_lent = 0  # times a blocked get lent this worker's CPU to other tasks
         # Workers queue their user code's output here (see runtime.output); drivers print what arrives.
         self.output = OutputBuffer()
         if kind == "driver":
@@ -512,13 +514,24 @@ class ClientRuntime:
         deadline = deadline_of(timeout)
         values = self.objects.values
         if not all((v := values.get(oid)) is not None and v.state != PENDING for oid in ids):
-            blocked = self.on_blocked()
-            try:
-                # Fail fast: the first error known is raised without waiting for the other objects.
-                flags = self.objects.wait_ready(ids, len(ids), deadline, self._request_fetch, fail_fast=True)
-            finally:
-                if blocked:
-                    self.on_unblocked()
+            # Fail fast: the first error known is raised without waiting for the other objects. An object
+            # already on this machine, or a reply about to arrive, is ready within a few milliseconds: only a
+            # longer wait lends this worker's CPU to other tasks (as Ray keeps it for objects already local).
+            # Results of our own tasks still being computed are worth lending the CPU for at once.
+            owned_pending = any(self.refs.is_owned(oid) and ((v := values.get(oid)) is None or v.state == PENDING)
+                                for oid in ids)
+            grace = time.monotonic() + (0.0 if owned_pending else _BLOCK_GRACE_S)
+            flags = self.objects.wait_ready(ids, len(ids), grace if deadline is None else min(deadline, grace),
+                                            self._request_fetch, fail_fast=True)
+            if not all(flags) and not any(f and values[oid].state == ERROR for oid, f in zip(ids, flags)
+                                          if oid in values) and (deadline is None or deadline > grace):
+                blocked = self.on_blocked()
+                self.cpu_lent += blocked
+                try:
+                    flags = self.objects.wait_ready(ids, len(ids), deadline, self._request_fetch, fail_fast=True)
+                finally:
+                    if blocked:
+                        self.on_unblocked()
             if not all(flags):
                 for oid, flag in zip(ids, flags):
                     v = values.get(oid)

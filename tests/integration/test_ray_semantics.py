@@ -233,3 +233,34 @@ def test_a_named_actor_goes_with_its_last_handle(cluster):
     # ... and the name can be claimed again.
     again = Named.options(name="goes-with-handle").remote()
     assert p2p.get(again.hello.remote(), timeout=30) == "hello"
+
+
+@p2p.remote
+def get_nested_and_count_lent_cpus(refs):
+    import p2pcompute.api as api
+    values = p2p.get(refs)
+    return sum(values), api._runtime().cpu_lent
+
+
+def test_a_task_getting_objects_already_there_keeps_its_cpu(cluster):
+    # The objects exist (put by the driver) before the task asks: fetching them takes a round trip, not a
+    # wait worth lending the CPU for.
+    refs = [p2p.put(i) for i in range(5)]
+    p2p.get(refs)
+    total, lent_before = p2p.get(get_nested_and_count_lent_cpus.remote(refs), timeout=30)
+    assert total == 10
+    total, lent_after = p2p.get(get_nested_and_count_lent_cpus.remote(refs), timeout=30)
+    assert lent_after == lent_before, "a get of objects that were ready lent the CPU"
+
+
+@p2p.remote
+def get_slow_and_count_lent_cpus(ref_list):
+    import p2pcompute.api as api
+    before = api._runtime().cpu_lent
+    p2p.get(ref_list[0])
+    return api._runtime().cpu_lent - before
+
+
+def test_a_task_blocked_on_a_slow_object_lends_its_cpu(cluster):
+    slow = after.remote(1, 0.5)
+    assert p2p.get(get_slow_and_count_lent_cpus.remote([slow]), timeout=30) == 1
