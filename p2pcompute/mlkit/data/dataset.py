@@ -178,9 +178,9 @@ class Dataset:
         return self.iter_rows()
 
     def take(self, limit: int = 20) -> list:
-        out = []
-        for row in self.limit(limit).iter_rows():
-            out.append(row)
+        limited = self.limit(limit)
+        out = list(limited.iter_rows())
+        self._adopt_stats(limited)
         return out
 
     def take_all(self, limit: int | None = None) -> list:
@@ -228,8 +228,10 @@ class Dataset:
 
     def aggregate(self, *aggs: agg.AggregateFn) -> dict:
         # The partial states are computed by one more fused operator, in the tasks that make the blocks.
-        states = [b["state"][0] for b in _fetch_blocks(self._with(("map", Partial(list(aggs)), {}))._iter_refs(), 0)
+        derived = self._with(("map", Partial(list(aggs)), {}))
+        states = [b["state"][0] for b in _fetch_blocks(derived._iter_refs(), 0)
                   if b and b["state"][0] is not None]
+        self._adopt_stats(derived)
         results = agg.combine(list(aggs), states)
         return {a.name: r for a, r in zip(aggs, results)}
 
@@ -285,7 +287,9 @@ class Dataset:
     # ---- writes ----
     def _write(self, kind: str, path: str, options: dict) -> list:
         written = self._with(("map", Write(kind, str(path), options), {}))
-        return [str(b["path"][0]) for b in _fetch_blocks(written._iter_refs(), 0) if b]
+        paths = [str(b["path"][0]) for b in _fetch_blocks(written._iter_refs(), 0) if b]
+        self._adopt_stats(written)
+        return paths
 
     def write_csv(self, path: str) -> list:
         return self._write("csv", path, {})
@@ -303,6 +307,10 @@ class Dataset:
         return self._write("parquet", path, {})
 
     # ---- introspection ----
+    def _adopt_stats(self, other: "Dataset") -> None:
+        """A consumer that ran a derived plan (aggregates, writes) reports its stats as this dataset's."""
+        self._last_stats, self._last_wall_s = other._last_stats, other._last_wall_s
+
     def stats(self) -> str:
         return prog.format_stats(self._last_stats, self._last_wall_s)
 
