@@ -172,3 +172,9 @@ def test_rollout_worker_that_does_not_answer_in_time_is_replaced(ml_cluster, tmp
         assert algo.train()["num_env_runner_batches"] == 2
     finally:
         algo.stop()
+
+
+def test_a_worker_no_peer_can_host_fails_at_build(ml_cluster):
+    with pytest.raises(ValueError, match="num_cpus_per_env_runner"):
+        (rl.PPOConfig().environment("CartPole-v1")
+         .env_runners(num_env_runners=1, num_cpus_per_env_runner=64).build())

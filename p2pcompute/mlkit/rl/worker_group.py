@@ -27,12 +27,24 @@ log = logging.getLogger(__name__)
 LOST = (errors.ActorError, errors.WorkerCrashedError, errors.ObjectLostError, errors.PeerUnavailableError)
 
 
+def _check_feasible(options: dict) -> None:
+    """Fail now, not after a sample timeout, when no peer could ever host one worker."""
+    cpus = float(options.get("num_cpus", 0) or 0)
+    if cpus <= 0:
+        return
+    largest = max((n["Resources"].get("CPU", 0.0) for n in p2p.nodes() if n.get("Alive")), default=0.0)
+    if cpus > largest:
+        raise ValueError(f"each rollout worker asks for {cpus:g} CPUs but the largest peer has {largest:g}; "
+                         "lower num_cpus_per_env_runner (0 is allowed) or add a bigger peer")
+
+
 class WorkerGroup:
     """`num_workers` actors of `cls`; `make_args(index, generation)` gives the constructor's (args, kwargs)."""
 
     def __init__(self, cls: type, num_workers: int, make_args: Callable[[int, int], tuple[tuple, dict]],
                  actor_options: dict | None = None, restart: bool = True):
         self.restart = restart
+        _check_feasible(actor_options or {})
         self._actor_cls = p2p.remote(cls).options(max_restarts=0, **(actor_options or {}))
         self._make_args = make_args
         self._generation: dict[int, int] = {}
