@@ -143,6 +143,10 @@ class SubmitterCore:
         # then reclaimed it when it wrote us off during a partition; the two messages come by different
         # routes): such a grant is void, or a task pushed to it would wait for ever.
         self._dead_workers: dict[str, None] = {}
+        # Addresses of peers reported dead (bounded, oldest forgotten first). A spillback or a locality
+        # target naming one is asked at the local peer instead: a request to a dead peer would otherwise
+        # wait out the whole request timeout.
+        self._dead_peer_addrs: dict[str, None] = {}
         self._seq = 0
         self.peers_that_fit = 1  # set by the runtime from membership; bounds pipelined lease requests
 
@@ -259,6 +263,9 @@ class SubmitterCore:
         return effects
 
     def _send_request(self, now_ns: int, state: _KeyState, target: str, spilled: int, task: TaskInfo) -> Send:
+        if target in self._dead_peer_addrs:
+            # Fail over at once; the local peer may spill again (its membership knows the death too).
+            target, spilled = self.local_peer_addr, 0
         self._seq += 1
         request_id = f"{self.self_id}:r{self._seq}"
         req = _Request(request_id, state.template.key, target, now_ns, spilled)
@@ -379,6 +386,10 @@ class SubmitterCore:
         """A peer died: its leases are gone, and requests waiting there are asked again at the local peer."""
         lost: list[str] = []
         effects: list = []
+        if peer_addr and peer_addr != self.local_peer_addr:
+            self._dead_peer_addrs[peer_addr] = None
+            if len(self._dead_peer_addrs) > _MAX_DEAD_WORKERS:
+                del self._dead_peer_addrs[next(iter(self._dead_peer_addrs))]
         for held in list(self._leases.values()):
             if held.peer_id == peer_id:
                 l, e = self.on_revoked(now_ns, held.lease_id)

@@ -142,7 +142,7 @@ def test_max_restarts_reruns_constructor_after_crash(cluster):
     assert p2p.get(log.append.remote("x"), timeout=30) == 2
     pid = p2p.get(log.pid.remote(), timeout=30)
     crash = log.crash.remote()
-    with pytest.raises(errors.P2PError):
+    with pytest.raises(errors.ActorUnavailableError):  # lost with its worker; the actor is restarting
         p2p.get(crash, timeout=20)
     # Restarted: a new process, the constructor ran again (state reset), and calls work.
     new_pid = wait_until(lambda: _pid_or_none(log), 20, what="the restarted actor to answer")
@@ -161,7 +161,7 @@ def _pid_or_none(handle):
 def test_actor_without_restarts_is_dead_after_crash(cluster):
     log = Log.remote()
     assert p2p.get(log.append.remote(1), timeout=30) == 1
-    with pytest.raises(errors.P2PError):
+    with pytest.raises(errors.ActorDiedError):  # no restarts: the call dies with the actor
         p2p.get(log.crash.remote(), timeout=20)
     with pytest.raises(errors.ActorDiedError):
         p2p.get(log.read.remote(), timeout=20)

@@ -104,6 +104,25 @@ def test_spillback_is_followed_once_with_the_hop_counted():
     assert again[0].to == "addr-p2" and again[0].msg.spilled == 1
 
 
+def test_a_spillback_to_a_peer_already_declared_dead_goes_to_the_local_peer_at_once():
+    c = core(request_timeout_ms=30_000)
+    c.on_peer_died(0, "p2", "addr-p2")
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    # A peer whose membership has not declared the death yet spills us there: do not wait out 30 s.
+    again = sends(c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2")), RequestLease)
+    assert again[0].to == "addr-peer" and again[0].msg.spilled == 0
+    assert pushes(c.on_message(2, grant(again[0]))) == ["t1"]
+
+
+def test_a_request_outstanding_at_a_peer_that_dies_is_asked_again_at_once():
+    c = core(request_timeout_ms=30_000)
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    spilled = sends(c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2")), RequestLease)[0]
+    assert spilled.to == "addr-p2"
+    _lost, effects = c.on_peer_died(5 * MS, "p2", "addr-p2")
+    assert [r.to for r in sends(effects, RequestLease)] == ["addr-peer"]
+
+
 def test_rejection_retries_at_the_local_peer_after_a_backoff():
     c = core(retry_backoff_ms=50)
     req = sends(c.submit(0, task(1)), RequestLease)[0]
