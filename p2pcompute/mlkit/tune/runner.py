@@ -88,6 +88,7 @@ class TrialRunner:
         with self.cond:
             if self.session is not None:
                 self.session.stop_requested = True
+                self.cond.notify_all()  # a trial waiting at a decision point wakes up to stop
         if self.thread is not None:
             self.thread.join(timeout_s)
             if self.thread.is_alive():
