@@ -65,6 +65,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                 return _info()
             raise RuntimeError("p2pcompute.init() was already called; call shutdown() first, "
                                "or pass ignore_reinit_error=True")
+        from p2pcompute import config
+        # Ray's spelling; validated now, and inherited by the embedded peer and every worker it starts.
+        config.set_process_config(kwargs.pop("_system_config", None))
         unknown = set(kwargs) - _IGNORED_INIT_OPTIONS
         if unknown:
             raise InvalidArgumentError(f"unknown init() option(s): {', '.join(sorted(unknown))}")

@@ -86,6 +86,12 @@ def _launch(args, seeds: list[str], token: str) -> dict:
             cmd += ["--enable-jobs"]
     env = dict(os.environ, P2P_CLUSTER_TOKEN=token)
     from p2pcompute import config
+    if getattr(args, "config", None):
+        env[config.FILE_ENV] = os.path.abspath(args.config)
+    try:
+        config.system_config(env)  # a bad key or value is reported here, not in the peer's log
+    except InvalidArgumentError as exc:
+        raise CommandError(str(exc)) from None
     env["PYTHONPATH"] = os.pathsep.join([config.package_root()] +
                                         [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     log_path = os.path.join(home.log_dir, "peer.log")
@@ -352,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--home", default=None, help="state directory (default ~/.p2pcompute or $P2P_HOME)")
         p.add_argument("--token", default=None, help="cluster token (visible in process lists; prefer a file)")
         p.add_argument("--token-file", default=None, help="file holding the cluster token")
+        p.add_argument("--config", default=None, metavar="FILE",
+                       help="system config (JSON, or YAML with pyyaml): protocol settings by section, e.g. "
+                            "'{\"membership\": {\"probe_interval_ms\": 250}}'; see docs/operations.md")
         p.add_argument("--dashboard-port", type=int, default=8265,
                        help="dashboard port (default 8265, or the next free one)")
         p.add_argument("--dashboard-host", default="127.0.0.1",

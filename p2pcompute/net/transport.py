@@ -241,13 +241,16 @@ class Transport:
 
     def __init__(self, context: Context, proc_id: str, role: str, *, ipc_path: str | None = None,
                  tcp_host: str | None = None, tcp_port: int = 0, advertise_host: str | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, unreachable_after_ms: int = 10_000):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, unreachable_after_ms: int | None = None):
         self.ctx = context
         self.proc_id = proc_id
         self.identity = f"{proc_id}#{role}".encode()
         # Where to answer a peer we have not heard of yet: peers put their own address in their identity.
         self.reply_addr: dict[str, str] = {}
         self.max_message_bytes = max_message_bytes
+        if unreachable_after_ms is None:  # the system config's (p2pcompute/config.py): 10 s unless set
+            from p2pcompute.config import system_config
+            unreachable_after_ms = system_config().transport.unreachable_after_ms
         self.unreachable_after_s = unreachable_after_ms / 1000
         # Keyed by the endpoint actually dialled: two spellings of one address (with or without the IPC
         # part) must share one DEALER, or the receiver sees one identity on two connections and drops one.

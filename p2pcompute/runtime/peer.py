@@ -19,6 +19,7 @@ from collections import deque
 import shutil
 import time
 
+from p2pcompute.config import system_config
 from p2pcompute.errors import RemoteProtocolError
 from p2pcompute.lease import messages as lm
 from p2pcompute.lease import resources
@@ -67,7 +68,9 @@ class PeerDaemon:
         self.waker = Waker()
         self.transport.add_fd(self.waker.fd)
         self.total = dict(total)
-        self.lease = LeaseCore(peer_id, self.addr, total, rng=random.Random())  # its own spill sampling
+        cfg = system_config()  # p2pcompute/config.py: --config FILE, init(_system_config=...), P2P_* variables
+        self.lease = LeaseCore(peer_id, self.addr, total, config=cfg.lease,
+                               rng=random.Random())  # its own spill sampling
         # GPU ids for GPU leases (see runtime/gpus.py); the ids are this peer's CUDA_VISIBLE_DEVICES if set.
         self.gpus = GpuAssigner(total.get(resources.GPU, 0), session_dir, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.log_dir = log_dir or os.path.join(session_dir, "logs")
@@ -98,7 +101,7 @@ class PeerDaemon:
         self.membership: Membership | None = None
         if self.clustered:
             meta = {"machine": machine_id(), "store": store_dir, "pid": os.getpid(), "version": 1}
-            self.membership = Membership(peer_id, self.addr, config=membership_config or MembershipConfig(),
+            self.membership = Membership(peer_id, self.addr, config=membership_config or cfg.membership,
                                          rng=random.Random(), now_ns=now, meta=meta)
             self._seeds = list(seeds or [])
         # The first peer of a cluster (and an embedded peer) starts the table; others are added by its leader.

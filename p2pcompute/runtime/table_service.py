@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 
+from p2pcompute.config import system_config
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.runtime import messages as rm
 from p2pcompute.table import messages as tm
@@ -52,10 +53,12 @@ class TableService:
     def __init__(self, peer, now_ns: int, bootstrap: bool):
         self.peer = peer
         rng = random.Random()
-        self.replica = TableReplica(peer.peer_id, peer.addr, rng=rng, now_ns=now_ns, bootstrap=bootstrap)
+        cfg = system_config()
+        self.replica = TableReplica(peer.peer_id, peer.addr, config=cfg.raft, rng=rng, now_ns=now_ns,
+                                    bootstrap=bootstrap)
         known = {peer.peer_id: peer.addr} if bootstrap else {}
         self.client = TableClient(f"{peer.peer_id}-table", peer.addr, rng=random.Random(rng.random()),
-                                  now_ns=now_ns, replicas=known)
+                                  now_ns=now_ns, replicas=known, config=cfg.table_client)
         self.known_replicas: dict[str, str] = dict(known)
         self.leader: tuple[str, str] | None = None
         self._waiting: dict[int, object] = {}  # client request id -> (reply_to, caller's id) or a callback
