@@ -29,7 +29,7 @@ from cluster_util import Cluster, wait_for
 
 pytestmark = [pytest.mark.mlkit, pytest.mark.integration, pytest.mark.slow]
 
-BLOCKS = 40
+BLOCKS = 24
 ROWS = 32_768  # 256 KiB of float64 per block: stored objects, not inline values
 
 DRIVER = f"""

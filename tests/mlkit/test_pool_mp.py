@@ -259,13 +259,6 @@ def test_empty_iterable(pool):
     assert pool.map_async(sqr, []).get(TIMEOUT_S) == []
 
 
-def test_context(ml_cluster):
-    with Pool(2) as p:
-        assert p.map_async(sqr, list(range(10))).get(TIMEOUT_S) == [sqr(i) for i in range(10)]
-    with pytest.raises(ValueError):
-        p.map_async(sqr, [1])
-
-
 def test_traceback(pool):
     # The worker's exception arrives with its type and the worker's traceback as its cause.
     with pytest.raises(KeyError) as info:
@@ -306,16 +299,17 @@ def test_join_on_running_pool_is_an_error(pool):
         pool.join()
 
 
-def test_initializer_runs_once_per_worker(ml_cluster):
+def test_initializer_and_context_manager(ml_cluster):
+    # The initializer runs in every worker before its first call; leaving the `with` terminates the pool.
     with Pool(2, initializer=init_marker, initargs=("ready",)) as p:
         assert p.map(read_marker, range(8), chunksize=1) == ["ready"] * 8
+    with pytest.raises(ValueError):
+        p.map_async(sqr, [1])
 
 
 def test_maxtasksperchild_recycles_workers(ml_cluster):
-    # _TestPoolWorkerLifetime: with maxtasksperchild a worker runs at most that many chunks.
-    with Pool(2, maxtasksperchild=2) as p:
-        pids = p.map(pid_of, range(8), chunksize=1)
-    assert len(pids) == 8
+    # _TestPoolWorkerLifetime: with maxtasksperchild a worker runs at most that many chunks, then is replaced.
+    with Pool(1, maxtasksperchild=2) as p:
+        pids = p.map(pid_of, range(4), chunksize=1)
     counts = {pid: pids.count(pid) for pid in set(pids)}
-    assert max(counts.values()) <= 2
-    assert len(counts) >= 4
+    assert sorted(counts.values()) == [2, 2]
