@@ -54,6 +54,15 @@ INLINE_MAX_BYTES = 100 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """A task ended: ran (`error` None) or failed with `error` (packed). Reported only when the driver asks
+    (`report_finished`): the simulator keeps its ledger with it; the client has no use for it."""
+
+    task_id: str
+    error: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class ForgetAddress:
     """The process at `addr` is dead: drop its connection."""
 
@@ -86,6 +95,7 @@ class OwnerCore:
         self._counter = itertools.count(1)
         self._out: list = []          # effects for the driver, gathered by the current entry point
         self._now = 0
+        self.report_finished = False  # emit TaskFinished effects
 
     def new_id(self) -> str:
         """A new object or task id: this process's id and a counter (any thread)."""
@@ -329,7 +339,7 @@ class OwnerCore:
             self._store_return(oid, entry, msg.node_id)
         if rec.kind == "actor_call":
             self.apply(self.actors.call_finished(rec))
-        self._complete(rec)
+        self._complete(rec, next((e[1] for e in msg.returns if e[0] == "error"), None))
 
     def _argument_lost(self, rec: TaskRecord, error: bytes) -> bool:
         """The worker could not read an argument: forget the copy it was told of, rebuild, and run again."""
@@ -409,9 +419,11 @@ class OwnerCore:
         names = entry[2] if len(entry) > 2 else []
         return any(name in names for name in rec.retry_exceptions)
 
-    def _complete(self, rec: TaskRecord) -> None:
+    def _complete(self, rec: TaskRecord, error: bytes | None = None) -> None:
         rec.done = True
         self.tasks.pop(rec.task_id, None)
+        if self.report_finished:
+            self._out.append(TaskFinished(rec.task_id, error))
         for oid in rec.return_ids:
             self.task_of_object.pop(oid, None)
         if rec.lineage_pinned:
@@ -451,7 +463,7 @@ class OwnerCore:
             self._store_return(oid, ["error", error], "")
         if rec.kind == "actor_create":
             self.apply(self.actors.on_create_failed(rec, error))
-        self._complete(rec)
+        self._complete(rec, error)
         if rec.kind == "actor_call":
             self.apply(self.actors.call_finished(rec))
 

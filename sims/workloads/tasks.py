@@ -14,7 +14,8 @@ with `OwnerDiedError`.
 
 from __future__ import annotations
 
-from sims.driver import Driver, SimTask
+from sims.driver import SimTask
+from sims.owner_driver import OwnerDriver
 from sims.workloads.base import Workload
 
 S = 1_000_000_000
@@ -46,11 +47,11 @@ class TasksWorkload(Workload):
         self.submitter_slots = set(self.rng.sample(range(opts.peers), n_sub))
         self.rate_each = self.rate / n_sub
         self._service = opts.service.sampler(self.rng)
-        self.drivers: list[Driver] = []
+        self.drivers: list[OwnerDriver] = []
 
     def on_peer_up(self, peer, restarted: bool) -> None:
         if peer.slot in self.submitter_slots and peer.lease is not None:
-            d = Driver(peer, self.driver_index)
+            d = OwnerDriver(peer, self.driver_index)  # the product's owner core
             d.state["wl"] = self
             self.drivers.append(d)
             if self.engine.now < self.stop_ns or not self.stop_ns:
@@ -59,17 +60,17 @@ class TasksWorkload(Workload):
     def start(self, stop_ns: int) -> None:
         super().start(stop_ns)
 
-    def _arm(self, d: Driver) -> None:
+    def _arm(self, d: OwnerDriver) -> None:
         if self.rate_each > 0:
             d.peer.later(int(self.rng.expovariate(self.rate_each) * S), self._arrive, d)
 
-    def _arrive(self, d: Driver) -> None:
+    def _arrive(self, d: OwnerDriver) -> None:
         if not d.alive or self.engine.now >= self.stop_ns:
             return
         self.submit_one(d)
         self._arm(d)
 
-    def submit_one(self, d: Driver) -> SimTask:
+    def submit_one(self, d: OwnerDriver) -> SimTask:
         rng = self.rng
         roll = rng.random()
         for acc, shape, shape_key in self.shapes:
