@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from p2pcompute.mlkit.data import aggregate as agg
 from p2pcompute.mlkit.data import block as B
-from p2pcompute.mlkit.data.dataset import rebatch
+from p2pcompute.mlkit.data.iteration import rebatch
 from p2pcompute.mlkit.data.executor import _OrderedTasks
 from p2pcompute.mlkit.data.shuffle import _row_ranges, _spans_for
 

@@ -10,10 +10,8 @@ unless it was `materialize`d (its blocks are then kept in the object stores).
 from __future__ import annotations
 
 import inspect
-import queue
-import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -24,6 +22,7 @@ from p2pcompute.mlkit.data import io as dio
 from p2pcompute.mlkit.data import progress as prog
 from p2pcompute.mlkit.data import shuffle as sh
 from p2pcompute.mlkit.data.executor import ExecOptions, execute
+from p2pcompute.mlkit.data.iteration import fetch_blocks, rebatch
 from p2pcompute.mlkit.data.ops import Filter, FlatMap, MapBatches, MapRows, Partial, Write
 from p2pcompute.mlkit.data.planner import build
 
@@ -167,11 +166,11 @@ class Dataset:
             raise ValueError(f"batch_format must be one of {B.BATCH_FORMATS}, not {batch_format!r}")
         if isinstance(prefetch_batches, bool) or not isinstance(prefetch_batches, int) or prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be an int >= 0, not {prefetch_batches!r}")
-        blocks = _fetch_blocks(self._iter_refs(), prefetch_batches)
+        blocks = fetch_blocks(self._iter_refs(), prefetch_batches)
         return rebatch(blocks, batch_size, batch_format, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
 
     def iter_rows(self) -> Iterator[dict]:
-        for block in _fetch_blocks(self._iter_refs(), 1):
+        for block in fetch_blocks(self._iter_refs(), 1):
             yield from B.iter_rows(block)
 
     def __iter__(self):
@@ -203,7 +202,7 @@ class Dataset:
 
     def schema(self) -> dict:
         """Column name -> dtype, from the first non-empty block."""
-        for block in _fetch_blocks(self.limit(1)._iter_refs(), 0):
+        for block in fetch_blocks(self.limit(1)._iter_refs(), 0):
             if block:
                 return {k: v.dtype for k, v in block.items()}
         return {}
@@ -216,7 +215,7 @@ class Dataset:
 
     def to_numpy(self, column: str | None = None):
         """The whole dataset in the driver: one array (`column`, or the only column), else a dict of arrays."""
-        block = B.concat(_fetch_blocks(self._iter_refs(), 1))
+        block = B.concat(fetch_blocks(self._iter_refs(), 1))
         if column is not None:
             if column not in block:
                 raise KeyError(f"no column {column!r}; the dataset has {sorted(block)}")
@@ -224,12 +223,12 @@ class Dataset:
         return next(iter(block.values())) if len(block) == 1 else block
 
     def to_pandas(self):
-        return B.to_batch(B.concat(_fetch_blocks(self._iter_refs(), 1)), "pandas")
+        return B.to_batch(B.concat(fetch_blocks(self._iter_refs(), 1)), "pandas")
 
     def aggregate(self, *aggs: agg.AggregateFn) -> dict:
         # The partial states are computed by one more fused operator, in the tasks that make the blocks.
         derived = self._with(("map", Partial(list(aggs)), {}))
-        states = [b["state"][0] for b in _fetch_blocks(derived._iter_refs(), 0)
+        states = [b["state"][0] for b in fetch_blocks(derived._iter_refs(), 0)
                   if b and b["state"][0] is not None]
         self._adopt_stats(derived)
         results = agg.combine(list(aggs), states)
@@ -287,7 +286,7 @@ class Dataset:
     # ---- writes ----
     def _write(self, kind: str, path: str, options: dict) -> list:
         written = self._with(("map", Write(kind, str(path), options), {}))
-        paths = [str(b["path"][0]) for b in _fetch_blocks(written._iter_refs(), 0) if b]
+        paths = [str(b["path"][0]) for b in fetch_blocks(written._iter_refs(), 0) if b]
         self._adopt_stats(written)
         return paths
 
@@ -412,102 +411,3 @@ def _pool_size(concurrency) -> tuple:
         return concurrency
     raise ValueError(f"concurrency must be a positive int or a (min, max) tuple with 1 <= min <= max, "
                      f"not {concurrency!r}")
-
-
-_LOST_RETRY_S = 60.0
-
-
-def get_block(ref):
-    """A block's value. A block whose holder just died may be reported lost before its owner (this driver)
-    has learnt of the death and re-run the task that made it: ask again for a while before giving up."""
-    deadline = time.monotonic() + _LOST_RETRY_S
-    backoff_s = 0.05
-    while True:
-        try:
-            return p2p.get(ref)
-        except p2p.errors.OwnerDiedError:
-            raise
-        except p2p.errors.ObjectLostError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(backoff_s)  # the rebuild starts once the death is declared (seconds): poll for it
-            backoff_s = min(1.0, backoff_s * 2)
-
-
-def _fetch_blocks(refs: Iterator[tuple], prefetch: int) -> Iterator[dict]:
-    """Values of the blocks, fetched `prefetch` blocks ahead on a thread (0: in the caller's thread)."""
-    if prefetch <= 0:
-        for ref, _ in refs:
-            yield get_block(ref)
-        return
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    done = object()
-
-    def pump():
-        try:
-            for ref, _ in refs:
-                value = get_block(ref)
-                while not stop.is_set():
-                    try:
-                        q.put((True, value), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((True, done))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
-            q.put((False, exc))
-        finally:
-            refs.close()
-
-    t = threading.Thread(target=pump, name="p2p-data-prefetch", daemon=True)
-    t.start()
-    try:
-        while True:
-            ok, value = q.get()
-            if not ok:
-                raise value
-            if value is done:
-                return
-            yield value
-    finally:
-        stop.set()
-
-
-def rebatch(blocks: Iterator[dict], batch_size: int | None, batch_format: str, drop_last: bool,
-            shuffle_buffer: int | None = None, shuffle_seed: int | None = None) -> Iterator:
-    """Blocks -> batches of exactly `batch_size` rows (None: one batch per block)."""
-    rng = np.random.default_rng(shuffle_seed) if shuffle_buffer else None
-    if batch_size is None:
-        for block in blocks:
-            if B.num_rows(block):
-                yield B.to_batch(block, batch_format)
-        return
-    pending: list = []
-    have = 0
-    min_rows = max(batch_size, shuffle_buffer or 0)
-    for block in blocks:
-        n = B.num_rows(block)
-        if not n:
-            continue
-        pending.append(block)
-        have += n
-        while have >= min_rows:
-            buf = B.concat(pending)
-            if rng is not None:
-                buf = B.take_rows(buf, rng.permutation(have))
-            yield B.to_batch(B.slice_block(buf, 0, batch_size), batch_format)
-            rest = B.slice_block(buf, batch_size, have)
-            have -= batch_size
-            pending = [rest] if have else []
-    if have:
-        buf = B.concat(pending)
-        if rng is not None:
-            buf = B.take_rows(buf, rng.permutation(have))
-        for start in range(0, have, batch_size):
-            part = B.slice_block(buf, start, min(start + batch_size, have))
-            if drop_last and B.num_rows(part) < batch_size:
-                return
-            yield B.to_batch(part, batch_format)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -191,11 +190,3 @@ def _plain(v):
         return v.decode("utf-8", "replace")
     return v
 
-
-def csv_text(block) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(list(block))
-    for row in B.iter_rows(block):
-        w.writerow([_plain(v) for v in row.values()])
-    return buf.getvalue()

@@ -12,6 +12,7 @@ import time
 
 import p2pcompute as p2p
 from p2pcompute.mlkit.data import block as B
+from p2pcompute.mlkit.data.iteration import get_block, rebatch
 
 
 class _SplitCoordinator:
@@ -71,11 +72,10 @@ class DataIterator:
             if kind == "end":
                 return
             ahead = self._coord.next_block.remote(self._index, epoch)  # prefetch the next block's ref
-            yield p2p.get(payload[0])
+            yield get_block(payload[0])
 
     def iter_batches(self, *, batch_size: int | None = 256, batch_format: str = "numpy", drop_last: bool = False,
                      prefetch_batches: int = 1, local_shuffle_buffer_size=None, local_shuffle_seed=None):
-        from p2pcompute.mlkit.data.dataset import rebatch
         return rebatch(self._blocks(), batch_size, batch_format, drop_last, local_shuffle_buffer_size,
                        local_shuffle_seed)
 
