@@ -5,8 +5,12 @@ Every endpoint is a ROUTER that receives and one DEALER per destination that sen
 connection was authenticated (CURVE on TCP, a 0700 directory for IPC). Replies travel like any other
 message, through the replier's own DEALER to the asker's ROUTER, so there is no request/reply lockstep.
 
-Addresses are strings of space-separated parts, `tcp://H:P ipc:///path machine=M`: a sender on the same
-machine (and network namespace) uses the IPC path, others use TCP.
+Addresses are strings of space-separated parts, `tcp://H:P ipc:///path machine=M nonce=N`: a sender on
+the same machine (and network namespace) uses the IPC path, others use TCP. "Same machine" is a guess from
+`/etc/machine-id` and the network namespace, which containers started from one image on different hosts
+can share; so it is confirmed before the IPC path is used: the receiver wrote its nonce `N` into a file
+next to its socket (`<path>.nonce`), and a sender that reads the same nonce back through that path is on
+the same machine. Otherwise it uses TCP.
 
 Security: with a `CurveKeys`, the TCP ROUTER is a CURVE server and every DEALER a CURVE client, with keys
 derived from the cluster token, and a ZAP handler admits only the token's client key. A connection with the
@@ -24,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import struct
 import time
 from dataclasses import dataclass
@@ -58,19 +63,54 @@ def machine_id() -> str:
     return _MACHINE
 
 
-def make_address(tcp: str | None, ipc: str | None) -> str:
+def make_address(tcp: str | None, ipc: str | None, nonce: str | None = None) -> str:
     parts = []
     if tcp:
         parts.append(tcp)
     if ipc:
         parts.append(ipc)
         parts.append(f"machine={machine_id()}")
+        if nonce:
+            parts.append(f"nonce={nonce}")
     return " ".join(parts)
+
+
+def write_nonce(ipc_path: str) -> str | None:
+    """Write a fresh nonce next to an IPC socket, for senders to confirm they reach the same filesystem."""
+    nonce = secrets.token_hex(8)
+    try:
+        fd = os.open(ipc_path + ".nonce", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(nonce)
+    except OSError:
+        return None  # senders then trust the machine id alone, as before
+    return nonce
+
+
+_confirmed: dict[tuple[str, str], bool] = {}
+
+
+def _local(ipc: str, nonce: str) -> bool:
+    """Does the nonce file next to this IPC socket, read here, hold `nonce`? (Cached: it never changes.)"""
+    key = (ipc, nonce)
+    known = _confirmed.get(key)
+    if known is None:
+        try:
+            with open(ipc[len("ipc://"):] + ".nonce") as f:
+                known = f.read().strip() == nonce
+        except OSError:
+            known = False
+        if not known:
+            log.info("%s is on a machine with our machine id but not our filesystem: using TCP", ipc)
+        if len(_confirmed) > 10_000:
+            _confirmed.clear()
+        _confirmed[key] = known
+    return known
 
 
 def route(address: str) -> str:
     """The endpoint to connect to for `address` from this process."""
-    tcp = ipc = machine = None
+    tcp = ipc = machine = nonce = None
     for part in address.split():
         if part.startswith("tcp://"):
             tcp = part
@@ -78,7 +118,9 @@ def route(address: str) -> str:
             ipc = part
         elif part.startswith("machine="):
             machine = part[8:]
-    if ipc and machine == machine_id():
+        elif part.startswith("nonce="):
+            nonce = part[6:]
+    if ipc and machine == machine_id() and (nonce is None or tcp is None or _local(ipc, nonce)):
         return ipc
     if tcp:
         return tcp
@@ -265,6 +307,7 @@ class Transport:
         self._held: dict[str, list] | None = None  # destination -> messages held by `hold` until `flush`
         self.ipc_endpoint = None
         self.tcp_endpoint = None
+        self._nonce = self._nonce_path = None
         if ipc_path is not None:
             router = self._router(curve=False)
             router.bind(f"ipc://{ipc_path}")
@@ -273,6 +316,8 @@ class Transport:
             except OSError:
                 pass
             self.ipc_endpoint = f"ipc://{ipc_path}"
+            self._nonce_path = ipc_path + ".nonce"
+            self._nonce = write_nonce(ipc_path)
         if tcp_host is not None:
             router = self._router(curve=context.curve is not None)
             if tcp_port:
@@ -281,7 +326,7 @@ class Transport:
             else:
                 port = router.bind_to_random_port(f"tcp://{tcp_host}")
             self.tcp_endpoint = f"tcp://{advertise_host or tcp_host}:{port}"
-        self.address = make_address(self.tcp_endpoint, self.ipc_endpoint)
+        self.address = make_address(self.tcp_endpoint, self.ipc_endpoint, self._nonce)
         self._next_check = 0.0
         if role == "p" and self.tcp_endpoint:
             ident = f"{proc_id}#{role}#{self.tcp_endpoint}".encode()
@@ -550,3 +595,8 @@ class Transport:
         for sock in self._routers:
             sock.close(0)
         self._routers.clear()
+        if self._nonce_path is not None:
+            try:
+                os.unlink(self._nonce_path)
+            except OSError:
+                pass
