@@ -129,3 +129,47 @@ def test_from_rows_needs_the_same_columns():
     with pytest.raises(ValueError, match="row 1"):
         B.from_rows([{"a": 1}, {"b": 2}])
     assert B.from_rows([1, 2, 3])["item"].tolist() == [1, 2, 3]
+
+
+def _plan(source, ops):
+    from p2pcompute.mlkit.data.executor import ExecOptions
+    from p2pcompute.mlkit.data.planner import build
+    return build(source, ops, ExecOptions(max_tasks_in_flight=2, max_blocks_buffered=4))
+
+
+def test_planner_fuses_maps_into_the_read_and_splits_at_barriers():
+    from p2pcompute.mlkit.data.ops import Filter, MapBatches, MapRows, RangeRead
+    from p2pcompute.mlkit.data.stages import AllToAllStage, LimitStage
+
+    def f(b):
+        return b
+
+    reads = [RangeRead(0, 5), RangeRead(5, 10)]
+    pipeline = _plan(("reads", "ReadRange", reads),
+                     [("map", MapBatches(f, 4), {}), ("map", Filter(f), {}),
+                      ("all_to_all", "Sort[id]", lambda inputs: []),
+                      ("map", MapRows(f), {}), ("map", MapBatches(f, 8), {"num_cpus": 2}), ("limit", 3)])
+    names = [s.name for s in pipeline.all]
+    assert names == ["ReadRange->MapBatches(f)->Filter(f)", "Sort[id]", "Map(f)", "MapBatches(f)", "Limit[3]"]
+    kinds = [type(s) for s in pipeline.all]
+    assert kinds[1] is AllToAllStage and kinds[-1] is LimitStage
+    # A stage fed by another whose first operator is map_batches(batch_size=b) bundles b rows per task.
+    assert pipeline.all[3].bundle_rows == 8 and pipeline.all[2].bundle_rows is None
+
+
+def test_planner_actor_pool_stage_and_existing_blocks():
+    from p2pcompute.mlkit.data.ops import MapBatches
+    from p2pcompute.mlkit.data.stages import ActorMapStage
+    from p2pcompute.mlkit.data.executor import InputStage
+
+    class Model:
+        def __call__(self, b):
+            return b
+
+    metas = [("ref0", B.meta_of({"x": np.zeros(3)}))]
+    pipeline = _plan(("blocks", "FromNumpy", metas),
+                     [("actor_map", MapBatches(Model, 16, label="Model"), (), {}, (1, 3), {})])
+    first, second = pipeline.all
+    assert isinstance(first, InputStage) and first.finished() and len(first.outputs) == 1
+    assert isinstance(second, ActorMapStage) and (second.min_size, second.max_size) == (1, 3)
+    assert second.bundle_rows == 16
