@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 

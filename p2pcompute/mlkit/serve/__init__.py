@@ -25,10 +25,10 @@ from p2pcompute.mlkit.serve.errors import (BackPressureError, BadRequestError, D
 from p2pcompute.mlkit.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from p2pcompute.mlkit.serve.http_util import Request
 from p2pcompute.mlkit.serve.ingress import ingress
-from p2pcompute.mlkit.serve import config_file  # noqa: E402  (p2p serve deploy)
+from p2pcompute.mlkit.serve import config_file  # noqa: F401  (serve.config_file.deploy, for the CLI)
 
 __all__ = ["Application", "ApplicationStatus", "AutoscalingConfig", "BackPressureError", "BadRequestError",
            "Deployment", "DeploymentFailedError", "DeploymentHandle", "DeploymentResponse",
            "DeploymentResponseGenerator", "DeploymentStatus", "DeploymentUnavailableError", "Request",
-           "ServeStatus", "batch", "delete", "deployment", "get_app_handle", "get_deployment_handle", "ingress",
+           "ServeStatus", "batch", "config_file", "delete", "deployment", "get_app_handle", "get_deployment_handle", "ingress",
            "proxy_urls", "run", "shutdown", "start", "status"]
