@@ -77,10 +77,10 @@ def unpicklable_result(_):
 @pytest.fixture(scope="module")
 def _shared_pool(_ml_cluster_session):
     # One pool for the tests that leave it as they found it (making a pool costs two actors).
+    # Started as the `ml_cluster` fixture starts it (a module-scoped fixture cannot use that function-scoped one).
     import p2pcompute as p2p
-    from conftest import NUM_CPUS
     if not p2p.is_initialized():
-        p2p.init(num_cpus=NUM_CPUS)
+        p2p.init(num_cpus=2)
     # Its actors ask for no CPU, so the tests that make their own pools still find the cluster's two CPUs.
     p = Pool(2, ray_remote_args={"num_cpus": 0})
     yield p
