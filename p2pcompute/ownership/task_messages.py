@@ -6,7 +6,6 @@ Their type codes were allotted with the runtime's (400-599) and never change: ap
 
 from __future__ import annotations
 
-
 from p2pcompute.net.messages import message
 
 
