@@ -169,6 +169,8 @@ def test_rollout_worker_that_does_not_answer_in_time_is_replaced(ml_cluster, tmp
         # The stalled worker was stopped, not left running beside its replacement.
         wait_until(lambda: not psutil.pid_exists(stalled_pid) or psutil.Process(stalled_pid).status() == "zombie",
                    30, what="the stalled worker's process to be killed")
+        # The replacement answers before the next iteration's 5 s deadline starts (its start-up is not sampling).
+        assert p2p.get(algo.workers.workers[2].pid.remote(), timeout=60) != stalled_pid
         assert algo.train()["num_env_runner_batches"] == 2
     finally:
         algo.stop()
