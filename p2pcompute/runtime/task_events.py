@@ -149,15 +149,21 @@ def owned_tasks(rt) -> list[dict]:
 
 def owned_actors(rt) -> list[dict]:
     out = []
-    for owned in list(rt.actors.owned.values()):
-        state = "DEAD" if owned.killed and owned.state != "alive" else owned.state.upper()
+    owned_map = getattr(getattr(rt, "actors", None), "owned", None) or {}
+    for owned in list(owned_map.values()):
+        # Read defensively: the owner's actor records belong to the actor core, which may grow or rename.
+        raw = str(getattr(owned, "state", "pending"))
+        state = "DEAD" if getattr(owned, "killed", False) and raw != "alive" else raw.upper()
         if state == "PENDING":
             state = "PENDING_CREATION"
-        out.append({"actor_id": owned.actor_id, "class_name": owned.name, "state": state,
-                    "name": (owned.name_record or {}).get("name") if owned.name_record else None,
-                    "owner": rt.proc_id, "job_id": rt.job_id, "detached": owned.detached,
-                    "restarts": max(0, owned.incarnation - 1), "restarts_left": owned.restarts_left,
-                    "worker_id": owned.held.worker_id if owned.held is not None else None})
+        record = getattr(owned, "name_record", None) or {}
+        held = getattr(owned, "held", None)
+        out.append({"actor_id": owned.actor_id, "class_name": getattr(owned, "name", ""), "state": state,
+                    "name": record.get("name") if isinstance(record, dict) else None,
+                    "owner": rt.proc_id, "job_id": rt.job_id, "detached": getattr(owned, "detached", False),
+                    "restarts": max(0, getattr(owned, "incarnation", 0) - 1),
+                    "restarts_left": getattr(owned, "restarts_left", 0),
+                    "worker_id": getattr(held, "worker_id", None) if held is not None else None})
     return out
 
 
