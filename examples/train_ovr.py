@@ -29,7 +29,14 @@ def make_data(rows: int, features: int = 40, classes: int = 3, seed: int = 0):
 @p2p.remote
 def fit_binary(X, y, label, max_iter):
     """Train 'label versus the rest' and return its weight column and bias."""
+    try:  # one BLAS thread per task: a task per CPU, not a thread pool per task fighting for the same cores
+        from threadpoolctl import threadpool_limits
+        limit = threadpool_limits(limits=1)
+    except ImportError:
+        limit = None
     model = LogisticRegression(max_iter=max_iter, tol=0.0).fit(X, (y == label).astype(int))
+    if limit is not None:
+        limit.restore_original_limits()
     w = model.get_weights()
     return w["W"][:, 0], w["b"][0]
 

@@ -88,11 +88,12 @@ def test_a_loop_that_keeps_raising_fails_after_max_failures_restarts(ml_cluster,
     trainer = train.DataParallelTrainer(
         _failing_loop, train_loop_config={"dir": str(marks)},
         scaling_config=train.ScalingConfig(num_workers=2, resources_per_worker=ZERO_CPU),
-        run_config=_run_config(tmp_path, failure_config=train.FailureConfig(max_failures=2)))
+        run_config=_run_config(tmp_path, failure_config=train.FailureConfig(max_failures=1)))
     with pytest.raises(train.TrainingFailedError, match="boom in the loop") as info:
         trainer.fit()
     assert isinstance(info.value.cause, ValueError)
-    assert sorted(p.name for p in marks.iterdir()) == ["attempt0", "attempt1", "attempt2"]
+    assert sorted(p.name for p in marks.iterdir()) == ["attempt0", "attempt1"]  # one retry, then give up
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["failures"] == 2
 
 
 def _killable_loop(config):
