@@ -50,6 +50,7 @@ class Session:
         self.wait_at = frozenset(points.get("at") or ())
         self.wait_every = points.get("every") or 0
         self.acked = start_iteration
+        self.waiting = False  # blocked at a decision point until acknowledged
 
     def waits_at(self, iteration: int) -> bool:
         return iteration in self.wait_at or bool(self.wait_every and iteration % self.wait_every == 0)
@@ -81,7 +82,10 @@ class Session:
             self.cond.notify_all()
             if self.waits_at(self.iteration):
                 iteration = self.iteration
+                self.waiting = True
+                self.cond.notify_all()
                 self.cond.wait_for(lambda: self.acked >= iteration or self.stop_requested)
+                self.waiting = False
                 if self.stop_requested:
                     raise StopTrial()
         if checkpoint is not None:
