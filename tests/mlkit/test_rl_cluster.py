@@ -17,6 +17,9 @@ from p2pcompute.mlkit import rl
 
 pytestmark = [pytest.mark.mlkit, pytest.mark.integration]
 
+# Workers here ask for no CPU: the shared 2-CPU peer may have CPUs held by other tests' actors, and these
+# tests are about sampling, broadcasts and replacement, not placement (the peer-loss test uses real CPUs).
+
 
 @pytest.fixture
 def count_puts(monkeypatch):
@@ -35,7 +38,7 @@ def count_puts(monkeypatch):
 @pytest.mark.timeout(120)
 def test_ppo_samples_on_worker_actors_with_one_broadcast_per_iteration(ml_cluster, count_puts):
     algo = (rl.PPOConfig().environment("CartPole-v1")
-            .env_runners(num_env_runners=2, num_envs_per_env_runner=2)
+            .env_runners(num_env_runners=2, num_envs_per_env_runner=2, num_cpus_per_env_runner=0)
             .training(train_batch_size=400, num_epochs=2).debugging(seed=0).build())
     try:
         pids = p2p.get([w.pid.remote() for w in algo.workers.workers.values()], timeout=60)
@@ -83,7 +86,7 @@ class StallingCartPole(gym.Wrapper):
 @pytest.mark.timeout(180)
 def test_rollout_worker_killed_mid_iteration_is_replaced(ml_cluster, tmp_path):
     algo = (rl.PPOConfig().environment(StallingCartPole, env_config={"dir": str(tmp_path)})
-            .env_runners(num_env_runners=2, rollout_fragment_length=100)
+            .env_runners(num_env_runners=2, rollout_fragment_length=100, num_cpus_per_env_runner=0)
             .training(train_batch_size=200, num_epochs=1).debugging(seed=0).build())
     try:
         outcome = {}
@@ -112,7 +115,7 @@ def test_rollout_worker_killed_mid_iteration_is_replaced(ml_cluster, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_es_puts_the_noise_table_once_and_workers_return_only_offsets_and_returns(ml_cluster, count_puts):
-    algo = (rl.ESConfig().environment("CartPole-v1").env_runners(num_env_runners=2)
+    algo = (rl.ESConfig().environment("CartPole-v1").env_runners(num_env_runners=2, num_cpus_per_env_runner=0)
             .training(num_rollouts_per_worker=6, noise_size=300_000, num_eval_episodes=2)
             .debugging(seed=0).build())
     try:
@@ -156,7 +159,8 @@ def test_ppo_as_a_tune_function_trainable(ml_cluster, tmp_path):
 def test_rollout_worker_that_does_not_answer_in_time_is_replaced(ml_cluster, tmp_path):
     import psutil
     algo = (rl.PPOConfig().environment(StallingCartPole, env_config={"dir": str(tmp_path)})
-            .env_runners(num_env_runners=2, rollout_fragment_length=50, sample_timeout_s=5)
+            .env_runners(num_env_runners=2, rollout_fragment_length=50, sample_timeout_s=5,
+                         num_cpus_per_env_runner=0)
             .training(train_batch_size=100, num_epochs=1).debugging(seed=0).build())
     try:
         # Both workers up before the clock starts, so the deadline measures sampling, not actor start-up.
