@@ -156,10 +156,11 @@ def owned_actors(rt) -> list[dict]:
         state = "DEAD" if getattr(owned, "killed", False) and raw != "alive" else raw.upper()
         if state == "PENDING":
             state = "PENDING_CREATION"
-        record = getattr(owned, "name_record", None) or {}
+        key = getattr(owned, "name_key", None)   # "namespace/name" when the actor was named
         held = getattr(owned, "held", None)
         out.append({"actor_id": owned.actor_id, "class_name": getattr(owned, "name", ""), "state": state,
-                    "name": record.get("name") if isinstance(record, dict) else None,
+                    "name": key.split("/", 1)[-1] if isinstance(key, str) else None,
+                    "namespace": key.split("/", 1)[0] if isinstance(key, str) and "/" in key else None,
                     "owner": rt.proc_id, "job_id": rt.job_id, "detached": getattr(owned, "detached", False),
                     "restarts": max(0, getattr(owned, "incarnation", 0) - 1),
                     "restarts_left": getattr(owned, "restarts_left", 0),

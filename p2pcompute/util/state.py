@@ -215,7 +215,8 @@ def merge_actors(peers: list[dict]) -> list[dict]:
         h = hosted.get(actor_id, {})
         alive_here = h.get("alive") and rec["state"] in ("ALIVE", "RESTARTING")
         out.append({"actor_id": actor_id, "class_name": rec.get("class_name"), "state": rec["state"],
-                    "name": rec.get("name"), "job_id": rec.get("job_id"), "owner": rec.get("owner"),
+                    "name": rec.get("name"), "namespace": rec.get("namespace"), "job_id": rec.get("job_id"),
+                    "owner": rec.get("owner"),
                     "node_id": h.get("node_id") if alive_here else None,
                     "pid": h.get("pid") if alive_here else None,
                     "worker_id": rec.get("worker_id"), "detached": rec.get("detached"),

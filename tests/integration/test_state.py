@@ -104,14 +104,20 @@ def test_actors_and_their_calls(cluster):
     wait_until(lambda: _counts("StCounter.add") == {"FINISHED": 6}, 20, 0.1, "6 finished actor calls")
     assert _counts("StCounter") == {"FINISHED": 2}  # the constructors
     rows = state.list_actors([("class_name", "=", "StCounter")])
-    assert len(rows) == 2
+    assert len(rows) == 2, rows
     assert {r["state"] for r in rows} == {"ALIVE"}
     assert sorted(r["pid"] for r in rows) == sorted(pids)
     assert {r["actor_id"] for r in rows} == {c._actor_id for c in counters}
+    named = StCounter.options(name="st_named_counter").remote()
+    assert p2p.get(named.add.remote(5)) == 5
+    (row,) = state.list_actors([("name", "=", "st_named_counter")])
+    assert row["actor_id"] == named._actor_id and row["state"] == "ALIVE" and row["namespace"]
+    p2p.kill(named)
     p2p.kill(counters[0])
     wait_until(lambda: {r["actor_id"]: r["state"] for r in state.list_actors([("class_name", "=", "StCounter")])}
                .get(counters[0]._actor_id) == "DEAD", 20, 0.1, "the killed actor reported DEAD")
-    assert len(state.list_actors([("class_name", "=", "StCounter"), ("state", "=", "ALIVE")])) == 1
+    wait_until(lambda: len(state.list_actors([("class_name", "=", "StCounter"), ("state", "=", "ALIVE")])) == 1,
+               20, 0.1, "one StCounter left alive")
 
 
 def test_objects_nodes_and_jobs(cluster):
