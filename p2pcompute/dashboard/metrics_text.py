@@ -96,7 +96,18 @@ def _peer(out: _Out, report: dict) -> None:
     if "table_role" in m:
         out.add("p2p_table_leader", "gauge", "1 if this peer's table replica is the leader", base,
                 1 if m["table_role"] == "leader" else 0)
-    _user(out, peer, report.get("processes") or {})
+    processes = report.get("processes") or {}
+    pending: dict[str, int] = {}
+    for data in processes.values():
+        for state, n in (data.get("owned_pending") or {}).items():
+            pending[state] = pending.get(state, 0) + n
+    for state in ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER"):
+        out.add("p2p_tasks_pending", "gauge", "unfinished tasks owned by this peer's processes, by state",
+                dict(base, state=state), pending.get(state, 0))
+    if processes:
+        out.add("p2p_worker_queued_tasks", "gauge", "tasks waiting in this peer's workers behind a running one",
+                base, sum(int(d.get("worker_queue") or 0) for d in processes.values()))
+    _user(out, peer, processes)
 
 
 def _user(out: _Out, peer: str, processes: dict) -> None:

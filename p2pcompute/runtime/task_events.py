@@ -191,6 +191,14 @@ def answer(rt, msg) -> None:
     elif what == "metrics":
         from p2pcompute.util import metrics
         data["metrics"] = metrics.snapshot()
+        pending: dict[str, int] = {}
+        for rec in list(rt.tasks.values()):
+            if not rec.done:
+                state = _pending_state(rec)
+                pending[state] = pending.get(state, 0) + 1
+        data["owned_pending"] = pending
+        ex = getattr(rt, "executor", None)
+        data["worker_queue"] = len(ex.queue) if ex is not None else 0
     rt._send(msg.reply_to, rm.ProcStateReply(msg.request_id, rt.proc_id, data))
 
 

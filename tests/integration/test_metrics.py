@@ -48,8 +48,9 @@ def test_text_format_round_trips_and_sums_processes():
                                              "transfer_bytes_sent": 4096,
                                              "store_used_bytes": 10, "members_by_state": {"alive": 2},
                                              "table_role": "leader"},
-              "processes": {"w1": {"metrics": {"tm_lat": h, "tm_hits": c}},
-                            "w2": {"metrics": {"tm_lat": h, "tm_hits": c}}}}
+              "processes": {"w1": {"metrics": {"tm_lat": h, "tm_hits": c}, "worker_queue": 2},
+                            "w2": {"metrics": {"tm_lat": h, "tm_hits": c}, "worker_queue": 1,
+                                   "owned_pending": {"PENDING_ARGS_AVAIL": 3}}}}
     text = render([report])
     assert "# TYPE tm_lat histogram" in text and "# TYPE p2p_tasks_total counter" in text
     s = parse(text)
@@ -57,6 +58,9 @@ def test_text_format_round_trips_and_sums_processes():
     assert s[("p2p_lease_grants_total", (("peer", "p1"),))] == 9
     assert s[("p2p_table_leader", (("peer", "p1"),))] == 1
     assert s[("p2p_table_leader_changes_total", (("peer", "p1"),))] == 1
+    assert s[("p2p_tasks_pending", (("peer", "p1"), ("state", "PENDING_ARGS_AVAIL")))] == 3
+    assert s[("p2p_tasks_pending", (("peer", "p1"), ("state", "SUBMITTED_TO_WORKER")))] == 0
+    assert s[("p2p_worker_queued_tasks", (("peer", "p1"),))] == 3
     assert s[("p2p_transfer_sent_bytes_total", (("peer", "p1"),))] == 4096
     assert s[("tm_hits", (("peer", "p1"), ("who", 'a"b\\c')))] == 4  # two processes summed
     buckets = [s[("tm_lat_bucket", (("le", le), ("peer", "p1")))] for le in ("0.1", "1", "+Inf")]
