@@ -17,7 +17,9 @@ pytest.importorskip("uvicorn")
 import p2pcompute as p2p  # noqa: E402
 from itest_util import alive, wait_until  # noqa: E402
 from p2pcompute.mlkit import serve  # noqa: E402
+from p2pcompute.mlkit.serve import handle as hd  # noqa: E402
 from p2pcompute.mlkit.serve import loadgen, state  # noqa: E402
+from p2pcompute.mlkit.serve.proxy import Proxy  # noqa: E402
 
 pytestmark = [pytest.mark.mlkit, pytest.mark.integration]
 
@@ -102,7 +104,24 @@ def test_overload_answers_503(url):
     assert set(codes) <= {200, 503}
     msg = next(b for s, b in zip(res.statuses, res.bodies) if s == 503)
     assert b"max_ongoing_requests" in msg and b"overloaded" in msg
+    assert _asgi(Proxy(request_timeout_s=0.05), "/slow")[0] == 408     # a proxy with a request timeout
+    assert _asgi(Proxy(request_timeout_s=10), "/slow") == (200, b"done")
     serve.delete("slow")
+
+
+def _asgi(proxy, path: str) -> tuple[int, bytes]:
+    """One GET through a proxy object in this process (the same ASGI app an agent serves)."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": path, "method": "GET", "headers": [], "client": ("127.0.0.1", 1)}
+    asyncio.run_coroutine_threadsafe(proxy(scope, receive, send), hd.serve_loop()).result(60)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
 @serve.deployment

@@ -92,7 +92,7 @@ class Agent:
         except OSError as exc:
             self.record["error"] = f"cannot listen on {host}:{port}: {exc}"
             return
-        self.proxy = Proxy(self.http.get("auth_token"))
+        self.proxy = Proxy(self.http.get("auth_token"), self.http.get("request_timeout_s"))
         config = uvicorn.Config(self.proxy, log_level="warning", access_log=False, lifespan="off",
                                 timeout_keep_alive=30)
         self.server = uvicorn.Server(config)

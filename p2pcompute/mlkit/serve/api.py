@@ -19,7 +19,7 @@ from p2pcompute.mlkit.serve.errors import DeploymentFailedError
 from p2pcompute.mlkit.serve.handle import DeploymentHandle
 
 _LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
-_HTTP_KEYS = {"host", "port", "auth_token", "location"}
+_HTTP_KEYS = {"host", "port", "auth_token", "location", "request_timeout_s"}
 
 
 def _loopback(host: str) -> bool:
@@ -39,6 +39,9 @@ def _check_http(http_options: dict | None, proxy_location: str) -> dict:
         raise ValueError(f"http_options host must be an address string, not {host!r}")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
         raise ValueError(f"http_options port must be an integer in [0, 65535] (0: any free port), not {port!r}")
+    timeout = opts.get("request_timeout_s")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise ValueError(f"http_options request_timeout_s must be a number of seconds > 0 (or None), not {timeout!r}")
     if not _loopback(host) and not opts.get("auth_token"):
         # Serving beyond this machine is an explicit choice, and never unauthenticated: make a token.
         opts["auth_token"] = secrets.token_urlsafe(24)
@@ -51,7 +54,7 @@ def start(http_options: dict | None = None, *, proxy_location: str = "EveryNode"
     """Start serving: an agent (HTTP proxy, routers, reconciler) on every peer ("EveryNode"), on this driver's
     peer only ("HeadOnly"), or agents without HTTP ("Disabled"). `http_options`: `host` [127.0.0.1],
     `port` [8000; 0 picks a free port per peer], `auth_token` (required from non-loopback clients; made up
-    and returned when binding beyond loopback). Returns the HTTP options in force."""
+    and returned when binding beyond loopback), `request_timeout_s` [None: no limit; past it, HTTP 408]. Returns the HTTP options in force."""
     opts = _check_http(http_options, proxy_location)
     current = kv.get(state.HTTP, linearizable=True)
     if isinstance(current, dict):

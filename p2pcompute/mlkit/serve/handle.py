@@ -41,6 +41,12 @@ _loop: asyncio.AbstractEventLoop | None = None
 _routers: dict[tuple[str, str], "Router"] = {}
 
 
+async def _await_ref(ref):
+    """`await ref`, except that a cancelled waiter (a request timeout) leaves the ref's future alone: the
+    runtime's waiter thread would otherwise fail setting a result on a cancelled future."""
+    return await asyncio.shield(asyncio.wrap_future(ref.future()))
+
+
 def serve_loop() -> asyncio.AbstractEventLoop:
     """This process's serve event loop (started on first use, on a daemon thread)."""
     global _loop
@@ -188,7 +194,7 @@ class Router:
             self.inflight[name] = self.inflight.get(name, 0) + 1
             keep = False
             try:
-                env = await handle.handle_request.remote(method, http, *args, **kwargs)
+                env = await _await_ref(handle.handle_request.remote(method, http, *args, **kwargs))
                 if env[0] == rp.STREAM:
                     keep = True
                     return name, env
@@ -230,7 +236,7 @@ async def _call_value(router: Router, method: str, args: tuple, kwargs: dict, st
     name, env = await router.call(method, False, args, kwargs)
     if env[0] == rp.STREAM:
         if not stream:
-            await router.handles[name].stream_close.remote(env[1]) if name in router.handles else None
+            await _await_ref(router.handles[name].stream_close.remote(env[1])) if name in router.handles else None
             router.release(name)
             raise TypeError(f"{router.deployment}.{method} returned a generator; call it with "
                             f"handle.options(stream=True)")
@@ -255,7 +261,7 @@ class _Stream:
             if self.done:
                 raise StopAsyncIteration
             try:
-                chunks, self.done = await self.handle.stream_next.remote(self.sid)
+                chunks, self.done = await _await_ref(self.handle.stream_next.remote(self.sid))
             except BaseException:
                 self.done = True
                 self.router.release(self.name)
@@ -272,7 +278,7 @@ class _Stream:
         self.done = True
         self.router.release(self.name)
         try:
-            await self.handle.stream_close.remote(self.sid)
+            await _await_ref(self.handle.stream_close.remote(self.sid))
         except Exception:  # noqa: BLE001 - the replica is gone: nothing to close
             pass
 

@@ -5,7 +5,8 @@ every half second) and answers each request on the agent's serve loop: the longe
 app, the app's ingress router picks a replica, and the replica's result becomes the response — streamed
 chunk by chunk when the replica returned a generator. `/-/healthz` and `/-/routes` are answered by the proxy
 itself. Errors map to status codes: 404 (no route), 400 (`BadRequestError`, e.g. a body that is not JSON),
-503 (back-pressure, or no replica), the code of an `HTTPException`, else 500 with the error's message.
+503 (back-pressure, or no replica), 408 past `request_timeout_s` (if set), the code of an `HTTPException`,
+else 500 with the error's message.
 Clients not on loopback must present the serve token (`Authorization: Bearer <token>`) when one is set.
 """
 
@@ -36,8 +37,9 @@ def _loopback(client) -> bool:
 
 
 class Proxy:
-    def __init__(self, auth_token: str | None = None):
+    def __init__(self, auth_token: str | None = None, request_timeout_s: float | None = None):
         self.auth_token = auth_token
+        self.request_timeout_s = request_timeout_s
         self.routes: dict[str, tuple[str, str]] = {}   # prefix -> (app, ingress deployment)
         self.routes_at = 0.0
         self._refreshing: asyncio.Task | None = None
@@ -116,7 +118,11 @@ class Proxy:
                                     scope.get("scheme", "http"), scope.get("server"))
         router = hd.router_for(app, ingress)
         try:
-            name, env = await router.call("__call__", True, (request,), {})
+            name, env = await asyncio.wait_for(router.call("__call__", True, (request,), {}),
+                                               self.request_timeout_s)
+        except asyncio.TimeoutError:
+            return await _text(send, 408, f"the request timed out after {self.request_timeout_s} s "
+                                          f"(http_options request_timeout_s)")
         except (BackPressureError, DeploymentUnavailableError) as exc:
             return await _text(send, 503, str(exc))
         except Exception as exc:  # noqa: BLE001 - user errors become HTTP errors
