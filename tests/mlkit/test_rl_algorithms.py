@@ -123,3 +123,24 @@ def test_function_trainable_runs_outside_tune():
     result = fn({"lr": 5e-4})
     assert result["training_iteration"] == 2
     assert result["learners"]["lr"] == 5e-4
+
+
+def test_mean_std_filter_normalises_and_is_kept_in_checkpoints(tmp_path):
+    algo = _ppo_config().env_runners(observation_filter="MeanStdFilter").build()
+    assert algo.policy.obs_mean is None  # nothing seen yet
+    algo.train()
+    algo.train()
+    stat = algo.obs_stat
+    assert stat.count == 2000  # every observation the workers stepped from, once
+    assert np.all(algo.policy.obs_std < 1.0)  # CartPole's angle and position vary far less than 1
+    raw = np.array([[0.05, 0.2, -0.03, -0.3]])
+    np.testing.assert_allclose(algo.policy.preprocess(raw), (raw - stat.mean) / stat.std)
+    path = algo.save(str(tmp_path / "ckpt"))
+    obs = np.random.default_rng(2).uniform(-0.2, 0.2, size=(40, 4))
+    expected = [algo.compute_single_action(o) for o in obs]
+    for other in (rl.PPO.from_checkpoint(path), rl.load_policy(path)):
+        np.testing.assert_allclose(other.get_policy().obs_mean if hasattr(other, "get_policy") else other.obs_mean,
+                                   stat.mean)
+        assert [other.compute_single_action(o) for o in obs] == expected
+    with pytest.raises(ValueError, match="observation_filter"):
+        rl.PPOConfig().environment("CartPole-v1").env_runners(observation_filter="Mean").build()

@@ -184,3 +184,18 @@ def test_a_worker_no_peer_can_host_fails_at_build(ml_cluster):
     with pytest.raises(ValueError, match="num_cpus_per_env_runner"):
         (rl.PPOConfig().environment("CartPole-v1")
          .env_runners(num_env_runners=1, num_cpus_per_env_runner=64).build())
+
+
+@pytest.mark.timeout(120)
+def test_mean_std_filter_statistics_travel_in_the_same_single_broadcast(ml_cluster, count_puts):
+    algo = (rl.PPOConfig().environment("CartPole-v1")
+            .env_runners(num_env_runners=2, num_cpus_per_env_runner=0, observation_filter="MeanStdFilter")
+            .training(train_batch_size=200, num_epochs=1).debugging(seed=0).build())
+    try:
+        algo.train()
+        before = len(count_puts)
+        algo.train()
+        assert count_puts[before:] == ["dict"]  # weights and filter statistics, one object
+        assert algo.obs_stat.count == 400  # both workers' observations merged, both iterations
+    finally:
+        algo.stop()

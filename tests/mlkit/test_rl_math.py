@@ -142,3 +142,21 @@ def test_mlp_rejects_bad_layouts():
         rl.MLP((2, 3), activation="sigmoidish")
     with pytest.raises(ValueError, match="positive"):
         rl.MLP((2, 0, 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=5), st.integers(0, 10_000))
+def test_running_stats_merged_from_parts_equal_the_whole(sizes, seed):
+    from p2pcompute.mlkit.rl.filters import RunningStat
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(3.0, 2.0, size=(n, 3)) for n in sizes]
+    total = RunningStat.zeros(3)
+    for part in parts:  # as the learner merges the workers' deltas
+        delta = RunningStat.zeros(3)
+        delta.push(part)
+        total.merge(delta)
+    whole = np.concatenate(parts)
+    assert total.count == len(whole)
+    np.testing.assert_allclose(total.mean, whole.mean(axis=0))
+    if len(whole) > 1:
+        np.testing.assert_allclose(total.std, np.maximum(whole.std(axis=0), 1e-2))

@@ -27,6 +27,7 @@ from collections import deque
 import numpy as np
 
 from p2pcompute.mlkit.rl.env import make_env
+from p2pcompute.mlkit.rl.filters import FILTERS
 from p2pcompute.mlkit.rl.policy import Policy, PolicySpec
 
 STATE_FILE = "algorithm_state.pkl"
@@ -35,7 +36,7 @@ STATE_FILE = "algorithm_state.pkl"
 COMMON_SETTINGS = {
     "env": None, "env_config": {},
     "num_env_runners": 2, "num_envs_per_env_runner": 1, "rollout_fragment_length": "auto",
-    "num_cpus_per_env_runner": 1, "sample_timeout_s": 300.0,
+    "num_cpus_per_env_runner": 1, "sample_timeout_s": 300.0, "observation_filter": "NoFilter",
     "restart_failed_env_runners": True, "max_failed_sample_rounds": 3,
     "seed": None, "model": {},
     "metrics_num_episodes_for_smoothing": 100,
@@ -82,9 +83,10 @@ class AlgorithmConfig:
 
     def env_runners(self, **kw) -> "AlgorithmConfig":
         """num_env_runners (0: sample in the driver), num_envs_per_env_runner, rollout_fragment_length
-        ("auto": train_batch_size split over runners and envs), num_cpus_per_env_runner, sample_timeout_s."""
+        ("auto": train_batch_size split over runners and envs), num_cpus_per_env_runner, sample_timeout_s,
+        observation_filter ("NoFilter" or "MeanStdFilter")."""
         return self._set("env_runners", ("num_env_runners", "num_envs_per_env_runner", "rollout_fragment_length",
-                                         "num_cpus_per_env_runner", "sample_timeout_s"), **kw)
+                                         "num_cpus_per_env_runner", "sample_timeout_s", "observation_filter"), **kw)
 
     def training(self, **kw) -> "AlgorithmConfig":
         kw = dict(kw)
@@ -141,6 +143,8 @@ class AlgorithmConfig:
         frag = s["rollout_fragment_length"]
         if frag != "auto" and (not isinstance(frag, int) or frag < 1):
             raise ValueError(f"rollout_fragment_length must be 'auto' or an integer >= 1, not {frag!r}")
+        if s["observation_filter"] not in FILTERS:
+            raise ValueError(f"observation_filter must be one of {FILTERS}, not {s['observation_filter']!r}")
         if not isinstance(s["model"], dict):
             raise TypeError(f"model must be a dict such as {{'fcnet_hiddens': [64, 64]}}, not {s['model']!r}")
 

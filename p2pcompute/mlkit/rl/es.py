@@ -115,6 +115,8 @@ class ESConfig(AlgorithmConfig):
             raise ValueError("num_rollouts_per_worker must be an integer >= 1")
         if s["noise_stdev"] <= 0 or s["stepsize"] <= 0:
             raise ValueError("noise_stdev and stepsize must be positive")
+        if s["observation_filter"] != "NoFilter":
+            raise ValueError("ES here does not normalise observations: leave observation_filter='NoFilter'")
 
 
 class ES(Algorithm):

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from p2pcompute.mlkit.rl.distributions import Categorical, DiagGaussian
+from p2pcompute.mlkit.rl.filters import normalize
 from p2pcompute.mlkit.rl.nets import MLP
 
 POLICY_FILE = "policy.npz"
@@ -93,6 +94,8 @@ class Policy:
             self.vf.init(weights, rng)
             weights[self._log_std_at:] = spec.init_log_std
         self.set_weights(weights)
+        self.obs_mean: np.ndarray | None = None  # observation normalisation (MeanStdFilter), None when off
+        self.obs_std: np.ndarray | None = None
 
     # ---- weights -------------------------------------------------------------------------------------------
 
@@ -106,6 +109,13 @@ class Policy:
     def get_weights(self) -> np.ndarray:
         return np.array(self.weights)
 
+    def set_obs_filter(self, mean: np.ndarray | None, std: np.ndarray | None) -> None:
+        """Normalise observations as (obs - mean) / std (clipped to +-10) before the networks; None: off."""
+        if self.spec.obs_discrete and mean is not None:
+            raise ValueError("observation normalisation applies to Box observations, not Discrete ones")
+        self.obs_mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+        self.obs_std = None if std is None else np.asarray(std, dtype=np.float64)
+
     # ---- forward -------------------------------------------------------------------------------------------
 
     def preprocess(self, obs) -> np.ndarray:
@@ -116,7 +126,8 @@ class Policy:
             x[np.arange(idx.shape[0]), idx] = 1.0
             return x
         x = np.asarray(obs, dtype=np.float64)
-        return x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
+        x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
+        return x if self.obs_mean is None else normalize(x, self.obs_mean, self.obs_std)
 
     def distribution(self, x: np.ndarray, weights: np.ndarray | None = None):
         """The action distribution for preprocessed observations, and the actor's backprop cache."""
@@ -158,7 +169,8 @@ class Policy:
     def save(self, directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, POLICY_FILE)
-        np.savez(path, weights=self.weights, spec=np.array(self.spec.to_json()))
+        extra = {} if self.obs_mean is None else {"obs_mean": self.obs_mean, "obs_std": self.obs_std}
+        np.savez(path, weights=self.weights, spec=np.array(self.spec.to_json()), **extra)
         return path
 
 
@@ -169,4 +181,7 @@ def load_policy(checkpoint) -> Policy:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {POLICY_FILE} in {directory!r}: pass a directory written by Algorithm.save()")
     with np.load(path) as f:
-        return Policy(PolicySpec.from_json(str(f["spec"])), np.array(f["weights"]))
+        policy = Policy(PolicySpec.from_json(str(f["spec"])), np.array(f["weights"]))
+        if "obs_mean" in f:
+            policy.set_obs_filter(np.array(f["obs_mean"]), np.array(f["obs_std"]))
+        return policy

@@ -23,6 +23,7 @@ import numpy as np
 
 import p2pcompute as p2p
 from p2pcompute.mlkit.rl.algorithm import Algorithm, AlgorithmConfig
+from p2pcompute.mlkit.rl.filters import RunningStat
 from p2pcompute.mlkit.rl.nets import Adam, clip_by_global_norm
 from p2pcompute.mlkit.rl.policy import Policy
 from p2pcompute.mlkit.rl.rollout import RolloutWorker, SampleBatch
@@ -125,7 +126,13 @@ class PPO(Algorithm):
             return ((c.env, c.env_config, self.policy_spec),
                     dict(num_envs=c.num_envs_per_env_runner, rollout_fragment_length=self.fragment_length,
                          gamma=c.gamma, lambda_=c.lambda_, worker_index=index,
-                         seed=self.seed + 1000 * index + 100_003 * generation))
+                         seed=self.seed + 1000 * index + 100_003 * generation,
+                         observation_filter=c.observation_filter))
+
+        self.obs_stat = (RunningStat.zeros(self.policy_spec.obs_dim) if c.observation_filter == "MeanStdFilter"
+                         else None)
+        if self.obs_stat is not None and self.policy_spec.obs_discrete:
+            raise ValueError("observation_filter='MeanStdFilter' needs Box observations; this env's are Discrete")
 
         self.local_worker = None
         self.workers = None
@@ -141,9 +148,12 @@ class PPO(Algorithm):
 
     def sample(self) -> list[SampleBatch]:
         """One round of sampling with the current weights: a batch per worker that answered."""
+        payload = self.policy.weights
+        if self.obs_stat is not None:
+            payload = {"weights": self.policy.weights, "obs_mean": self.policy.obs_mean, "obs_std": self.policy.obs_std}
         if self.local_worker is not None:
-            return [self.local_worker.sample(self.policy.weights)]
-        weights_ref = p2p.put(self.policy.weights)  # the one broadcast of this iteration
+            return [self.local_worker.sample(payload)]
+        weights_ref = p2p.put(payload)  # the one broadcast of this iteration
         for _ in range(self.config.max_failed_sample_rounds):
             results = self.workers.call("sample", lambda index: (weights_ref,), self.config.sample_timeout_s)
             if results:
@@ -176,6 +186,12 @@ class PPO(Algorithm):
                     totals[k] = totals.get(k, 0.0) + v
                 updates += 1
         self.policy.set_weights(weights)
+        if self.obs_stat is not None:
+            # The update used the statistics the workers sampled with; the next iteration uses the merged ones.
+            for b in batches:
+                if b.obs_delta is not None:
+                    self.obs_stat.merge(b.obs_delta)
+            self.policy.set_obs_filter(self.obs_stat.mean, self.obs_stat.std)
         learner = {k: v / max(updates, 1) for k, v in totals.items()}
         learner["lr"] = self.adam.lr
         learner["num_updates"] = updates
@@ -189,11 +205,15 @@ class PPO(Algorithm):
         }
 
     def extra_state(self) -> dict:
-        return {"adam": self.adam.state(), "rng": self.rng.bit_generator.state}
+        return {"adam": self.adam.state(), "rng": self.rng.bit_generator.state,
+                "obs_stat": None if self.obs_stat is None else self.obs_stat.state()}
 
     def load_extra_state(self, state: dict) -> None:
         self.adam.load(state["adam"])
         self.rng.bit_generator.state = state["rng"]
+        if self.obs_stat is not None and state.get("obs_stat") is not None:
+            self.obs_stat = RunningStat.from_state(state["obs_stat"])
+            self.policy.set_obs_filter(self.obs_stat.mean, self.obs_stat.std)
 
     def stop(self) -> None:
         if self.workers is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from p2pcompute.mlkit.rl.env import make_env
+from p2pcompute.mlkit.rl.filters import FILTERS, RunningStat
 from p2pcompute.mlkit.rl.gae import compute_gae
 from p2pcompute.mlkit.rl.policy import Policy, PolicySpec
 
@@ -40,6 +41,7 @@ class SampleBatch:
     episode_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     worker_index: int = 0
     sample_time_s: float = 0.0
+    obs_delta: RunningStat | None = None  # raw observations seen, for the learner's MeanStdFilter
 
     ROW_FIELDS = ("obs", "actions", "rewards", "dones", "logp", "values", "advantages", "value_targets")
 
@@ -58,7 +60,7 @@ class SampleBatch:
         if not batches:
             raise ValueError("no sample batches to concatenate")
         out = {f.name: np.concatenate([getattr(b, f.name) for b in batches])
-               for f in fields(SampleBatch) if f.name not in ("worker_index", "sample_time_s")}
+               for f in fields(SampleBatch) if f.name not in ("worker_index", "sample_time_s", "obs_delta")}
         return SampleBatch(**out, worker_index=-1, sample_time_s=max(b.sample_time_s for b in batches))
 
 
@@ -67,9 +69,12 @@ class RolloutWorker:
 
     def __init__(self, env, env_config: dict | None, policy_spec: PolicySpec, *, num_envs: int = 1,
                  rollout_fragment_length: int = 200, gamma: float = 0.99, lambda_: float = 0.95,
-                 worker_index: int = 0, seed: int = 0):
+                 worker_index: int = 0, seed: int = 0, observation_filter: str = "NoFilter"):
         if num_envs < 1 or rollout_fragment_length < 1:
             raise ValueError("num_envs and rollout_fragment_length must be at least 1")
+        if observation_filter not in FILTERS:
+            raise ValueError(f"observation_filter must be one of {FILTERS}, not {observation_filter!r}")
+        self.track_obs = observation_filter == "MeanStdFilter"
         self.worker_index = worker_index
         self.envs = [make_env(env, env_config, worker_index, i) for i in range(num_envs)]
         self.policy = Policy(policy_spec)
@@ -89,9 +94,15 @@ class RolloutWorker:
         import p2pcompute as p2p
         return {"pid": os.getpid(), "node_id": p2p.get_runtime_context().get_node_id()}
 
-    def sample(self, weights: np.ndarray, fragment_length: int | None = None) -> SampleBatch:
+    def sample(self, weights, fragment_length: int | None = None) -> SampleBatch:
+        """Step every env `fragment_length` times with `weights` (a weight vector, or a dict of "weights",
+        "obs_mean", "obs_std" when observations are normalised) and return the batch."""
         t_start = time.perf_counter()
+        if isinstance(weights, dict):
+            self.policy.set_obs_filter(weights.get("obs_mean"), weights.get("obs_std"))
+            weights = weights["weights"]
         self.policy.set_weights(weights)
+        delta = RunningStat.zeros(self.policy.spec.obs_dim) if self.track_obs else None
         T, N = fragment_length or self.fragment_length, len(self.envs)
         obs_buf = np.zeros((T, N, *self.obs.shape[1:]), dtype=self.obs.dtype)
         act_shape = () if self.policy.spec.action_kind == "discrete" else (self.policy.spec.action_dim,)
@@ -102,6 +113,8 @@ class RolloutWorker:
             actions, lp, v = self.policy.compute_actions(self.obs, self.rng)
             env_actions = self.policy.to_env(actions)
             obs_buf[t], act_buf[t], logp[t], val[t] = self.obs, actions, lp, v
+            if delta is not None:
+                delta.push(self.obs)
             next_obs = []
             truncated_at, truncated_obs = [], []
             for i, e in enumerate(self.envs):
@@ -131,4 +144,4 @@ class RolloutWorker:
         return SampleBatch(flat(obs_buf), flat(act_buf), flat(rew), flat(done), flat(logp), flat(val),
                            flat(adv), flat(targets), np.array(finished_returns, dtype=np.float64),
                            np.array(finished_lengths, dtype=np.int64), self.worker_index,
-                           time.perf_counter() - t_start)
+                           time.perf_counter() - t_start, delta)
