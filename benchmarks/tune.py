@@ -19,6 +19,7 @@ report and the decision to stop), and their ratio.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -154,9 +155,7 @@ def main() -> None:
         if args.only and kind != args.only:
             continue
         if kind == "ray":
-            try:
-                import ray  # noqa: F401
-            except ImportError:
+            if importlib.util.find_spec("ray") is None:
                 print("ray: not installed, skipped")
                 continue
         r = run_child(kind, args)
