@@ -57,7 +57,8 @@ def run(system: str, rows: int) -> dict:
         import p2pcompute as p2p
         from p2pcompute.mlkit import data
         p2p.init(num_cpus=2)
-        data.range(1000).map_batches(make).map_batches(predict).count()  # workers warm
+        # Both workers started and warm: enough blocks that each CPU runs some.
+        data.range(8000, override_num_blocks=8).map_batches(make).map_batches(predict).count()
         setup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ds = data.range(rows).map_batches(make, batch_size=BATCH).map_batches(predict, batch_size=BATCH)
@@ -69,7 +70,7 @@ def run(system: str, rows: int) -> dict:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ray.data.range(1000).map_batches(make).map_batches(predict).count()
+        ray.data.range(8000, override_num_blocks=8).map_batches(make).map_batches(predict).count()
         setup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ds = ray.data.range(rows).map_batches(make, batch_size=BATCH).map_batches(predict, batch_size=BATCH)
