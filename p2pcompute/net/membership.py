@@ -449,6 +449,13 @@ class Membership:
                                            m.state_since_ns))
             if st == DEAD:
                 self._dead_ids[pid] = None
+                if was_live and now_ns - m.told_ns >= self.config.probe_interval_ms * _MS:
+                    # Tell it at once, as on contact: if it lives (a false alarm, or a death rumour that
+                    # reached us after its refutation had stopped spreading), it refutes to us directly.
+                    # Otherwise only the periodic reconnect (one dead member a second, among hundreds in a
+                    # large cluster) or a push-pull sync would, and we could stay split for minutes.
+                    m.told_ns = now_ns
+                    out.append(Send(addr, Gossip(self.self_id, (self._record(m),), ())))
             else:
                 self._dead_ids.pop(pid, None)
         if previous is not None or self._spreading:
