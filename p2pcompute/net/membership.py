@@ -28,6 +28,7 @@ entries sent fewest times first, newest first among those, and a message carries
 
 Repair. Rumours reach everyone only with high probability, so a divergent peer is brought back by: a
 member we hold suspect or dead that talks to us is told so, and refutes (or sends the refutation we missed);
+a member we learn is dead is told so at once, for the same reason;
 every `reconnect_interval_ms` we tell one remembered dead member that it is dead (this heals partitions,
 and brings back a restarted peer that reuses its id); a peer that hears a stale claim about itself sends its
 current record straight back; probes and acks always carry the sender's own current view; and a periodic
