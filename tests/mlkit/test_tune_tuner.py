@@ -210,3 +210,20 @@ def test_bad_input_is_refused_with_a_clear_message(ml_cluster, tmp_path):
         tune.Tuner.restore(str(tmp_path), quadratic)
     with pytest.raises(RuntimeError, match="inside a trial"):
         tune.report({"x": 1})
+
+
+def test_time_budget_ends_an_open_ended_search(ml_cluster, tmp_path):
+    def endless(config):
+        step = 0
+        while True:
+            time.sleep(0.02)
+            step += 1
+            tune.report({"step": step})
+
+    t0 = time.monotonic()
+    grid = tune.Tuner(endless, param_space={"x": tune.uniform(0, 1)},
+                      tune_config=tune.TuneConfig(num_samples=-1, time_budget_s=2.0),
+                      run_config=tune.RunConfig(name="budget", storage_path=str(tmp_path), verbose=0)).fit()
+    assert time.monotonic() - t0 < 30
+    # Endless trials never free their CPU: exactly two ran (on the two CPUs), both ended by the budget.
+    assert len(grid) == 2 and grid.num_terminated == 2
