@@ -6,6 +6,7 @@ Stops when the 100-episode mean return reaches 475 (CartPole's "solved" bar; 500
 can score) or after 30 s of training, then checkpoints the policy and plays one greedy episode with it.
 """
 
+import tempfile
 import time
 
 import gymnasium as gym
@@ -33,9 +34,10 @@ def main():
             break
     print(f"wall time {time.perf_counter() - t0:.1f} s for {result['num_env_steps_sampled_lifetime']:,} env steps")
 
-    path = algo.save()
-    algo.stop()
-    policy = rl.load_policy(path)  # what a serving replica would load: no cluster needed
+    with tempfile.TemporaryDirectory() as path:
+        algo.save(path)
+        algo.stop()
+        policy = rl.load_policy(path)  # what a serving replica would load: no cluster needed
     env = gym.make("CartPole-v1")
     obs, _ = env.reset(seed=123)
     total, done = 0.0, False
@@ -43,7 +45,7 @@ def main():
         obs, reward, terminated, truncated, _ = env.step(policy.compute_single_action(obs))
         total += reward
         done = terminated or truncated
-    print(f"checkpoint {path}; one greedy episode with the restored policy returns {total:.0f}")
+    print(f"one greedy episode with the policy restored from its checkpoint returns {total:.0f}")
     p2p.shutdown()
 
 
