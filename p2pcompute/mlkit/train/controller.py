@@ -81,6 +81,10 @@ class TrainController:
     def failures_so_far(self) -> int:
         return self.failures
 
+    def record_failures(self, failures: int) -> None:
+        self.failures = failures
+        self._write_state()
+
     def latest_checkpoint(self) -> Checkpoint | None:
         if self.latest is None:
             return None

@@ -176,7 +176,7 @@ class DataParallelTrainer:
                     break
                 failures += 1
                 if not failure_config.allows(failures):
-                    p2p.get(controller.begin_attempt.remote(attempt, failures))
+                    p2p.get(controller.record_failures.remote(failures))
                     raise TrainingFailedError(
                         f"training failed {failures} time(s), more than FailureConfig(max_failures="
                         f"{failure_config.max_failures}) allows; last error: {error!r}. The run's checkpoints are "
@@ -204,6 +204,13 @@ class DataParallelTrainer:
         workers = [RemoteTrainWorker.options(**options).remote() for _ in range(n)]
         try:
             infos = p2p.get([w.info.remote() for w in workers])
+            # Ranks on one peer are consecutive (as in Ray Train): the ring then crosses between machines
+            # once per machine rather than at every step.
+            first_seen = {}
+            for info in infos:
+                first_seen.setdefault(info["node_id"], len(first_seen))
+            order = sorted(range(n), key=lambda i: (first_seen[infos[i]["node_id"]], i))
+            workers, infos = [workers[i] for i in order], [infos[i] for i in order]
             contexts = self._contexts(infos, attempt)
             p2p.get([w.setup.remote(rank, workers, self.collective_timeout_s) for rank, w in enumerate(workers)])
             blas_threads = int(options.get("num_cpus", 1)) or 1
