@@ -106,7 +106,7 @@ def main():
         param_space={"lr": tune.loguniform(1e-3, 1.0), "l2": tune.loguniform(1e-6, 1e-1),
                      "hidden": tune.choice([8, 16, 32, 64]), "batch_size": tune.choice([32, 64, 128]), "seed": 0},
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=args.samples, seed=1,
-                                    scheduler=tune.schedulers.ASHAScheduler(max_t=MAX_EPOCHS, grace_period=1,
+                                    scheduler=tune.schedulers.ASHAScheduler(max_t=MAX_EPOCHS, grace_period=3,
                                                                             reduction_factor=3)),
         run_config=tune.RunConfig(name="classifier", storage_path=storage,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1))).fit()
