@@ -136,11 +136,8 @@ class Executor:
         self._quick_ns: dict[str, int] = {}  # recent run time of each function or method, by name
         # What ran here and when, for the state API and the timeline (sent to the peer in batches).
         self.events = TaskEventLog(client.worker_id or client.proc_id, node_id)
-        client.task_events = self.events
         self.env_cache_dir = ""             # where runtime_env packages are unpacked (set by main)
         self.env_error: Exception | None = None
-        # What ran here and when, for the state API and the timeline (sent to the peer in batches).
-        self.events = TaskEventLog(client.worker_id or client.proc_id, node_id)
         client.task_events = self.events
 
     # ---- receiving ----------------------------------------------------------------------------------
@@ -762,8 +759,6 @@ def main(argv: list[str] | None = None) -> int:
     executor.gpu_dir = args.sock_dir
     client.executor = executor
     executor.env_cache_dir = os.path.join(args.sock_dir, "runtime_envs")
-    from p2pcompute.runtime import task_events
-    task_events.install(client)
     from p2pcompute.runtime import task_events
     task_events.install(client)
     signal.signal(signal.SIGUSR1, executor.on_interrupt)
