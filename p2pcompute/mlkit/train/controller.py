@@ -101,7 +101,11 @@ class TrainController:
 
     # ---- called by workers ----------------------------------------------------------------------------------
 
-    def report(self, rank: int, count: int, metrics: dict, checkpoint: Checkpoint | None) -> None:
+    def report(self, attempt: int, rank: int, count: int, metrics: dict, checkpoint: Checkpoint | None) -> None:
+        if attempt != self.attempt or self.finished:
+            # Sent by a group the driver has already given up on (killed after a failure or a stop): its
+            # iterations would be misnumbered and its checkpoint could replace a newer one.
+            return
         iteration = self.base_iteration + count
         if rank == 0:
             row = dict(metrics)

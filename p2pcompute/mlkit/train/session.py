@@ -127,12 +127,13 @@ def report(metrics: dict, checkpoint: Checkpoint | None = None) -> None:
     session.report_count += 1
     if session.controller is None:
         return
-    rank = session.context.world_rank
+    rank, attempt = session.context.world_rank, session.context.attempt
     clean = {k: _plain(v) for k, v in metrics.items()}
     if checkpoint is not None:
-        p2p.get(session.controller.report.remote(rank, session.report_count, clean, checkpoint))
+        p2p.get(session.controller.report.remote(attempt, rank, session.report_count, clean, checkpoint))
     elif rank == 0:
-        session.unacknowledged.append(session.controller.report.remote(rank, session.report_count, clean, None))
+        session.unacknowledged.append(session.controller.report.remote(attempt, rank, session.report_count, clean,
+                                                                       None))
         if len(session.unacknowledged) > 64:  # keep the list short in long runs
             p2p.get(session.unacknowledged)
             session.unacknowledged.clear()
