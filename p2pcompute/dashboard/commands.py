@@ -69,6 +69,9 @@ def cmd_list(args) -> int:
         rows = fn(filters, limit=args.limit, timeout=args.timeout, source=link, **kwargs)
     finally:
         link.close()
+    if link.unanswered:
+        print(f"p2p list: no answer in time from {', '.join(link.unanswered)}; what they know is missing",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0

@@ -27,6 +27,7 @@ class PeerLink:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._closed = False
+        self.unanswered: list[str] = []
 
     @classmethod
     def to_home(cls, home_path: str | None, name: str = "cli") -> "PeerLink":
@@ -61,7 +62,11 @@ class PeerLink:
 
     def state(self, what: str, timeout_s: float, options: dict | None = None) -> list[dict]:
         from p2pcompute.runtime import messages as rm
-        return self.request(lambda to, rid: rm.StateRequest(rid, to, what, True, options or {}), timeout_s).peers
+        peers = self.request(lambda to, rid: rm.StateRequest(rid, to, what, True, options or {}), timeout_s).peers
+        # Who did not answer in time: the answer is partial, and the commands say so.
+        self.unanswered = sorted({p for r in peers for p in r.get("unanswered_peers", ())} |
+                                 {p for r in peers for p in r.get("unanswered", ())})
+        return peers
 
     def memory(self, timeout_s: float) -> list[dict]:
         from p2pcompute.runtime import messages as rm
