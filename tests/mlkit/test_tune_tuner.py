@@ -202,6 +202,9 @@ def test_bad_input_is_refused_with_a_clear_message(ml_cluster, tmp_path):
         tune.Tuner(42)
     with pytest.raises(ValueError, match="needs a metric and mode"):
         tune.Tuner(quadratic, tune_config=tune.TuneConfig(scheduler=tune.schedulers.ASHAScheduler()))
+    with pytest.raises(ValueError, match="TPESearch needs a metric and mode"):
+        tune.Tuner(quadratic, tune_config=tune.TuneConfig(
+            search_alg=tune.search.ConcurrencyLimiter(tune.search.TPESearch(), 2)))
     with pytest.raises(ValueError, match="both metric and mode"):
         tune.TuneConfig(metric="loss")
     with pytest.raises(ValueError, match="resource"):

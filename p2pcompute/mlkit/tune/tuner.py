@@ -129,9 +129,9 @@ class Tuner:
                              f"TuneConfig(metric=..., mode=...) or on the scheduler")
         searcher = tc.search_alg or BasicVariantGenerator(seed=tc.seed)
         searcher.set_search_properties(tc.metric, tc.mode, self.param_space)
-        if not isinstance(searcher, BasicVariantGenerator) and (searcher.metric is None or searcher.mode is None) \
-                and type(searcher).__name__ != "ConcurrencyLimiter":
-            raise ValueError(f"{type(searcher).__name__} needs a metric and mode: set them in TuneConfig")
+        inner = getattr(searcher, "searcher", searcher)  # the searcher a ConcurrencyLimiter wraps
+        if not isinstance(inner, BasicVariantGenerator) and (inner.metric is None or inner.mode is None):
+            raise ValueError(f"{type(inner).__name__} needs a metric and mode: set them in TuneConfig")
         self.metric = tc.metric or self.scheduler.metric or searcher.metric
         self.mode = tc.mode or self.scheduler.mode or searcher.mode
         self.source = _ConfigSource(self.param_space, searcher, tc.num_samples, tc.seed)
