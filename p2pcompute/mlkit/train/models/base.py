@@ -52,8 +52,17 @@ class GroupReducer:
         return self._session.allgather_object(obj)
 
 
-def reducer_for(distributed: bool):
-    return GroupReducer() if distributed else LocalReducer()
+def reducer_for(distributed):
+    """`distributed`: False (this process alone), True (the current training group), or any object with
+    `sum(array)`, `gather(obj)`, `rank` and `world_size` (a group formed by other means)."""
+    if distributed is True:
+        return GroupReducer()
+    if distributed is False or distributed is None:
+        return LocalReducer()
+    if all(hasattr(distributed, a) for a in ("sum", "gather", "rank", "world_size")):
+        return distributed
+    raise TypeError("distributed must be True, False, or a reducer with sum(), gather(), rank and world_size; "
+                    f"got {type(distributed).__name__}")
 
 
 class Optimizer:
