@@ -31,7 +31,9 @@ class ActorManager:
         self._do(self.core.create(rec, max_restarts, detached, name_key, name_record))
 
     def kill(self, actor_id: str, no_restart: bool) -> None:
-        """I/O thread."""
+        """I/O thread. A process that holds a handle but never called the actor has no caller record yet:
+        make one, so the kill reaches the actor's owner."""
+        self.core.caller(actor_id, self.owner_of(actor_id))
         self._do(self.core.kill(actor_id, no_restart))
 
     def _do(self, effects: list) -> None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 from p2pcompute import serialization
 from p2pcompute.errors import ObjectFreedError, ObjectLostError, PeerUnavailableError, RemoteProtocolError, TableError
@@ -87,6 +88,8 @@ class ClientRuntime:
         self.store: LocalStore | None = None
         self.handlers: dict = {}  # extra message handlers, for special processes (the keeper)
         self.cpu_lent = 0  # times a blocked get lent this worker's CPU to other tasks
+        self._futures: queue.SimpleQueue | None = None  # ready futures for the futures thread to fill
+        self._lock_futures = threading.Lock()
         # Workers queue their user code's output here (see runtime.output); drivers print what arrives.
         self.output = OutputBuffer()
         if kind == "driver":
@@ -469,16 +472,39 @@ class ClientRuntime:
         self.call_soon(lambda: self._send(self.peer_addr, rm.TableOp(self.new_id(), op, False, self.addr)))
 
     def future_of(self, ref: ObjectRef) -> Future:
+        """A `concurrent.futures.Future` for the value. One thread per process reads the values of ready
+        futures (a read can map a store or rebuild a lost copy); nothing waits per future."""
         fut: Future = Future()
-
-        def waiter():
-            try:
-                fut.set_result(self.get_values([ref], None)[0])
-            except BaseException as exc:  # noqa: BLE001
-                fut.set_exception(exc)
-
-        threading.Thread(target=waiter, daemon=True, name="p2p-future").start()
+        with self._lock_futures:
+            if self._futures is None:
+                self._futures = queue.SimpleQueue()
+                threading.Thread(target=self._resolve_futures, daemon=True, name="p2p-futures").start()
+        self._watch(ref, fut)
         return fut
+
+    def _watch(self, ref: ObjectRef, fut: Future) -> None:
+        futures = self._futures
+        self.objects.when_ready(ref._id, lambda: futures.put((ref, fut)), self._request_fetch)
+
+    def _resolve_futures(self) -> None:
+        while True:
+            ref, fut = self._futures.get()
+            if fut.done():
+                continue  # cancelled by its user meanwhile
+            v = self.objects.values.get(ref._id)
+            if v is None or v.state == PENDING:
+                self._watch(ref, fut)  # woken by a reset or a drop: wait again
+                continue
+            try:
+                value = self.get_values([ref], None)[0]
+            except BaseException as exc:  # noqa: BLE001 - handed to the future
+                outcome = (fut.set_exception, exc)
+            else:
+                outcome = (fut.set_result, value)
+            try:
+                outcome[0](outcome[1])
+            except InvalidStateError:
+                pass  # cancelled while the value was read
 
     def _refs_report(self, limit: int = 2000) -> list:
         out = []

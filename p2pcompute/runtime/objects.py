@@ -17,6 +17,30 @@ from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED, Objec
 class ObjectTable(directory.ObjectTable):
     """The directory, with the user threads' side of the hand-off."""
 
+    def when_ready(self, object_id: str, callback, on_missing) -> None:
+        """Call `callback()` once the object is not PENDING (now, if it is already). It runs on the thread
+        that resolves the object, under the directory's lock: it must only hand the news on. A wake-up for
+        an object dropped or reset meanwhile calls it too; the caller checks the state again."""
+        with self.lock:
+            v = self.values.get(object_id)
+            if v is not None and v.state != PENDING:
+                ready = True
+            else:
+                ready = False
+                if v is None:
+                    v = self.values[object_id] = ObjectValue()
+                waiter = _Waiter.__new__(_Waiter)
+                waiter.lock = _Trigger(callback)
+                waiter.need = 1
+                waiter.fail_fast = False
+                if v.waiters is None:
+                    v.waiters = []
+                v.waiters.append((waiter, 1))
+        if ready:
+            callback()
+        else:
+            on_missing([object_id])
+
     def wait_ready(self, object_ids: list[str], num: int, deadline: float | None,
                    on_missing, fail_fast: bool = False) -> list[bool]:
         """Block until at least `num` of the objects are not PENDING, or the deadline passes — or, with
@@ -94,3 +118,18 @@ def deadline_of(timeout: float | None) -> float | None:
 def timeout_error(object_ids: list[str], timeout: float) -> GetTimeoutError:
     shown = ", ".join(object_ids[:3]) + (" ..." if len(object_ids) > 3 else "")
     return GetTimeoutError(f"get timed out after {timeout} s; not ready: {shown}")
+
+
+class _Trigger:
+    """Stands in for a waiter's lock: releasing it calls back, once."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def release(self) -> None:
+        callback, self.callback = self.callback, None
+        if callback is None:
+            raise RuntimeError("released twice")  # what a lock says; the directory ignores it
+        callback()

@@ -264,3 +264,48 @@ def get_slow_and_count_lent_cpus(ref_list):
 def test_a_task_blocked_on_a_slow_object_lends_its_cpu(cluster):
     slow = after.remote(1, 0.5)
     assert p2p.get(get_slow_and_count_lent_cpus.remote([slow]), timeout=30) == 1
+
+
+def test_awaiting_many_refs_uses_no_thread_per_await(cluster):
+    import asyncio
+
+    @p2p.remote
+    def slowly(i):
+        time.sleep(0.2)
+        return i
+
+    async def main():
+        refs = [slowly.remote(i) for i in range(60)]
+        pending = [asyncio.ensure_future(asyncio.wrap_future(r.future())) for r in refs]
+        await asyncio.sleep(0.05)
+        threads_while_waiting = threading.active_count()
+        # A future cancelled by its user while its value is on its way: no error anywhere.
+        pending[0].cancel()
+        values = await asyncio.gather(*pending[1:])
+        return threads_while_waiting, values, await refs[0]
+
+    before = threading.active_count()
+    threads, values, first = asyncio.run(main())
+    assert values == list(range(1, 60)) and first == 0
+    assert threads <= before + 2, f"{threads - before} threads for 60 pending futures"
+
+
+@p2p.remote
+def kill_it(handle):
+    p2p.kill(handle)
+    return True
+
+
+def test_kill_from_a_process_that_never_called_the_actor_reaches_its_owner(cluster):
+    rec = Recorder.remote()
+    p2p.get(rec.pid.remote(), timeout=30)
+    assert p2p.get(kill_it.remote(rec), timeout=30)
+
+    def dead():
+        try:
+            p2p.get(rec.pid.remote(), timeout=10)
+            return False
+        except errors.ActorDiedError:
+            return True
+
+    wait_until(dead, 30, what="the actor killed from a task to be dead")
