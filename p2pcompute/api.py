@@ -65,6 +65,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                 return _info()
             raise RuntimeError("p2pcompute.init() was already called; call shutdown() first, "
                                "or pass ignore_reinit_error=True")
+        node_ip = kwargs.pop("_node_ip_address", None)  # Ray's spelling: the address the cluster reaches us at
         from p2pcompute import config
         # Ray's spelling; validated now, and inherited by the embedded peer and every worker it starts.
         config.set_process_config(kwargs.pop("_system_config", None))
@@ -99,7 +100,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                                            "peer; when joining a running peer (address=...), set them on "
                                            "`p2p start` / `p2p join`")
             from p2pcompute.runtime import attach
-            attach.attach(_state, address, token)
+            attach.attach(_state, address, token, node_ip=node_ip)
         atexit.register(shutdown)
         _register_job()
         observe.after_init(_state, runtime_env, include_dashboard, dashboard_host, dashboard_port)
@@ -232,9 +233,13 @@ def _make_remote(obj, options: dict):
     raise InvalidArgumentTypeError(f"remote() needs a function or a class, not {type(obj).__name__}")
 
 
-def get(refs, *, timeout: float | None = None):
-    """The value of a ref, or a list of values for a list of refs. Raises the task's error, if any."""
+def get(refs, *, timeout: float | None = None, progress: bool = False):
+    """The value of a ref, or a list of values for a list of refs. Raises the task's error, if any.
+    With `progress=True`, a bar on a terminal shows how many are ready (see `p2pcompute.util.progress`)."""
     _check_timeout(timeout)
+    if progress:
+        from p2pcompute.util.progress import progress as _progress
+        return _progress(refs, timeout=timeout)
     rt = _runtime()
     if type(refs) is ObjectRef:
         return rt.get_values([refs], timeout)[0]

@@ -404,8 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     from p2pcompute.dashboard import commands as observe_commands
     from p2pcompute.jobs import cli as job_commands
+    from p2pcompute.mlkit.serve import cli as serve_commands
     observe_commands.add_parsers(sub)
     job_commands.add_parsers(sub)
+    serve_commands.add_parser(sub)
     return parser
 
 
