@@ -156,7 +156,7 @@ def test_pbt_improves_a_population_whose_best_setting_changes_mid_run(ml_cluster
 
     space = {"lr": tune.grid_search([0.2, 0.3, 0.4, 0.6, 0.7, 0.8])}
     pbt = tune.schedulers.PopulationBasedTraining(
-        time_attr="t", perturbation_interval=2, quantile_fraction=0.5, resample_probability=0.3,
+        perturbation_interval=2, quantile_fraction=0.5, resample_probability=0.3,
         hyperparam_mutations={"lr": tune.uniform(0.0, 1.0)}, seed=3)
     grid = tune.Tuner(tune.with_resources(model, {"num_cpus": 0.25}), param_space=space,
                       tune_config=tune.TuneConfig(metric="w", mode="max", scheduler=pbt),
