@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,9 +113,12 @@ def asha_vs_fifo(cpus: int) -> dict:
             return {"best_true": best.metrics["true"], "steps": steps, "recorded_steps": recorded, "wall_s": wall}
 
     p2p.init(num_cpus=cpus)
-    fifo = run(None, "fifo")
-    asha = run(tune.schedulers.ASHAScheduler(max_t=max_t, grace_period=1, reduction_factor=3), "asha")
-    p2p.shutdown()
+    try:
+        fifo = run(None, "fifo")
+        asha = run(tune.schedulers.ASHAScheduler(max_t=max_t, grace_period=1, reduction_factor=3), "asha")
+    finally:
+        p2p.shutdown()
+        shutil.rmtree(counts, ignore_errors=True)
     return {"fifo": fifo, "asha": asha, "step_ratio": asha["steps"] / fifo["steps"],
             "best_gap": asha["best_true"] - fifo["best_true"]}
 
