@@ -122,6 +122,7 @@ class Executor:
         self._exit_pending = False       # exit_actor() ran on an actor thread; the main thread ends the actor
         # Actor calls that arrived before the constructor did; run once it has (see _actor_call).
         self.early_calls: list = []
+        self._parked: set[str] = set()  # their task ids: their refs were taken in when they arrived
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -334,8 +335,12 @@ class Executor:
 
     def _execute_claimed(self, msg: rm.PushTask) -> None:
         client = self.client
-        for ref in msg.refs:
-            client.ops.append(("received", ref[0], ref[1]))
+        if msg.task_id in self._parked:
+            self._parked.discard(msg.task_id)  # a parked call run now: its refs were taken in on arrival
+        else:
+            for ref in msg.refs:
+                client.ops.append(("received", ref[0], ref[1]))
+        deferred = False
         try:
             if msg.task_id in self.cancelled:
                 self.cancelled.discard(msg.task_id)
@@ -346,12 +351,18 @@ class Executor:
                 self._reply_system(msg, self.env_error)
                 return
             if msg.kind == "actor_call":
-                self._actor_call(msg)
+                deferred = self._actor_call(msg)
             else:
                 self._run_sync(msg)
         finally:
-            for ref in msg.refs:
-                client.ops.append(("unpin", ref[0]))
+            # The message pins the refs it carries until its arguments are read: a call run later (on a
+            # pool thread, or after the constructor) unpins them itself, once it has.
+            if not deferred:
+                self._unpin_refs(msg)
+
+    def _unpin_refs(self, msg: rm.PushTask) -> None:
+        for ref in msg.refs:
+            self.client.ops.append(("unpin", ref[0]))
 
     def _label(self, msg: rm.PushTask) -> str:
         label = msg.name if msg.kind == "task" else (self.actor_name or msg.name)
@@ -441,12 +452,15 @@ class Executor:
 
     # ---- actor calls --------------------------------------------------------------------------------
 
-    def _actor_call(self, msg: rm.PushTask) -> None:
+    def _actor_call(self, msg: rm.PushTask) -> bool:
+        """Run or start an actor call; True when it runs later (parked, or on a pool thread) and will unpin
+        its message's refs itself."""
         if self.actor is None and self.actor_failed is None and self.actor_id in (None, msg.actor_id):
             # The owner publishes the actor's address as soon as it pushes the constructor, so a call from
             # another caller (another connection) can overtake the constructor: it waits for it here.
             self.early_calls.append(msg)
-            return
+            self._parked.add(msg.task_id)
+            return True
         if self.actor is None or self._exit_pending or msg.actor_id != self.actor_id:
             error = ActorDiedError(f"actor {msg.actor_id} is not running here"
                                    + (": its constructor failed" if self.actor_failed else ""))
@@ -460,8 +474,10 @@ class Executor:
         elif self.pool is not None:
             ctx = contextvars.copy_context()
             self.pool.submit(ctx.run, self._actor_call_threaded, msg)
+            return True
         else:
             self._actor_call_inline(msg)
+        return False
 
     def _method(self, msg: rm.PushTask):
         if msg.method == "__ray_ready__":
@@ -559,7 +575,10 @@ class Executor:
         start = time.perf_counter_ns()
         _current.set(_Running(msg.task_id, self._label(msg), msg.owner_addr, msg.name))
         try:
-            args, kwargs = self._args(msg)
+            try:
+                args, kwargs = self._args(msg)
+            finally:
+                self._unpin_refs(msg)  # the refs in the arguments are counted now (or were never read)
             returns = self._pack_returns(msg, self._method(msg)(*args, **kwargs))
         except _exit_type():
             self._on_exit_call(msg, threaded=True)

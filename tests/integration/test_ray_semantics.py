@@ -309,3 +309,40 @@ def test_kill_from_a_process_that_never_called_the_actor_reaches_its_owner(clust
             return True
 
     wait_until(dead, 30, what="the actor killed from a task to be dead")
+
+
+@p2p.remote(max_concurrency=4)
+class Box:
+    """A threaded actor that keeps refs it was sent in its state."""
+
+    def __init__(self):
+        self.box = {}
+        self.cv = threading.Condition()
+
+    def deliver(self, i, holder):
+        with self.cv:
+            self.box[i] = holder
+            self.cv.notify_all()
+
+    def consume(self, i):
+        with self.cv:
+            while i not in self.box:
+                self.cv.wait()
+            (ref,) = self.box.pop(i)
+        return float(p2p.get(ref)[-1])
+
+
+@p2p.remote
+class Sender:
+    def send(self, box, i):
+        import numpy as np
+        ref = p2p.put(np.arange(200_000, dtype=np.float64))
+        p2p.get(box.deliver.remote(i, [ref]))
+        return i  # our ref goes with this frame: the box's copy of it must keep the object alive
+
+
+def test_a_ref_kept_by_a_threaded_actor_outlives_its_sender_dropping_it(cluster):
+    sender, box = Sender.remote(), Box.remote()
+    for i in range(5):
+        assert p2p.get(sender.send.remote(box, i), timeout=30) == i
+        assert p2p.get(box.consume.remote(i), timeout=30) == 199_999.0
