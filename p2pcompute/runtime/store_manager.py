@@ -50,6 +50,10 @@ class StoreManager:
     def sealed(self, object_id: str, size: int) -> None:
         if object_id in self.in_memory or object_id in self.spilled or size < 0:
             return
+        if not self.store.exists(object_id):
+            # Freed already: the owner's FreeObjects (sent once the ref was dropped) can overtake the writer's
+            # ObjectSealed, which travels from another process. Counting it now would count it for ever.
+            return
         if self.store.is_spilled(object_id):  # written straight to disk because memory was full
             self.spilled[object_id] = size
             self.spilled_bytes += size

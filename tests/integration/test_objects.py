@@ -161,3 +161,26 @@ def test_borrowed_object_outlives_the_owners_ref(cluster):
     del keeper
     gc.collect()
     wait_until(lambda: oid not in _store_files(), 10, what="the object to be freed once its borrower died")
+
+
+def test_a_stored_result_dropped_right_after_its_get_is_freed_from_the_accounting(cluster):
+    # The owner's FreeObjects can reach the peer before the worker's ObjectSealed (two senders): the
+    # object must not be counted afterwards as if it were still there.
+    import numpy as np
+    from p2pcompute.internal import memory_report
+
+    @p2p.remote
+    def make(i):
+        return np.full(2**17, float(i))
+
+    def stored_ids():
+        return {o[0] for peer in memory_report() for o in peer.get("objects", [])}
+
+    before = stored_ids()
+    made = set()
+    for i in range(10):
+        ref = make.remote(i)
+        made.add(ref._id)
+        p2p.get(ref)
+        del ref
+    wait_until(lambda: not (stored_ids() - before) & made, 20, what="the dropped results to leave the store")
