@@ -188,6 +188,9 @@ class ActorClass:
                          slot_refs, nested, [actor_id], shape,
                          {"scheduling_strategy": opt.wire_strategy(o.get("scheduling_strategy")), "wire": wire},
                          0, False, actor_id=actor_id)
+        if o.get("runtime_env"):
+            from p2pcompute import api, runtime_env
+            rec.options["env"] = runtime_env.for_call(rt, o["runtime_env"], api.put)
         max_restarts = o.get("max_restarts", 0)
         detached = detached or o.get("lifetime") == "detached"
         rt.call_soon(lambda: rt.actors.create(rec, max_restarts if max_restarts >= 0 else -1, detached,

@@ -74,8 +74,8 @@ def check(options: dict, allowed: set[str], what: str) -> dict:
     if "scheduling_strategy" in out:
         wire_strategy(out["scheduling_strategy"])
     if out.get("runtime_env"):
-        raise InvalidArgumentError("runtime_env is not supported yet: install dependencies on every peer, and "
-                                   "workers inherit the driver's sys.path and working directory")
+        from p2pcompute import runtime_env
+        out["runtime_env"] = runtime_env.validate(out["runtime_env"])  # a clear error at the call site
     return out
 
 

@@ -139,6 +139,9 @@ class RemoteFunction:
                          slot_refs, nested, return_ids, self._shape,
                          {"scheduling_strategy": self._wire_strategy, "max_retries": max_retries},
                          max_retries if max_retries >= 0 else 1 << 30, retry)
+        if o.get("runtime_env"):
+            from p2pcompute import api, runtime_env
+            rec.options["env"] = runtime_env.for_call(rt, o["runtime_env"], api.put)
         rt.submit(rec)
         if num_returns == 1:
             return refs[0]

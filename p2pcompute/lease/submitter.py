@@ -100,6 +100,9 @@ class TaskInfo:
     locality: dict = field(default_factory=dict)  # peer_id -> bytes of arguments there
     first_target: str | None = None  # peer address to ask first
     actor: bool = False
+    # The job its lease is asked for, when not the submitter's: tasks with a runtime_env of their own get
+    # workers of their own (a worker takes on the environment of the first task it runs).
+    job_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -271,7 +274,8 @@ class SubmitterCore:
         req = _Request(request_id, state.template.key, target, now_ns, spilled)
         state.requests[request_id] = req
         self._requests[request_id] = req
-        return Send(target, RequestLease(request_id, self.self_id, self.self_addr, self.job_id, dict(task.shape),
+        return Send(target, RequestLease(request_id, self.self_id, self.self_addr, task.job_id or self.job_id,
+                                         dict(task.shape),
                                          spilled, task.strategy, task.affinity, task.soft, task.actor,
                                          dict(task.locality)))
 

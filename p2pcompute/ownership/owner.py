@@ -281,10 +281,14 @@ class OwnerCore(ObjectOwner):
         if isinstance(strategy, tuple):  # ("NODE_AFFINITY", node_id, soft)
             _, affinity, soft = strategy
             strategy = "DEFAULT"
+        env = opts.get("env")
         key = (tuple(sorted(rec.shape.items())), rec.code_id, strategy, affinity,
-               first_target, rec.kind == "actor_create" and rec.task_id)
+               first_target, rec.kind == "actor_create" and rec.task_id, env and env["key"])
+        # A task with an environment of its own runs on workers of that environment only: its lease is asked
+        # for a job of its own, so no worker of the plain job (or of another environment) is reused for it.
         return TaskInfo(rec.task_id, key, rec.shape, strategy, affinity, bool(soft) if soft is not None else True,
-                        locality, first_target, actor=rec.kind == "actor_create")
+                        locality, first_target, actor=rec.kind == "actor_create",
+                        job_id=f"{self.job_id}~env-{env['key']}" if env else None)
 
     def push_message(self, rec: TaskRecord, worker_id: str, seq: int = 0) -> tm.PushTask:
         code = None
@@ -294,7 +298,8 @@ class OwnerCore(ObjectOwner):
         env = None
         if worker_id not in self.sent_env:
             self.sent_env.add(worker_id)
-            env = self.job_env
+            call_env = rec.options.get("env")
+            env = dict(self.job_env, runtime_env=call_env["wire"]) if call_env else self.job_env
         for oid, owner in rec.nested_refs:
             self.apply(self.refs.on_sent(oid, owner, worker_id))
         return tm.PushTask(rec.task_id, rec.kind, rec.name, self.job_id, rec.code_id, code, env, rec.args,

@@ -579,9 +579,12 @@ class ClientRuntime:
             try:
                 return load_value(v, oid, self.read_stored)
             except ObjectLostError:
-                if v.state != STORED:
+                if v.state == STORED:
+                    self.call(lambda: self._lost_on_read(oid), timeout_s=30)
+                elif v.state != PENDING:
                     raise
-            self.call(lambda: self._lost_on_read(oid), timeout_s=30)
+                # PENDING: its copies were found lost meanwhile (a holder died) and it is being rebuilt, or
+                # asked of its owner again: wait for it as for any value.
             flags = self.objects.wait_ready([oid], 1, deadline, self._request_fetch)
             if not flags[0]:
                 raise timeout_error([oid], timeout)

@@ -187,6 +187,30 @@ def prepare(runtime_env: dict, put) -> tuple[dict, list]:
     return wire, keep
 
 
+def for_call(rt, runtime_env: dict, put) -> dict:
+    """The environment of a task or actor that names one: `{"key", "wire"}`, its own over the job's (top-level
+    fields replace the job's; `env_vars` are merged). Prepared once per process and environment: packages are
+    stored once and kept alive as long as the process lives (`rt.call_envs`)."""
+    import hashlib
+    import json
+    cache = getattr(rt, "call_envs", None)
+    if cache is None:
+        cache = rt.call_envs = {}
+    spec = json.dumps(runtime_env, sort_keys=True, default=str)
+    hit = cache.get(spec)
+    if hit is not None:
+        return hit[0]
+    wire, keep = prepare(runtime_env, put)
+    job = (rt.job_env or {}).get("runtime_env") or {}
+    merged = {**job, **wire}
+    if job.get("env_vars") and wire.get("env_vars"):
+        merged["env_vars"] = {**job["env_vars"], **wire["env_vars"]}
+    key = hashlib.sha256(json.dumps(merged, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    env = {"key": key, "wire": merged}
+    cache[spec] = (env, keep)
+    return env
+
+
 # ---- worker side ---------------------------------------------------------------------------------------
 
 def _fetch(client, spec: dict) -> bytes:

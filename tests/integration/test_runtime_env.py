@@ -143,3 +143,56 @@ def test_pip_environment_installs_a_package_once(tmp_path):
     results = json.loads(out.strip().splitlines()[-1])
     assert [r[0] for r in results] == ["RuntimeEnv", "PipEnv"]
     assert all("runtime_envs" in r[1] and "pip-" in r[1] for r in results)
+
+
+def test_tasks_and_actors_with_their_own_runtime_env_get_workers_of_their_own(tmp_path):
+    helper = tmp_path / "envdir"
+    helper.mkdir()
+    (helper / "shipped_helper.py").write_text("WHAT = 'from the working_dir'\n")
+    out = run_driver(f"""
+        import json, os
+        import p2pcompute as p2p
+        p2p.init(num_cpus=2, runtime_env={{"env_vars": {{"RE_JOB": "job", "RE_X": "job"}}}})
+
+        @p2p.remote
+        def env():
+            return os.environ.get("RE_JOB"), os.environ.get("RE_X"), os.getpid()
+
+        @p2p.remote
+        def shipped():
+            import shipped_helper
+            return shipped_helper.WHAT
+
+        @p2p.remote
+        class Reader:
+            def env(self):
+                return os.environ.get("RE_X")
+
+        plain = [p2p.get(env.remote()) for _ in range(3)]
+        own = env.options(runtime_env={{"env_vars": {{"RE_X": "task"}}}})
+        mine = [p2p.get(own.remote()) for _ in range(3)]
+        plain_after = p2p.get(env.remote())
+        actor = Reader.options(runtime_env={{"env_vars": {{"RE_X": "actor"}}}}).remote()
+        wd = p2p.get(shipped.options(runtime_env={{"working_dir": {str(helper)!r}}}).remote())
+        print(json.dumps({{"plain": plain, "mine": mine, "after": plain_after,
+                          "actor": p2p.get(actor.env.remote()), "wd": wd}}))
+    """, tmp_path, timeout_s=120).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert {tuple(r[:2]) for r in got["plain"]} == {("job", "job")}
+    # The task's env_vars merge over the job's, on workers that never ran a plain task.
+    assert {tuple(r[:2]) for r in got["mine"]} == {("job", "task")}
+    assert not {r[2] for r in got["mine"]} & {r[2] for r in got["plain"] + [got["after"]]}
+    assert tuple(got["after"][:2]) == ("job", "job")
+    assert got["actor"] == "actor"
+    assert got["wd"] == "from the working_dir"
+
+
+def test_a_bad_runtime_env_on_a_task_fails_at_the_call():
+    import p2pcompute as p2p
+
+    @p2p.remote
+    def f():
+        return 1
+
+    with pytest.raises(InvalidArgumentError, match="working_dir"):
+        f.options(runtime_env={"working_dir": "/no/such/directory/anywhere"})
