@@ -52,6 +52,8 @@ class CallShape:
         for name in kwargs:
             if name in taken or (name not in self.keyword_names and not self.any_keyword):
                 return False
+            if name in self.positional_names and name not in self.keyword_names:
+                return False  # a positional-only name passed by keyword (into **kwargs): Python's bind decides
         for name in self.required:
             if name not in kwargs and name not in taken:
                 return False
