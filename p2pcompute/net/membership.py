@@ -28,7 +28,6 @@ entries sent fewest times first, newest first among those, and a message carries
 
 Repair. Rumours reach everyone only with high probability, so a divergent peer is brought back by: a
 member we hold suspect or dead that talks to us is told so, and refutes (or sends the refutation we missed);
-a member we learn is dead is told so at once, for the same reason;
 every `reconnect_interval_ms` we tell one remembered dead member that it is dead (this heals partitions,
 and brings back a restarted peer that reuses its id); a peer that hears a stale claim about itself sends its
 current record straight back; probes and acks always carry the sender's own current view; and a periodic
@@ -450,13 +449,6 @@ class Membership:
                                            m.state_since_ns))
             if st == DEAD:
                 self._dead_ids[pid] = None
-                if was_live and now_ns - m.told_ns >= self.config.probe_interval_ms * _MS:
-                    # Tell it at once, as on contact: if it lives (a false alarm, or a death rumour that
-                    # reached us after its refutation had stopped spreading), it refutes to us directly.
-                    # Otherwise only the periodic reconnect (one dead member a second, among hundreds in a
-                    # large cluster) or a push-pull sync would, and we could stay split for minutes.
-                    m.told_ns = now_ns
-                    out.append(Send(addr, Gossip(self.self_id, (self._record(m),), ())))
             else:
                 self._dead_ids.pop(pid, None)
         if previous is not None or self._spreading:
