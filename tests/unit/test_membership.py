@@ -491,4 +491,3 @@ def test_the_same_seed_gives_the_same_run():
 
     assert trace(11) == trace(11)
     assert trace(11) != trace(12)
-
