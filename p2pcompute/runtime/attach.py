@@ -127,7 +127,12 @@ def _ask_peer_id(ctx: Context, peer_addr: str, sock_dir: str, bind_host: str, ad
 
 
 def _self_of(nodes: list[dict], peer_addr: str) -> str:
+    """The answering peer's id. A peer restarted on the same address is a new peer: its dead predecessor,
+    still remembered with that address, must not be taken for it (a driver named after a dead peer has its
+    requests refused everywhere)."""
     for node in nodes:
-        if peer_addr in str(node.get("Address", "")).split():
+        if node.get("Self"):
             return node["NodeID"]
-    return nodes[0]["NodeID"]
+    matches = [node for node in nodes if peer_addr in str(node.get("Address", "")).split()]
+    alive = [node for node in matches if node.get("Alive")]
+    return (alive or matches or nodes)[0]["NodeID"]

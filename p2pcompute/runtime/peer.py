@@ -520,7 +520,7 @@ class PeerDaemon:
                 "Queued": len(self.lease.waiting), "StoreUsed": self.objects.used,
                 "StoreCapacity": self.objects.capacity, "Spilled": self.objects.spilled_bytes,
                 "Workers": len(self.lease.workers), "PendingDemand": self.lease.pending_demand(),
-                "LastHeardS": 0.0}
+                "LastHeardS": 0.0, "Self": True}
 
     def nodes(self) -> list[dict]:
         if self.membership is None:

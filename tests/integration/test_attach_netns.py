@@ -103,3 +103,12 @@ def test_loopback_node_ip_for_a_remote_peer_is_refused():
     assert advertised_host("10.77.0.1", 7700, "10.77.0.9") == "10.77.0.9"
     # With no override, the route's own source address: on this machine, to loopback, a loopback address.
     assert advertised_host("127.0.0.1", 7700, None).startswith("127.")
+
+
+def test_the_answering_peer_is_found_among_a_dead_predecessor_at_the_same_address():
+    from p2pcompute.runtime.attach import _self_of
+    nodes = [{"NodeID": "aaa-old", "Alive": False, "State": "dead", "Address": "tcp://127.0.0.1:7700"},
+             {"NodeID": "bbb", "Alive": True, "State": "alive", "Address": "tcp://127.0.0.1:7701"},
+             {"NodeID": "ccc-new", "Alive": True, "State": "alive", "Address": "tcp://127.0.0.1:7700"}]
+    assert _self_of(nodes, "tcp://127.0.0.1:7700") == "ccc-new"
+    assert _self_of(nodes + [{"NodeID": "zzz", "Self": True, "Address": "x"}], "tcp://127.0.0.1:7700") == "zzz"
