@@ -71,6 +71,9 @@ class ClientRuntime:
         self.ops: deque = deque()
         self.waker = Waker()
         self.transport.add_fd(self.waker.fd)
+        if submitter_config is None:
+            from p2pcompute.config import system_config
+            submitter_config = system_config().submitter  # P2P_SUBMITTER_*, init(_system_config=...)
         self.core = OwnerCore(proc_id, self.addr, job_id, job_env, peer_addr, submitter_config, ObjectTable())
         # The core's parts, named as the rest of the runtime reads them.
         self.refs = self.core.refs
@@ -303,6 +306,12 @@ class ClientRuntime:
             self.transport.send(to, codec.encode(msg))
         except ValueError as exc:
             log.warning("cannot send %s to %s: %s", type(msg).__name__, to, exc)
+            rec = self.core.tasks.get(msg.task_id) if type(msg) is rm.PushTask else None
+            if rec is not None and not rec.done:
+                # A task that cannot be sent (its function or arguments too big for one message) fails with
+                # the reason, rather than leaving its get() waiting for ever.
+                error = serialization.system_error_bytes(exc)
+                self.call_soon(lambda: self._apply(self.core._finish_with_error, rec, error))
 
     # ---- incoming -----------------------------------------------------------------------------------
 

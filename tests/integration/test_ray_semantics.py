@@ -346,3 +346,16 @@ def test_a_ref_kept_by_a_threaded_actor_outlives_its_sender_dropping_it(cluster)
     for i in range(5):
         assert p2p.get(sender.send.remote(box, i), timeout=30) == i
         assert p2p.get(box.consume.remote(i), timeout=30) == 199_999.0
+
+
+def test_a_task_whose_function_is_too_big_to_send_fails_with_the_reason(cluster):
+    big = b"x" * (70 * 1024 * 1024)  # captured by the function: more than one message can carry
+
+    @p2p.remote
+    def uses_big():
+        return len(big)
+
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="too big|too large|object store"):
+        p2p.get(uses_big.remote(), timeout=60)
+    assert time.monotonic() - start < 30
