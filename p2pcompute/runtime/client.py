@@ -23,15 +23,15 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 
 from p2pcompute import serialization
-from p2pcompute.errors import ObjectFreedError, ObjectLostError, PeerUnavailableError, RemoteProtocolError, TableError
+from p2pcompute.errors import PeerUnavailableError, RemoteProtocolError, TableError
 from p2pcompute.lease.submitter import SubmitterConfig
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.net.transport import Transport, Waker
-from p2pcompute.object_ref import _OP_DEC, _OP_INC, ObjectRef
+from p2pcompute.object_ref import _OP_DEC, _OP_INC
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.actors import ReleaseName
 from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED
@@ -40,23 +40,20 @@ from p2pcompute.ownership.store import LocalStore
 from p2pcompute.ownership.task_record import TaskRecord  # noqa: F401 - re-exported for the API modules
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.actors import ActorManager
-from p2pcompute.runtime.objects import ObjectTable, deadline_of, load_value, timeout_error
+from p2pcompute.runtime.objects import ObjectTable
 from p2pcompute.runtime.output import OutputBuffer
+from p2pcompute.runtime.reads import ValueReader
 
 log = logging.getLogger("p2pcompute.client")
 
-# Benchmarks and tests of the transfer path: never map another peer's store on this machine, pull a copy
-# as if it were on another machine.
-_FORCE_TRANSFERS = os.environ.get("P2P_FORCE_TRANSFERS") == "1"
 _TICK_NS = 100_000_000
-_BLOCK_GRACE_S = 0.05  # a get shorter than this keeps the worker's CPU (see get_values)
 
 
 def now_ns() -> int:
     return time.monotonic_ns()
 
 
-class ClientRuntime:
+class ClientRuntime(ValueReader):
     def __init__(self, ctx, *, proc_id: str, kind: str, job_id: str, job_env: dict, peer_addr: str,
                  sock_dir: str, tcp_host: str | None = None, advertise_host: str | None = None,
                  worker_id: str | None = None, register_timeout_s: float = 30.0,
@@ -389,41 +386,6 @@ class ClientRuntime:
         refs = list(ser.refs)
         self.call_soon(lambda: self._apply(self.core.on_put, object_id, refs, stored))
 
-    def read_stored(self, object_id: str, v) -> memoryview:
-        return self.read_object(object_id, v.size, v.locations, self.addr if self.refs.is_owned(object_id)
-                                else self._owner_addr(object_id))
-
-    def _owner_addr(self, object_id: str) -> str:
-        return self.refs.owner_of(object_id) or ""
-
-    def read_object(self, object_id: str, size: int, locations: list, owner_addr: str) -> memoryview:
-        """Map a stored object: from a store on this machine if any holds it, else pull a copy into ours
-        (through our peer, which shares one transfer among all local readers). Any thread but the I/O one."""
-        for _peer_id, _peer_addr, path in locations:
-            if path == self.store.path or (os.path.isdir(path) and not _FORCE_TRANSFERS):
-                try:
-                    return self._store_at(path).read(object_id)
-                except ObjectLostError:
-                    continue
-        if self.store.exists(object_id):
-            return self.store.read(object_id)
-        errors = []
-        for peer_id, peer_addr, _path in locations:
-            if peer_id == self.node_id:
-                continue
-            reply = self.peer_request(lambda rid: om.FetchObject(rid, object_id, size, peer_addr, owner_addr,
-                                                                 self.addr), timeout_s=max(60.0, size / 50e6))
-            if reply.error is None:
-                return self.store.read(object_id)
-            errors.append(reply.error)
-        raise ObjectLostError(f"object {object_id}: no copy could be read ({'; '.join(errors) or 'none left'})")
-
-    def _store_at(self, path: str) -> LocalStore:
-        store = self._stores.get(path)
-        if store is None:
-            store = self._stores[path] = LocalStore(path)
-        return store
-
     # ---- cancellation -------------------------------------------------------------------------------
 
     def cancel(self, object_id: str, force: bool, recursive: bool = True) -> None:
@@ -480,41 +442,6 @@ class ClientRuntime:
         """Fire and forget (the outcome is not needed, e.g. releasing a name of a dead actor)."""
         self.call_soon(lambda: self._send(self.peer_addr, rm.TableOp(self.new_id(), op, False, self.addr)))
 
-    def future_of(self, ref: ObjectRef) -> Future:
-        """A `concurrent.futures.Future` for the value. One thread per process reads the values of ready
-        futures (a read can map a store or rebuild a lost copy); nothing waits per future."""
-        fut: Future = Future()
-        with self._lock_futures:
-            if self._futures is None:
-                self._futures = queue.SimpleQueue()
-                threading.Thread(target=self._resolve_futures, daemon=True, name="p2p-futures").start()
-        self._watch(ref, fut)
-        return fut
-
-    def _watch(self, ref: ObjectRef, fut: Future) -> None:
-        futures = self._futures
-        self.objects.when_ready(ref._id, lambda: futures.put((ref, fut)), self._request_fetch)
-
-    def _resolve_futures(self) -> None:
-        while True:
-            ref, fut = self._futures.get()
-            if fut.done():
-                continue  # cancelled by its user meanwhile
-            v = self.objects.values.get(ref._id)
-            if v is None or v.state == PENDING:
-                self._watch(ref, fut)  # woken by a reset or a drop: wait again
-                continue
-            try:
-                value = self.get_values([ref], None)[0]
-            except BaseException as exc:  # noqa: BLE001 - handed to the future
-                outcome = (fut.set_exception, exc)
-            else:
-                outcome = (fut.set_result, value)
-            try:
-                outcome[0](outcome[1])
-            except InvalidStateError:
-                pass  # cancelled while the value was read
-
     def _refs_report(self, limit: int = 2000) -> list:
         out = []
         values = self.objects.values
@@ -541,74 +468,3 @@ class ClientRuntime:
                        for k, st in list(sub.keys.items())},
             "ops": len(self.ops),
         }
-
-    # ---- get ----------------------------------------------------------------------------------------
-
-    def get_values(self, refs: list[ObjectRef], timeout: float | None) -> list:
-        ids = [r._id for r in refs]
-        deadline = deadline_of(timeout)
-        values = self.objects.values
-        if not all((v := values.get(oid)) is not None and v.state != PENDING for oid in ids):
-            # Fail fast: the first error known is raised without waiting for the other objects. An object
-            # already on this machine, or a reply about to arrive, is ready within a few milliseconds: only a
-            # longer wait lends this worker's CPU to other tasks (as Ray keeps it for objects already local).
-            # Results of our own tasks still being computed are worth lending the CPU for at once.
-            owned_pending = any(self.refs.is_owned(oid) and ((v := values.get(oid)) is None or v.state == PENDING)
-                                for oid in ids)
-            grace = time.monotonic() + (0.0 if owned_pending else _BLOCK_GRACE_S)
-            flags = self.objects.wait_ready(ids, len(ids), grace if deadline is None else min(deadline, grace),
-                                            self._request_fetch, fail_fast=True)
-            if not all(flags) and not any(f and values[oid].state == ERROR for oid, f in zip(ids, flags)
-                                          if oid in values) and (deadline is None or deadline > grace):
-                blocked = self.on_blocked()
-                self.cpu_lent += blocked
-                try:
-                    flags = self.objects.wait_ready(ids, len(ids), deadline, self._request_fetch, fail_fast=True)
-                finally:
-                    if blocked:
-                        self.on_unblocked()
-            if not all(flags):
-                for oid, flag in zip(ids, flags):
-                    v = values.get(oid)
-                    if flag and v is not None and v.state == ERROR:
-                        raise serialization.error_from_bytes(v.error)
-                raise timeout_error([i for i, f in zip(ids, flags) if not f], timeout)
-        out = []
-        for oid in ids:
-            out.append(self._load(oid, deadline, timeout))
-        return out
-
-    def _load(self, oid: str, deadline, timeout):
-        """One value; a stored object whose copies vanished is rebuilt (or re-asked of its owner) and read
-        again, a few times at most."""
-        for _attempt in range(5):
-            v = self.objects.values.get(oid)
-            if v is None:
-                raise ObjectFreedError(f"object {oid} was freed while being read")
-            try:
-                return load_value(v, oid, self.read_stored)
-            except ObjectLostError:
-                if v.state == STORED:
-                    self.call(lambda: self._lost_on_read(oid), timeout_s=30)
-                elif v.state != PENDING:
-                    raise
-                # PENDING: its copies were found lost meanwhile (a holder died) and it is being rebuilt, or
-                # asked of its owner again: wait for it as for any value.
-            flags = self.objects.wait_ready([oid], 1, deadline, self._request_fetch)
-            if not flags[0]:
-                raise timeout_error([oid], timeout)
-        raise ObjectLostError(f"object {oid} could not be read after several attempts to rebuild it")
-
-    def _lost_on_read(self, oid: str) -> None:
-        self._apply(self.core.copies_unreadable, oid)
-
-    def _request_fetch(self, ids: list[str]) -> None:
-        self.ops.append(("fetch", ids))
-        self.waker.wake()
-
-    # Workers override these to lend their CPU back while they wait.
-    def on_blocked(self) -> bool:
-        return False
-
-    def on_unblocked(self) -> None:
-        pass
