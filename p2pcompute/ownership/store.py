@@ -300,6 +300,12 @@ class LocalStore:
             total -= size
         return released
 
+    def size_in_memory(self, object_id: str) -> int | None:
+        try:
+            return os.stat(self.file_of(object_id)).st_size
+        except FileNotFoundError:
+            return None
+
     def drain_one(self, name: str) -> bool:
         return _unlink(os.path.join(self.pool_path, name))
 

@@ -77,6 +77,10 @@ class StoreManager:
 
     def free(self, object_id: str) -> None:
         size = self.in_memory.get(object_id)
+        if size is None and object_id not in self.spilled:
+            # Not sealed yet: the owner's free can overtake the writer's ObjectSealed. The file is still worth
+            # recycling (it was never counted, so there is nothing to uncount).
+            size = self.store.size_in_memory(object_id)
         if size is not None and size >= RECYCLE_MIN_BYTES and self.pool_max_bytes > 0:
             self._recycle(object_id, size)
         else:

@@ -127,3 +127,12 @@ def test_draining_releases_every_pooled_file(store):
     _put(store, manager, "a", np.zeros(2 * MB // 8))
     manager.free("a")
     assert store.drain_pool() >= 2 * MB and _pool(store) == []
+
+
+def test_a_free_that_overtakes_the_seal_still_recycles_and_counts_nothing(store):
+    manager = StoreManager(store, capacity=1 << 30)
+    size = _put(store, None, "a", np.full(2 * MB // 8, 1.0))  # written; its ObjectSealed not yet arrived
+    manager.free("a")
+    assert len(_pool(store)) == 1 and not store.exists("a")
+    manager.sealed("a", size)  # the late seal of a freed object is ignored
+    assert manager.used == 0 and manager.in_memory == {}
