@@ -3,8 +3,12 @@ test switches: each planted bug is a subclass here, which the simulator builds w
 
 - `--break capacity`: `LeaseCoreIgnoringCapacity` grants without checking or reserving resources. Its own
   `check_invariants` is left on, so the core's accounting check catches it as well as the simulator's audit.
-- `--break refutation`: `MembershipSkippingRefutation` never outbids a suspicion of itself, so a slow
-  peer is declared dead for good.
+- `--break refutation`: `MembershipRefutingItsDeath`, a peer that refutes a declaration of its death
+  instead of being fenced (the bug issue 11 fixed): after a pause or partition longer than the suspicion
+  timeout it lives on under its old id, while owners wrote off what its processes borrowed, and a live
+  process ends up with a ref to a freed object (`refs_safe`).
+- `MembershipSkippingRefutation` (tests/unit/test_membership.py) never outbids a suspicion of itself, so a
+  slow peer is declared dead (and so fenced).
 - `--break refcount` (and tests/property/test_refcount_props.py): `OwnerIgnoresAddBorrower`, an owner that
   acknowledges a forwarded registration without recording it. A borrower that forwards a ref to a third
   process then leaves the owner unaware of that process, and the owner frees the object while the third
@@ -28,6 +32,13 @@ class LeaseCoreIgnoringCapacity(LeaseCore):
 
     def _reserve(self, shape: dict) -> None:
         pass
+
+
+class MembershipRefutingItsDeath(Membership):
+    """Planted bug: a peer told it was declared dead outbids the claim, as a suspicion, instead of being fenced."""
+
+    def _declared_dead(self, claimed_incarnation, sender, out) -> None:
+        self._refute(claimed_incarnation, sender, out)
 
 
 class MembershipSkippingRefutation(Membership):

@@ -9,6 +9,10 @@ join, kill a worker), and judges membership agreement against the truth.
 Peer ids are `p<slot>g<generation>`: a restart with `--restart-id new` (the runtime's behaviour: a new
 process gets a fresh random id) is the next generation on the same slot; with `--restart-id same` it keeps
 the id and address, and its membership core takes over from the old incarnation by refuting it.
+
+Death is final: a peer whose membership core reports `Fenced` (it learned it was declared dead, after a
+pause or partition longer than the suspicion timeout) goes down with all its processes, exactly as in a
+crash, and restarts (as a new generation) if the fault schedule restarts crashed peers.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class Cluster:
         from sims import broken
         from p2pcompute.lease.core import LeaseCore
         from p2pcompute.net.membership import Membership
-        self.membership_class = broken.MembershipSkippingRefutation if "refutation" in opts.breaks else Membership
+        self.membership_class = broken.MembershipRefutingItsDeath if "refutation" in opts.breaks else Membership
         self.lease_class = broken.LeaseCoreIgnoringCapacity if "capacity" in opts.breaks else LeaseCore
         self.with_leases = opts.workload != "membership"
         self.peer_total = {resources.CPU: opts.cpus * resources.UNIT}
@@ -64,6 +68,8 @@ class Cluster:
         self._clocks: dict[int, tuple[int, float]] = {}
         self.infeasible = 0
         self.false_dead = 0
+        self.fenced = 0
+        self.fault_scheduler = None  # set by the FaultScheduler, if the run has faults
         self.faults_log: list[tuple[int, str, str]] = []  # (time, kind, peer id)
         self.last_fault_ns = 0
 
@@ -193,8 +199,8 @@ class Cluster:
                     return True
         return False
 
-    def crash(self, peer: SimPeer) -> None:
-        self._fault("crash", peer.peer_id)
+    def crash(self, peer: SimPeer, kind: str = "crash") -> None:
+        self._fault(kind, peer.peer_id)
         # Detection is timed at the peers that believe the crashed one is up: one that already holds it dead
         # (a false death not yet refuted) or never heard of it has nothing left to detect.
         observers = [pid for pid, p in self.up.items() if p is not peer
@@ -202,6 +208,15 @@ class Cluster:
                      and m.meta.get("gen") == peer.gen]
         self._down(peer)
         self.tracker.crashed(peer.peer_id, peer.gen, self.engine.now, observers)
+
+    def fence(self, peer: SimPeer) -> None:
+        """The peer learned it was declared dead: its processes end, as in a crash (runtime/peer.py exits)."""
+        if not peer.up:
+            return
+        self.fenced += 1
+        self.crash(peer, kind="fenced")
+        if self.fault_scheduler is not None:
+            self.fault_scheduler.restart_later(peer.slot)
 
     def _down(self, peer: SimPeer) -> None:
         peer.stop()

@@ -6,6 +6,8 @@ alone. After each event the next is drawn at the current cluster-wide rate (rate
 
 - crash: a random up peer crashes. With `restart > 0` it restarts after an exponential downtime of mean
   1/restart seconds (a new peer id, or the same with `--restart-id same`), and joins through a live seed.
+  A peer fenced by membership (it learned the cluster declared it dead) goes down the same way, and
+  restarts by the same policy.
 - pause: a random up peer is paused for a `pause_for` draw, then resumes.
 - leave: a random up peer leaves gracefully, for good.
 - join: a brand-new peer joins through a random live seed.
@@ -44,6 +46,7 @@ class FaultScheduler:
         self._pause_for = spec.pause_for.sampler(self._rngs["pause"])
         self._partition_for = spec.partition_for.sampler(self._rngs["partition"])
         self.counts = dict.fromkeys(("crash", "restart", "pause", "leave", "join", "kill", "partition"), 0)
+        cluster.fault_scheduler = self  # a fenced peer restarts by this schedule's policy
         for kind, rate in self._rates.items():
             if rate > 0:
                 self.engine.at(start_ns, self._schedule, kind)
@@ -77,10 +80,7 @@ class FaultScheduler:
                 if kind == "crash" and self._may_take_down(peer):
                     cluster.crash(peer)
                     self.counts["crash"] += 1
-                    if self.spec.restart > 0:
-                        at = self.engine.now + int(self._rngs["restart"].expovariate(self.spec.restart) * S)
-                        if at < self.end_ns:
-                            self.engine.at(at, self._restart, peer.slot)
+                    self.restart_later(peer.slot)
                 elif kind == "pause":
                     cluster.pause(peer, self._pause_for())
                     self.counts["pause"] += 1
@@ -105,6 +105,13 @@ class FaultScheduler:
         mode = "both" if roll < 0.6 else "in" if roll < 0.8 else "out"
         self.cluster.partition(group, mode, max(1, self._partition_for()))
         self.counts["partition"] += 1
+
+    def restart_later(self, slot: int) -> None:
+        """A peer on `slot` went down (crashed or fenced): bring it back later, if the policy says so."""
+        if self.spec.restart > 0:
+            at = self.engine.now + int(self._rngs["restart"].expovariate(self.spec.restart) * S)
+            if at < self.end_ns:
+                self.engine.at(at, self._restart, slot)
 
     def _restart(self, slot: int, _=None) -> None:
         if self.cluster.restart(slot) is not None:

@@ -33,7 +33,7 @@ from p2pcompute.lease.messages import (CancelLeaseRequest, LeaseGranted, LeaseRe
                                        RequestLease, ReturnLease)
 from p2pcompute.lease.policy import PeerView
 from p2pcompute.net.effects import Send, Timer
-from p2pcompute.net.membership import MemberChanged, Membership
+from p2pcompute.net.membership import Fenced, MemberChanged, Membership
 from p2pcompute.net.membership_messages import SUSPECT
 from p2pcompute.ownership import task_messages as rm
 
@@ -153,6 +153,9 @@ class SimPeer:
                     self.engine.at(at, self._mem_tick, at)
             elif t is MemberChanged:
                 self._member_changed(e)
+            elif t is Fenced:
+                self.cluster.fence(self)  # the cores said nothing else: it is silent from here on
+                return
 
     def _mem_tick(self, at: int, _=None) -> None:
         if not self.up:

@@ -72,6 +72,7 @@ def build_report(cluster, opts: SimOptions, rows, scheduler, *, quiet_ns: int, w
             "first_mean_s": _round(sum(tracker.first_ns) / len(tracker.first_ns) / S) if tracker.first_ns else None,
             "still_pending_at_end": tracker.unfinished,
             "false_dead_declarations": cluster.false_dead,
+            "fenced_peers": cluster.fenced,  # told they were declared dead: down, as crashed (death is final)
         },
         "network": {
             "messages": messages,
@@ -151,9 +152,10 @@ def format_text(report: dict) -> str:
     if d["crashes_timed"]:
         lines.append(f"failure detection: {d['crashes_timed']} crashes, all peers knew after mean {d['mean_s']}s, "
                      f"max {d['max_s']}s (first peer: mean {d['first_mean_s']}s); "
-                     f"{d['false_dead_declarations']} false dead declarations")
+                     f"{d['false_dead_declarations']} false dead declarations, {d['fenced_peers']} peers fenced")
     elif d["false_dead_declarations"]:
-        lines.append(f"failure detection: {d['false_dead_declarations']} false dead declarations")
+        lines.append(f"failure detection: {d['false_dead_declarations']} false dead declarations, "
+                     f"{d['fenced_peers']} peers fenced")
     n = report["network"]
     lines.append(f"network: {n['per_peer_per_s']} msgs/peer/s ({n['membership_per_peer_per_s']} membership), "
                  f"{n['bytes_per_peer_per_s']} B/peer/s {'exact' if n['bytes_exact'] else 'estimated'}, "

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 Every peer runs one `Membership`. The driver feeds it messages and ticks with the current `now_ns` and
-carries out the effects it returns: `Send`, `Timer`, and `MemberChanged` whenever another peer is first
-learned or changes state (the runtime uses it, for example, to reclaim the leases of a dead peer).
+carries out the effects it returns: `Send`, `Timer`, `MemberChanged` whenever another peer is first
+learned or changes state (the runtime uses it, for example, to reclaim the leases of a dead peer), and
+`Fenced` once, when this peer learns the cluster declared it dead (see "Death is final" below).
 
 Failure detection (SWIM). Each probe period the peer pings the next member of a shuffled round-robin list,
 so every member is probed within two cycles (time-bounded completeness). No Ack within `probe_timeout_ms`:
@@ -13,11 +14,24 @@ the two of us. Still no Ack by the end of the period: the member becomes *suspec
 refute within the suspicion timeout, `suspicion_mult * max(1, log10 N) * probe_interval`, becomes *dead*.
 
 Incarnations. A member's claims are ordered by its incarnation number, which only the member itself raises.
-Hearing itself suspected (or declared dead by mistake), a peer raises its incarnation and spreads `alive`:
-the refutation. Merge rules, as in SWIM and memberlist, for a claim at incarnation i against the current
-state at incarnation j: i < j is stale; i > j wins; at i == j, suspect beats alive, dead beats both, left
-beats dead. An `alive` never beats anything at the same incarnation, so a late rumour cannot undo a
-suspicion; only the member's own refutation (with a higher incarnation) can.
+Hearing itself suspected, a peer raises its incarnation and spreads `alive`: the refutation. Merge rules, as
+in SWIM and memberlist, for a claim at incarnation i against the current state at incarnation j: i < j is
+stale; i > j wins; at i == j, suspect beats alive, dead beats both, left beats dead. An `alive` never beats
+anything at the same incarnation, so a late rumour cannot undo a suspicion; only the member's own
+refutation (with a higher incarnation) can.
+
+Death is final (the fence). Peers act on a death at once: they reclaim the dead peer's leases, and owners
+write off its processes' borrows and free what only they held. Undoing a death would leave live processes
+holding refs to freed objects, so nothing undoes one. A suspicion can be refuted; a death cannot:
+- a peer that learns it was declared dead (a `dead` record with its own address and meta, at any
+  incarnation: the claim is about this very process) does not refute. It returns a `Fenced` effect and
+  goes silent (no message, tick or timer under its id again); its driver stops the peer's processes, and
+  the machine may come back only as a new peer, under a new id (Ray fences a raylet the GCS wrote off the
+  same way);
+- no claim brings a member we hold dead back under the same identity (address and meta); only a new
+  process reusing the id (different meta, as the simulator's `--restart-id same` does) takes over.
+The cost: a pause or partition longer than the suspicion timeout costs the written-off peer a restart,
+and its processes' work is lost and redone, as after a crash.
 
 Dissemination. Each accepted change becomes a rumour in a transmit-limited queue and rides on pings, acks
 and gossip (to `gossip_fanout` random members every `gossip_interval_ms`), about
@@ -27,9 +41,10 @@ entries sent fewest times first, newest first among those, and a message carries
 `max_updates_per_msg` and `max_views_per_msg` entries, so messages stay small at any cluster size.
 
 Repair. Rumours reach everyone only with high probability, so a divergent peer is brought back by: a
-member we hold suspect or dead that talks to us is told so, and refutes (or sends the refutation we missed);
-every `reconnect_interval_ms` we tell one remembered dead member that it is dead (this heals partitions,
-and brings back a restarted peer that reuses its id); a peer that hears a stale claim about itself sends its
+member we hold suspect or dead that talks to us is told so, and refutes a suspicion (or sends the
+refutation we missed) or, told it is dead, is fenced; every `reconnect_interval_ms` we tell one remembered
+dead member that it is dead (after a partition this fences the peers written off across it, and it brings
+back a restarted peer that reuses its id); a peer that hears a stale claim about itself sends its
 current record straight back; probes and acks always carry the sender's own current view; and a periodic
 push-pull of the full state with a random member (`sync_interval_ms`, longer in large clusters) mends the
 rest.
@@ -65,7 +80,7 @@ from p2pcompute.net.rumours import RumourQueue
 if TYPE_CHECKING:
     from random import Random
 
-__all__ = ["MembershipConfig", "Member", "MemberChanged", "Membership", "suspicion_timeout_ms",
+__all__ = ["MembershipConfig", "Member", "MemberChanged", "Fenced", "Membership", "suspicion_timeout_ms",
            "detection_bound_ms", "likely_detection_bound_ms"]
 
 _MS = 1_000_000
@@ -101,6 +116,16 @@ class MemberChanged:
     incarnation: int
     meta: dict
     previous_state: str | None  # None when first learned
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """Effect: this peer learned that the cluster declared it dead. The core is silent from now on; the
+    driver must end the peer's processes (their objects and leases are gone for the cluster) and may
+    start again only as a new peer with a new id."""
+
+    reason: str
+    incarnation: int  # the incarnation the death was declared at
 
 
 def _well_formed(msg) -> bool:
@@ -167,6 +192,7 @@ class Membership:
         self._suspicion_ns = 0
         self._started = False
         self._left = False
+        self._fenced = False  # declared dead by the cluster: silent for good (see "Death is final")
         self._joined = False
         self._seeds: list[str] = []
         self._join_backoff_ms = 0
@@ -183,6 +209,11 @@ class Membership:
         return self._self.incarnation
 
     @property
+    def fenced(self) -> bool:
+        """True once this peer learned it was declared dead: the core then ignores all input."""
+        return self._fenced
+
+    @property
     def joined(self) -> bool:
         """True once some member has sent us its state (or we started as the first peer)."""
         return self._joined
@@ -194,6 +225,8 @@ class Membership:
         that outlasted `dead_retention_ms`.
         """
         cfg = self.config
+        if self._fenced:
+            return []
         if not self._started:
             self._started = True
             # Random phases keep peers that start together from probing and gossiping in lockstep.
@@ -215,7 +248,7 @@ class Membership:
 
     def leave(self, now_ns: int) -> list[Effect]:
         """Leave gracefully: tell several members directly, then keep gossiping until the news is out."""
-        if self._left or not self._started:
+        if self._left or self._fenced or not self._started:
             return []
         self._left = True
         me = self._self
@@ -235,12 +268,14 @@ class Membership:
         if handler is None or not _well_formed(msg):
             self.counters["malformed"] += 1
             return []
-        if not self._started or self._left:
+        if not self._started or self._left or self._fenced:
             self.counters["unexpected"] += 1
             return []
         out: list[Effect] = []
         idle = not (len(self._updates) or len(self._views))
         handler(self, now_ns, sender_addr, msg, out)
+        if self._fenced:  # nothing more under this id: not even the answer the message asked for
+            return [e for e in out if type(e) is Fenced]
         if idle and (len(self._updates) or len(self._views)):
             out.append(Timer(self.next_deadline_ns()))  # gossip rounds start again: they idle while nothing is new
         m = self._members.get(msg.src_id)
@@ -255,7 +290,7 @@ class Membership:
 
     def on_tick(self, now_ns: int) -> list[Effect]:
         """Do whatever is due at `now_ns`; returns a Timer for the next deadline."""
-        if not self._started:
+        if not self._started or self._fenced:
             return []
         out: list[Effect] = []
         self._self.last_heard_ns = now_ns
@@ -313,7 +348,7 @@ class Membership:
 
     def next_deadline_ns(self) -> int:
         """The earliest `now_ns` at which `on_tick` has work to do."""
-        if not self._started:
+        if not self._started or self._fenced:
             return _NEVER
         # Gossip rounds only run while there is something to spread: most of the time there is not, and a
         # thousand simulated peers should not wake up every 100 ms for nothing.
@@ -428,6 +463,8 @@ class Membership:
             cur = m.state_code
             if inc < m.incarnation:
                 return
+            if cur >= DEAD and st <= SUSPECT and addr == m.addr and meta == m.meta:
+                return  # death is final: the same process never comes back (a new one with our id may)
             if inc == m.incarnation and (st == ALIVE or st == cur or (st == SUSPECT and cur != ALIVE)
                                          or (st == DEAD and cur == LEFT)):
                 return
@@ -461,6 +498,11 @@ class Membership:
         me = self._self
         if self._left:  # we said goodbye; nothing about us needs defending any more
             return
+        if st == DEAD and addr == me.addr and meta == me.meta:
+            # This very process was declared dead (at any incarnation: a death declared just before our
+            # refutation of the suspicion arrived is still a death someone acted on). Deaths are final.
+            self._declared_dead(inc, sender, out)
+            return
         if st == ALIVE:
             # Our own record echoing back is normal. A newer or different one comes from an earlier process
             # with our id (a restart): take over with a higher incarnation.
@@ -473,8 +515,16 @@ class Membership:
             return
         self._refute_suspicion(inc, sender, out)
 
+    def _declared_dead(self, claimed_incarnation: int, sender: str | None, out: list) -> None:
+        """We were declared dead: fenced, for good (a planted bug in sims/broken.py refutes instead)."""
+        self._fenced = True
+        self.counters["fenced"] = 1
+        out.append(Fenced(f"the cluster declared peer {self.self_id} dead (incarnation {claimed_incarnation}; "
+                          f"we are at {self._self.incarnation})", claimed_incarnation))
+
     def _refute_suspicion(self, claimed_incarnation: int, sender: str | None, out: list) -> None:
-        """Someone suspects us or declared us dead: outbid it (a planted bug in sims/broken.py skips this)."""
+        """Someone suspects us, or declared an earlier process with our id dead: outbid it (a planted bug in
+        sims/broken.py skips this)."""
         self._refute(claimed_incarnation, sender, out)
 
     def _refute(self, claimed_incarnation: int, sender: str | None, out: list) -> None:

@@ -28,7 +28,7 @@ from p2pcompute.lease.policy import PeerView
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.net.messages import BLOBS
-from p2pcompute.net.membership import Membership, MembershipConfig, MemberChanged
+from p2pcompute.net.membership import Fenced, Membership, MembershipConfig, MemberChanged
 from p2pcompute.net.transport import Context, CurveKeys, Transport, Waker, machine_id
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.store import LocalStore, remove_store_dir
@@ -86,6 +86,7 @@ class PeerDaemon:
         self._parent_fd = -1
         self._running = True
         self._leaving = False
+        self.fenced_reason = ""  # set when the cluster declared this peer dead: it then exits (see _on_fenced)
         self._inbox: deque = deque()
         self._next_rejoin_ns = time.monotonic_ns() + 30_000_000_000
         self._seeds: list[str] = []
@@ -221,6 +222,8 @@ class PeerDaemon:
                     self._tick(now)
         finally:
             self.shutdown()
+        if self.fenced_reason:
+            raise SystemExit(self.fenced_reason)  # a non-zero exit, with the cause, for whoever started us
 
     def _on_unreachable(self, ev) -> None:
         known = any(ev.address in (p.addr, p.task_addr) for p in self.processes.procs.values())
@@ -466,6 +469,8 @@ class PeerDaemon:
                 self._deadline_ns = min(self._deadline_ns, eff.at_ns)
             elif t is MemberChanged:
                 self._on_member_changed(eff)
+            elif t is Fenced:
+                self._on_fenced(eff)
             elif t is StartWorker:
                 self._start_worker(eff)
             elif t is StopWorker:
@@ -490,6 +495,19 @@ class PeerDaemon:
         proc = self.processes.procs.get(worker_id) if worker_id else None
         if proc is not None:
             self.processes.stop(proc)
+
+    def _on_fenced(self, eff: Fenced) -> None:
+        """The cluster declared this peer dead (a pause or partition outlasted the suspicion timeout) and
+        acted on it: our leases were reclaimed, our processes' borrows written off. Deaths are final, so we do
+        not come back under this id: tell our clients, so their calls fail at once with the cause, and exit."""
+        self.fenced_reason = (
+            f"this peer ({self.peer_id}) was declared dead by the cluster ({eff.reason}), most likely after a "
+            f"pause or network partition longer than the suspicion timeout; its processes' objects and leases "
+            f"are gone for the cluster, so it stops; restart it with p2p join (it comes back as a new peer)")
+        log.error("%s", self.fenced_reason)
+        self._tell_locals(rm.ProcessDied(self.peer_id, "peer", self.fenced_reason, self.addr, ""))
+        self._leaving = True  # so that shutdown lingers for that message to go out
+        self.stop()
 
     def _on_member_changed(self, eff: MemberChanged) -> None:
         log.info("peer %s at %s: %s -> %s", eff.peer_id, eff.addr, eff.previous_state, eff.state)

@@ -256,6 +256,12 @@ class RefOps:
             self.truth.hold(tid, oid)
             self.truth.used(tid, oid, lambda: self._hint(proc, oid))
 
+    def never_received(self, proc, refs: list) -> None:
+        """A message carrying `refs` was dropped unread (it came from a process written off as dead)."""
+        tid = _tid(proc)
+        for oid, _ in refs:
+            self.truth.release(("wire", tid), oid, strict=False)
+
     def consume(self, proc, refs: list) -> None:
         """The message is consumed (its task finished, its value was read): release its pins."""
         for oid, _ in refs:

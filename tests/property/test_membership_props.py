@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send
-from p2pcompute.net.membership import MemberChanged, Membership, MembershipConfig, detection_bound_ms
+from p2pcompute.net.membership import Fenced, MemberChanged, Membership, MembershipConfig, detection_bound_ms
 from sims.broken import MembershipSkippingRefutation
 
 MS = 1_000_000
@@ -43,6 +43,7 @@ class ChaosNet:
         self.slow_ms: dict[str, tuple[float, float]] = {}  # extra delay on what one address sends
         self.crashed: set[str] = set()
         self.events: list[tuple[int, str, MemberChanged]] = []
+        self.fenced: list[str] = []  # addresses of peers told they were declared dead (then gone, as a crash)
 
     def start(self, peer_id: str, seeds=()) -> Membership:
         addr = f"tcp://{peer_id}:1"
@@ -55,6 +56,9 @@ class ChaosNet:
         for e in effects:
             if isinstance(e, MemberChanged):
                 self.events.append((self.now, src, e))
+            elif isinstance(e, Fenced):  # the runtime's peer exits: nothing more from or to it
+                self.fenced.append(src)
+                self.crashed.add(src)
             elif isinstance(e, Send):
                 frame = codec.encode(e.msg)
                 if self.rng.random() < self.loss:
@@ -143,6 +147,18 @@ def check_never_declared_dead(net: ChaosNet, peer_id: str) -> list[str]:
             for t, obs, e in net.events if e.peer_id == peer_id and e.state in ("dead", "left")]
 
 
+def check_no_death_undone(net: ChaosNet) -> list[str]:
+    """Death is final: no observer sees a member it held dead come back with the same identity."""
+    held_dead: dict[tuple, tuple] = {}
+    problems = []
+    for t, obs, e in net.events:
+        if e.state == "dead":
+            held_dead[(obs, e.peer_id)] = (e.addr, e.meta)
+        elif e.state in ("alive", "suspect") and held_dead.get((obs, e.peer_id)) == (e.addr, e.meta):
+            problems.append(f"{obs} saw {e.peer_id} come back from the dead at {t / MS:.0f} ms")
+    return problems
+
+
 def _fail(problems: list[str], seed: int, what: str) -> None:
     assert not problems, f"seed={seed}: {what}:\n  " + "\n  ".join(problems[:10])
 
@@ -169,7 +185,7 @@ def test_after_chaos_heals_everyone_converges_and_a_crash_is_detected_in_bound(
         net.run_until(t)
         if crash and t == crash_at_ns and victim.self_addr not in net.crashed:
             net.crashed.add(victim.self_addr)
-        else:
+        elif net.live():  # (the chaos may have had every peer declared dead, and so fenced)
             changer = net.rng.choice(net.live())
             changer.set_view({"CPU": net.rng.randrange(8) * 10_000, "queue": net.rng.randrange(100)})
     net.run_until(chaos_end_ns)
@@ -179,9 +195,11 @@ def test_after_chaos_heals_everyone_converges_and_a_crash_is_detected_in_bound(
         net.run_until(net.now + detection_bound_ms(CFG, n) * MS)
         _fail(check_dead_everywhere(net, victim.self_id), seed,
               f"{victim.self_id} crashed but is not dead everywhere within the bound after healing")
-    # Lost rumours are repaired by refutation on contact, reconnects to the dead and push-pull syncs.
+    # Lost rumours are repaired by refutation on contact, reconnects to the dead and push-pull syncs. A peer
+    # the chaos got declared dead is fenced (gone, as if crashed): the others must agree without it.
     _fail(wait_for_convergence(net, detection_bound_ms(CFG, n) + 30_000), seed,
           "no convergence after the network healed")
+    _fail(check_no_death_undone(net), seed, "a death was undone")
 
 
 def run_slow_peer(seed: int, n: int, dup: float, jitter_ms: int, slow_ms: tuple[float, float],

@@ -6,21 +6,25 @@ passes, pytest reports XPASS as a failure, and the marker must go. docs/simulati
 
 from __future__ import annotations
 
-import pytest
+import re
 
 from sims_testing import failed_invariants, run_cli
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a false death declaration (a partition or pause longer than the "
-                   "suspicion timeout) is final for ReferenceTable (_dead_peers, dropped registrations) but not for "
-                   "membership, which lets the peer refute and live on: its processes keep and forward refs their "
-                   "owners wrote off, and a live process ends up holding a freed object")
 def test_refs_survive_a_partition_that_outlasts_the_suspicion_timeout():
-    # Most seeds show it (seed 7 did when this was written); ten keep the test from hanging on one.
+    """Was a bug: a false death declaration (a partition or pause longer than the suspicion timeout) was final
+    for ReferenceTable but not for membership, which let the peer refute and live on, so its processes kept
+    and forwarded refs their owners wrote off, and a live process ended up holding a freed object. Fixed by
+    the fence: a peer told it was declared dead goes down and comes back only under a new id."""
+    # Most seeds showed it (seed 7 did when it was found); ten keep the test from resting on one.
+    fenced = 0
     for seed in range(1, 11):
         _, out = run_cli(["run", "--peers", "8", "--seconds", "10", "--seed", str(seed), "--workload", "actors",
                           "--faults", "partition=0.03,partition_for=const:6s"])
         assert "refs_safe" not in failed_invariants(out), out
+        found = re.search(r"(\d+) peers fenced", out)  # no line when nothing was declared dead
+        fenced += int(found.group(1)) if found else 0
+    assert fenced > 0, "no peer was declared dead and fenced: the runs no longer test the fence"
 
 
 def test_a_dead_holders_queued_request_is_not_granted_while_its_leases_are_reclaimed():

@@ -1,8 +1,8 @@
 """The checks can fail: each core, broken on purpose, is caught, and the printed replay command reproduces it.
 
 `--break capacity` builds `sims.broken.LeaseCoreIgnoringCapacity` (grants without reserving resources);
-`--break refutation` builds `sims.broken.MembershipSkippingRefutation` (a peer wrongly declared dead never
-refutes — pauses longer than the suspicion timeout make that happen); `--break refcount` swaps in
+`--break refutation` builds `sims.broken.MembershipRefutingItsDeath` (a peer declared dead refutes instead of
+being fenced — pauses longer than the suspicion timeout make that happen — and is never agreed on again); `--break refcount` swaps in
 `sims.broken.OwnerIgnoresAddBorrower` (an owner that forgets borrowers registered by a forwarder — the
 actors workload forwards refs to third parties). Each run without the switch is clean, so it is the switch
 that the simulator catches.

@@ -16,7 +16,7 @@ from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.net.membership import (
-    MemberChanged, Membership, MembershipConfig, detection_bound_ms, likely_detection_bound_ms,
+    Fenced, MemberChanged, Membership, MembershipConfig, detection_bound_ms, likely_detection_bound_ms,
     suspicion_timeout_ms,
 )
 from p2pcompute.net.membership_messages import (
@@ -45,6 +45,7 @@ class Net:
         self.blocked: set[tuple[str, str]] = set()  # (src, dst) pairs whose messages are lost
         self.events: list[tuple[int, str, MemberChanged]] = []  # (time, observer addr, event)
         self.sent_types: dict[str, int] = {}
+        self.fenced: list[tuple[int, str, Fenced]] = []  # (time, fenced peer's addr, effect)
 
     def start(self, peer_id: str, seeds=(), *, addr: str | None = None, incarnation: int = 0,
               meta: dict | None = None) -> Membership:
@@ -74,6 +75,10 @@ class Net:
                 heapq.heappush(self.inflight, (at, self.sent, e.to, src, codec.encode(e.msg)))
             elif isinstance(e, MemberChanged):
                 self.events.append((self.now, src, e))
+            elif isinstance(e, Fenced):
+                # As the runtime does: the fenced peer's processes end; nothing more from or to it.
+                self.fenced.append((self.now, src, e))
+                self.down.add(src)
             else:
                 assert isinstance(e, Timer), e
 
@@ -268,6 +273,8 @@ def test_without_refutation_the_slow_peer_would_be_declared_dead():
     # The same run with refutation switched off: the checks above must then fail, or they prove nothing.
     net, slow = _slow_peer_run(0, skip_refutation=True)
     assert any(e.peer_id == slow.self_id and e.state == "dead" for t, obs, e in net.events)
+    # ...and once told, it is fenced rather than refuting its death.
+    assert [addr for t, addr, e in net.fenced] == [slow.self_addr] and slow.fenced
 
 
 # ---- leaving and coming back --------------------------------------------------------------------------------
@@ -335,18 +342,53 @@ def test_dead_members_are_forgotten_after_retention():
     assert all("p3" not in c.members() for c in net.live())
 
 
-def test_a_partition_heals_once_the_network_does():
+def _never_revived(net: Net) -> None:
+    """Death is final: no observer ever sees a member it held dead come back with the same identity."""
+    held_dead: dict[tuple, object] = {}
+    for t, obs, e in net.events:
+        key = (obs, e.peer_id)
+        if e.state == "dead":
+            held_dead[key] = (e.addr, e.meta)
+        elif e.state in ("alive", "suspect") and key in held_dead:
+            assert held_dead[key] != (e.addr, e.meta), f"{obs} saw {e.peer_id} come back from the dead at {t}"
+
+
+def test_a_peer_cut_off_past_the_suspicion_timeout_is_fenced_when_the_network_heals():
     net = Net(7)
+    cores = net.cluster(4)
+    lone, rest = cores[3], cores[:3]
+    net.blocked = {(lone.self_addr, c.self_addr) for c in rest} | {(c.self_addr, lone.self_addr) for c in rest}
+    net.run_for(2 * detection_bound_ms(CFG, 4))
+    assert alive_ids(cores[0]) == {"p0", "p1", "p2"} and alive_ids(lone) == {"p3"}
+    net.blocked = set()
+    net.run_for(10_000)  # reconnect attempts tell the lone peer it was declared dead: it is fenced, not back
+    assert lone.fenced and lone.self_addr in {addr for t, addr, e in net.fenced}
+    assert "declared peer p3 dead" in next(e.reason for t, addr, e in net.fenced if addr == lone.self_addr)
+    assert lone.on_tick(net.now) == [] and lone.next_deadline_ns() > net.now + 10**15  # silent for good
+    survivors = [c for c in rest if not c.fenced]
+    assert survivors, "nobody survived a one-peer partition"
+    for core in survivors:
+        assert alive_ids(core) == {c.self_id for c in survivors}
+        assert core.members()["p3"].state == "dead"
+    _never_revived(net)
+
+
+def test_after_a_split_in_halves_every_survivor_agrees_and_nobody_is_revived():
+    # Both halves declare the other dead; on healing each tells the other so. Deaths being final, peers on
+    # both sides may be fenced: what must hold is that the survivors agree and no death is undone.
+    net = Net(8)
     cores = net.cluster(4)
     left, right = {c.self_addr for c in cores[:2]}, {c.self_addr for c in cores[2:]}
     net.blocked = {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
     net.run_for(2 * detection_bound_ms(CFG, 4))
     assert alive_ids(cores[0]) == {"p0", "p1"} and alive_ids(cores[3]) == {"p2", "p3"}
     net.blocked = set()
-    net.run_for(10_000)  # reconnect attempts tell each side it was declared dead; both refute
-    for core in cores:
-        assert alive_ids(core) == {"p0", "p1", "p2", "p3"}
-        assert all(m.state == "alive" for m in core.members().values())
+    net.run_for(10_000 + detection_bound_ms(CFG, 4))
+    assert net.fenced
+    survivors = [c for c in cores if not c.fenced]
+    for core in survivors:
+        assert alive_ids(core) == {c.self_id for c in survivors}
+    _never_revived(net)
 
 
 def test_unanswered_join_is_retried_with_backoff():
@@ -377,30 +419,50 @@ PRECEDENCE = [
     (SUSPECT, 2, "dead", 2),  # ...and suspect
     (LEFT, 2, "left", 2),  # left beats dead
     (DEAD, 2, "left", 2),
-    (ALIVE, 3, "alive", 3),  # a new incarnation comes back
+    (ALIVE, 3, "left", 2),  # the same process never comes back: a departure, like a death, is final
+    (ALIVE, 3, "alive", 3, {"boot": 2}),  # a new process with the id (new meta) takes over
+    (DEAD, 3, "dead", 3, {"boot": 2}),
+    (ALIVE, 4, "dead", 3, {"boot": 2}),  # a refutation cannot undo a death either
 ]
 
 
 def test_merge_precedence():
     core = Membership("me", "tcp://me:1", config=CFG, rng=Random(1), now_ns=0)
     core.start(0, [])
-    for state, incarnation, want_state, want_incarnation in PRECEDENCE:
-        core.on_message(1, "tcp://x:1", Gossip("y", (("x", "tcp://x:1", state, incarnation, {}),), ()))
+    for state, incarnation, want_state, want_incarnation, *meta in PRECEDENCE:
+        rec = ("x", "tcp://x:1", state, incarnation, meta[0] if meta else {})
+        core.on_message(1, "tcp://x:1", Gossip("y", (rec,), ()))
         m = core.members()["x"]
         assert (m.state, m.incarnation) == (want_state, want_incarnation), (state, incarnation)
 
 
-@pytest.mark.parametrize("state", [SUSPECT, DEAD, LEFT])
-def test_a_claim_that_we_failed_is_refuted_unless_we_left(state):
+@pytest.mark.parametrize("state,meta", [(SUSPECT, {}), (LEFT, {}), (DEAD, {"boot": 1})])
+def test_a_suspicion_is_refuted_unless_we_left(state, meta):
+    # A dead record with another meta is about an earlier process with our id: outbid it, as a suspicion.
     core = Membership("me", "tcp://me:1", config=CFG, rng=Random(1), now_ns=0, incarnation=4)
     core.start(0, [])
-    effects = core.on_message(1, "tcp://x:1", Gossip("x", (("me", "tcp://me:1", state, 4, {}),), ()))
-    assert core.incarnation == 5 and core.members()["me"].state == "alive"
+    effects = core.on_message(1, "tcp://x:1", Gossip("x", (("me", "tcp://me:1", state, 4, meta),), ()))
+    assert core.incarnation == 5 and core.members()["me"].state == "alive" and not core.fenced
     replies = [e for e in effects if isinstance(e, Send)]
     assert replies and replies[0].to == "tcp://x:1" and replies[0].msg.updates[0][2:4] == (ALIVE, 5)
     core.leave(2)
     core.on_message(3, "tcp://x:1", Gossip("x", (("me", "tcp://me:1", DEAD, 9, {}),), ()))
-    assert core.incarnation == 5 and core.members()["me"].state == "left"
+    assert core.incarnation == 5 and core.members()["me"].state == "left" and not core.fenced
+
+
+@pytest.mark.parametrize("incarnation", [3, 4, 7])  # below ours too: a death declared before our refutation
+def test_a_peer_told_it_was_declared_dead_is_fenced_and_goes_silent(incarnation):
+    core = Membership("me", "tcp://me:1", config=CFG, rng=Random(1), now_ns=0, incarnation=4)
+    core.start(0, [])
+    core.on_message(1, "tcp://x:1", Gossip("x", (("x", "tcp://x:1", ALIVE, 0, {}),), ()))
+    ping = Ping(1, "x", "me", (("me", "tcp://me:1", DEAD, incarnation, {}),), ())
+    effects = core.on_message(2, "tcp://x:1", ping)
+    assert [type(e) for e in effects] == [Fenced]  # no refutation, not even the Ack the ping asked for
+    assert effects[0].incarnation == incarnation and "declared peer me dead" in effects[0].reason
+    assert core.fenced and core.incarnation == 4
+    assert core.on_tick(10**12) == [] and core.next_deadline_ns() > 10**15
+    assert core.on_message(3, "tcp://x:1", Ping(2, "x", "me", (), ())) == []
+    assert core.start(4, ["tcp://x:1"]) == [] and core.leave(5) == []
 
 
 def test_a_member_is_never_learned_from_a_suspicion():
