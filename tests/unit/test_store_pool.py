@@ -136,3 +136,36 @@ def test_a_free_that_overtakes_the_seal_still_recycles_and_counts_nothing(store)
     assert len(_pool(store)) == 1 and not store.exists("a")
     manager.sealed("a", size)  # the late seal of a freed object is ignored
     assert manager.used == 0 and manager.in_memory == {}
+
+
+_READER = """
+import sys
+from p2pcompute.ownership.store import LocalStore
+from p2pcompute.serialization import deserialize
+arr = deserialize(LocalStore(sys.argv[1]).read(sys.argv[2]))
+print(float(arr[0]), flush=True)
+sys.stdin.readline()
+print(float(arr[0]), float(arr[-1]), flush=True)
+"""
+
+
+def test_a_reader_in_another_process_keeps_its_pages_until_it_lets_go(store):
+    import subprocess
+    import sys
+    manager = StoreManager(store, capacity=1 << 30)
+    _put(store, manager, "a", np.full(2 * MB // 8, 5.0))
+    reader = subprocess.Popen([sys.executable, "-c", _READER, store.path, "a"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "5.0"  # mapped, and holding it
+        manager.free("a")
+        assert _pool(store) == []  # its file is unlinked, not pooled
+        _put(store, manager, "b", np.full(2 * MB // 8, 6.0))
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().split() == ["5.0", "5.0"]
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+    manager.free("b")  # its reader never existed: pooled
+    assert len(_pool(store)) == 1
