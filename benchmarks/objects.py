@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,7 @@ def run_p2pcompute(mb: int, repeat: int) -> dict:
         return out
     finally:
         stop_peers(peers)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 class _Pinned:
