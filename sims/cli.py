@@ -19,9 +19,9 @@ from dataclasses import replace
 from sims.options import (BREAKS, DEFAULT_FAULTS, WORKLOADS, Dist, FaultSpec, OptionError, SimOptions,
                           parse_duration_ns)
 
-# Pauses and partitions stay shorter than the suspicion timeout here: longer ones make false death
-# declarations, which trip the known reference-counting bug (docs/simulations.md) on most seeds and would
-# hide anything new. Sweep with `--faults ...,partition_for=exp:6s` to study that one.
+# Pauses and partitions stay shorter than the suspicion timeout here: longer ones get peers declared dead
+# and so fenced (deaths are final), and a run where many peers are fenced exercises little else. Sweep with
+# `--faults ...,pause_for=uniform:7s:12s` or `partition_for=exp:6s` to study those.
 SWEEP_FAULTS = "crash=0.01,restart=0.3,pause=0.01,pause_for=uniform:100ms:1s,loss=0.02,dup=0.01,reorder=0.05," \
                "partition=0.005,partition_for=uniform:200ms:1500ms,kill=0.01,skew=20ms"
 SWEEP_DEFAULTS = SimOptions(peers=16, seconds=20, workload="mixed", faults=FaultSpec.parse(SWEEP_FAULTS))

@@ -7,8 +7,7 @@ some inside its result) is decided by the workload's hooks, `on_task_start` and 
 the runtime's worker. An actor's worker is the same, running its calls in arrival order.
 
 It dies with its peer (crash), on `StopWorker`, or alone (the `kill` fault); whatever it was running is
-lost, and the owner learns of it through the lease core (`LeaseRevoked`) or membership. A push from a
-process it was told died (a peer declared dead and so fenced) is dropped unread: deaths are final.
+lost, and the owner learns of it through the lease core (`LeaseRevoked`) or membership.
 """
 
 from __future__ import annotations
@@ -46,13 +45,6 @@ class SimWorker:
         if not self.alive:
             return
         if type(msg) is rm.PushTask:
-            sender = src[6:].split("~", 1)[0]
-            if sender in self.told_dead or sender.split("-", 1)[0] + "-" in self.told_dead:
-                # Death is final: a push from a process written off (its peer declared dead, then fenced) was
-                # sent before the death, and its owner wrote off what it lent. Running it would use refs
-                # that may be freed already.
-                self.peer.cluster.workload.on_push_from_the_dead(self, msg)
-                return
             if msg.kind != "actor_call":
                 self._check_holder(src, msg)
             self.queue.append(msg)

@@ -70,12 +70,6 @@ class Workload:
     def on_task_start(self, worker, msg) -> None:
         pass
 
-    def on_push_from_the_dead(self, worker, msg) -> None:
-        """`worker` dropped a push sent by a process it was told died: the refs it carried never arrive."""
-        ops = getattr(self, "ops", None)
-        if ops is not None and getattr(msg, "refs", None):
-            ops.never_received(worker, msg.refs)
-
     def on_task_end(self, worker, msg) -> list:
         """The task's `returns` for its TaskReply."""
         return []

@@ -49,6 +49,7 @@ class RefTruth:
         self.created = 0
         self.frees = 0
         self.written_off_frees = 0  # freed while held only by processes the owner was told are dead
+        self.zombie_uses = 0  # refs used by a process its owner wrote off, before its peer was fenced
 
     def reachable(self, oid: str) -> bool:
         return self.direct.get(oid, 0) > 0 or self.contained.get(oid, 0) > 0
@@ -183,6 +184,18 @@ class RefOps:
             self.procs[_pid(proc)] = proc
         return proc.refs
 
+    def _used(self, proc, tid: str, oid: str) -> None:
+        """`proc` now holds a ref to `oid`; judged unless its owner wrote `proc` off. Deaths are final: a process
+        of a peer declared dead runs on only until its peer learns it and is fenced (a paused peer resuming
+        works through its backlog first); nothing it does reaches the cluster, which holds it dead. Should
+        such a process live on instead, `membership_agreement` fails; should it pass the ref to a live
+        process, that process's use is judged."""
+        owner = self.procs.get(owner_id_of(oid))
+        if owner is not None and written_off(owner, tid):
+            self.truth.zombie_uses += 1
+            return
+        self.truth.used(tid, oid, lambda: self._hint(proc, oid))
+
     def _hint(self, proc, oid: str) -> str:
         """Why a process could get a freed object: usually a false death declaration, which the reference
         tables treat as final while membership lets the peer come back."""
@@ -223,7 +236,7 @@ class RefOps:
         if owner_addr == proc.addr:
             self.truth.owner_of.setdefault(oid, tid)
         self.truth.hold(tid, oid)
-        self.truth.used(tid, oid, lambda: self._hint(proc, oid))
+        self._used(proc, tid, oid)
 
     def drop_local(self, proc, oid: str) -> None:
         self.truth.release(_tid(proc), oid)
@@ -254,13 +267,7 @@ class RefOps:
             table.on_received(oid, owner_addr)
             self.truth.release(("wire", tid), oid, strict=not self.lossy)
             self.truth.hold(tid, oid)
-            self.truth.used(tid, oid, lambda: self._hint(proc, oid))
-
-    def never_received(self, proc, refs: list) -> None:
-        """A message carrying `refs` was dropped unread (it came from a process written off as dead)."""
-        tid = _tid(proc)
-        for oid, _ in refs:
-            self.truth.release(("wire", tid), oid, strict=False)
+            self._used(proc, tid, oid)
 
     def consume(self, proc, refs: list) -> None:
         """The message is consumed (its task finished, its value was read): release its pins."""
@@ -273,7 +280,7 @@ class RefOps:
         if outer in table:
             self.truth.set_value(outer, tuple(oid for oid, _ in refs))
             for oid, _ in refs:
-                self.truth.used(tid, oid, lambda: self._hint(proc, oid))
+                self._used(proc, tid, oid)
         for oid, _ in refs:
             self.truth.release(("wire", tid), oid, strict=not self.lossy)
         self.run(proc, table.adopt_contained(outer, [tuple(r) for r in refs]))
