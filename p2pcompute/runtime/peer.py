@@ -259,6 +259,7 @@ class PeerDaemon:
         self._run(self.lease.on_tick(now))
         self.processes.on_tick()
         self.transfers.on_tick(now)
+        self.objects.on_tick()  # pooled store files unused for a while go back to the system
         self.memory.on_tick()
         self.state_reports.on_tick()
         if self.membership is None:
