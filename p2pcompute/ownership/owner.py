@@ -35,8 +35,8 @@ import logging
 from dataclasses import dataclass
 
 from p2pcompute import serialization
-from p2pcompute.errors import (ArgumentLostError, ObjectLostError, OwnerDiedError, RemoteProtocolError,
-                               TaskCancelledError, WorkerCrashedError)
+from p2pcompute.errors import (ArgumentLostError, ObjectLostError, OwnerDiedError, PeerUnavailableError,
+                               RemoteProtocolError, TaskCancelledError, WorkerCrashedError)
 from p2pcompute.lease import messages as lm
 from p2pcompute.lease.submitter import ActorPlaced, Held, Push, Steal, SubmitterConfig, SubmitterCore, TaskInfo
 from p2pcompute.net.effects import Send, Timer
@@ -97,6 +97,7 @@ class OwnerCore(ObjectOwner):
         self._out: list = []          # effects for the driver, gathered by the current entry point
         self._now = 0
         self.report_finished = False  # emit TaskFinished effects
+        self.peer_lost = ""           # why our own peer is gone, once it is
 
     def new_id(self) -> str:
         """A new object or task id: this process's id and a counter (any thread)."""
@@ -176,6 +177,10 @@ class OwnerCore(ObjectOwner):
     # ---- submitting -----------------------------------------------------------------------------------
 
     def _submit(self, rec: TaskRecord) -> None:
+        if self.peer_lost:
+            self.tasks[rec.task_id] = rec
+            self._finish_with_error(rec, serialization.system_error_bytes(PeerUnavailableError(self.peer_lost)))
+            return
         self.tasks[rec.task_id] = rec
         for oid in rec.return_ids:
             self.task_of_object[oid] = rec.task_id
@@ -535,6 +540,15 @@ class OwnerCore(ObjectOwner):
         """A process died — or a whole peer (`kind == "peer"`), and with it every process whose id starts
         with that peer's id."""
         now = self._now
+        if msg.kind == "peer" and msg.proc_id == self.node_id and self.node_id:
+            # Our own peer is gone (fenced, or leaving): nothing we own can be scheduled or rebuilt any more.
+            # Everything waiting fails now, with its reason, and so does every later submission.
+            self.peer_lost = f"this process's peer {self.node_id} is gone: {msg.reason}"
+            error = serialization.system_error_bytes(PeerUnavailableError(self.peer_lost))
+            for rec in list(self.tasks.values()):
+                if not rec.done:
+                    self._finish_with_error(rec, error)
+            self.fail_everything(self.peer_lost)
         if msg.kind == "peer":
             prefix = msg.proc_id + "-"
             self.apply(self.refs.on_peer_died(msg.proc_id))

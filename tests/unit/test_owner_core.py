@@ -180,3 +180,16 @@ def test_a_late_reply_of_an_earlier_attempt_frees_its_stored_copy_but_never_the_
     # A late copy on the peer that holds the copy in use is the same stored object: it stays.
     effects = core.on_message(NOW, "w1", reply_stored(rec, "w1", "P2", "tcp://peer2:1"))
     assert sent(effects, om.FreeObjects) == []
+
+
+def test_when_its_own_peer_is_gone_everything_waiting_and_submitted_later_fails_with_the_reason():
+    from p2pcompute.errors import PeerUnavailableError
+    core = owner()
+    waiting = task(core, "f")
+    core.submit(NOW, waiting)
+    core.on_message(NOW, PEER, tm.ProcessDied("P1", "peer", "this peer was declared dead by the cluster", PEER, ""))
+    err = error_of(core, waiting.return_ids[0])
+    assert isinstance(err, PeerUnavailableError) and "declared dead by the cluster" in str(err)
+    later = task(core, "g")
+    assert sent(core.submit(NOW, later), RequestLease) == []
+    assert isinstance(error_of(core, later.return_ids[0]), PeerUnavailableError)
