@@ -39,9 +39,9 @@ def http(url: str, body=None, *, method=None, raw: bytes | None = None) -> tuple
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read(), dict(r.headers)
+            return r.status, r.read(), {k.lower(): v for k, v in r.headers.items()}  # names are case-blind
     except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
+        return e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}
 
 
 @serve.deployment
