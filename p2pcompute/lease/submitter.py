@@ -43,6 +43,9 @@ class SubmitterConfig:
     # Tasks at least this long are pushed one at a time.
     pipeline_long_ms: float = 50.0
     retry_backoff_ms: int = 50
+    # A request of ours still waiting after this long frees our own idle leases of other keys on its peer:
+    # they linger only in case more of their tasks come, and here a task of ours already waits.
+    idle_yield_after_ms: int = 20
     request_timeout_ms: int = 30_000
     # SPREAD asks for a lease per task, at most this many at once.
     spread_max_pending: int = 64
@@ -151,6 +154,8 @@ class SubmitterCore:
         # wait out the whole request timeout.
         self._dead_peer_addrs: dict[str, None] = {}
         self._seq = 0
+        # When to look again for requests kept waiting by our own idle leases of other keys (0: no need).
+        self._yield_check_ns = 1 << 62
         self.peers_that_fit = 1  # set by the runtime from membership; bounds pipelined lease requests
 
     # ---- submission ---------------------------------------------------------------------------------
@@ -263,7 +268,10 @@ class SubmitterCore:
         for _ in range(max(0, want)):
             target = task.first_target or self.local_peer_addr
             effects.append(self._send_request(now_ns, state, target, 0, task))
-        return effects
+        return effects + self._yield_timer()
+
+    def _yield_timer(self) -> list:
+        return [Timer(self._yield_check_ns)] if self._yield_check_ns < 1 << 62 else []
 
     def _send_request(self, now_ns: int, state: _KeyState, target: str, spilled: int, task: TaskInfo) -> Send:
         if target in self._dead_peer_addrs:
@@ -274,6 +282,8 @@ class SubmitterCore:
         req = _Request(request_id, state.template.key, target, now_ns, spilled)
         state.requests[request_id] = req
         self._requests[request_id] = req
+        if self._idle_elsewhere(state, target):
+            self._yield_check_ns = min(self._yield_check_ns, now_ns + self.config.idle_yield_after_ms * 1_000_000)
         return Send(target, RequestLease(request_id, self.self_id, self.self_addr, task.job_id or self.job_id,
                                          dict(task.shape),
                                          spilled, task.strategy, task.affinity, task.soft, task.actor,
@@ -344,7 +354,7 @@ class SubmitterCore:
         if state is None or not (state.queue or any(len(h.inflight) > 1 for h in state.leases)):
             return []
         task = (self.tasks.get(state.queue[0]) if state.queue else None) or state.template
-        return [self._send_request(now_ns, state, msg.target_addr, req.spilled + 1, task)]
+        return [self._send_request(now_ns, state, msg.target_addr, req.spilled + 1, task)] + self._yield_timer()
 
     def on_rejected(self, now_ns: int, msg: LeaseRejected) -> list:
         req = self._requests.get(msg.request_id)
@@ -506,8 +516,36 @@ class SubmitterCore:
 
     # ---- time ---------------------------------------------------------------------------------------
 
+    def _idle_elsewhere(self, state: _KeyState, peer_addr: str) -> list[tuple[_KeyState, Held]]:
+        """Our idle leases on `peer_addr` that belong to keys other than `state`'s."""
+        return [(other, held) for other in self.keys.values() if other is not state and not other.template.actor
+                for held in other.leases if not held.inflight and held.peer_addr == peer_addr]
+
+    def _yield_idle_leases(self, now_ns: int) -> list:
+        """Requests of ours that waited `idle_yield_after_ms` while we hold idle leases of other keys on the
+        same peer: give those back. (The peer's `LeaseWanted` does this for other holders' requests; for our
+        own it cannot tell an idle lease of another key from a busy one of the same key.) A request that is
+        granted at once never gets here, so two keys used in turn keep a lease each."""
+        self._yield_check_ns = 1 << 62
+        effects: list = []
+        after_ns = self.config.idle_yield_after_ms * 1_000_000
+        for state in list(self.keys.values()):
+            for req in list(state.requests.values()):
+                due = req.sent_ns + after_ns
+                idle = self._idle_elsewhere(state, req.target_addr)
+                if not idle:
+                    continue
+                if now_ns < due:
+                    self._yield_check_ns = min(self._yield_check_ns, due)
+                    continue
+                for other, held in idle:
+                    effects += self._release(now_ns, other, held)
+        return effects + self._yield_timer()
+
     def on_tick(self, now_ns: int) -> list:
         effects: list = []
+        if now_ns >= self._yield_check_ns:
+            effects += self._yield_idle_leases(now_ns)
         linger_ns = self.config.lease_linger_ms * 1_000_000
         timeout_ns = self.config.request_timeout_ms * 1_000_000
         for key, state in list(self.keys.items()):

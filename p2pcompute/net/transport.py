@@ -471,6 +471,22 @@ class Transport:
         out.sock.close(0)
         return out.queued if not out.connected else 0
 
+    def reconnect_now(self, address: str) -> bool:
+        """A process has just appeared at `address`. If our connection there is down (it was made for a
+        process that died at the same address, and ZeroMQ is backing off between attempts, up to
+        RECONNECT_IVL_MAX), drop it, so the next send connects at once instead of after the backoff: else a
+        peer restarted on a dead one's port stays unreachable for seconds and is suspected, even declared
+        dead, for it. Returns whether a connection was dropped."""
+        try:
+            endpoint = self._endpoint(address)
+        except ValueError:
+            return False
+        out = self._outs.get(endpoint)
+        if out is None or out.connected:
+            return False
+        self.forget(address)
+        return True
+
     def destinations(self) -> list[str]:
         return [out.address for out in self._outs.values()]
 

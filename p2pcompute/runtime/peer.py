@@ -528,6 +528,8 @@ class PeerDaemon:
             self._run(self.lease.on_peer_alive(time.monotonic_ns(), eff.peer_id))
             if eff.state == "alive":
                 self.lease.set_views(self._peer_views())
+                if eff.previous_state in (None, "dead", "left") and self.transport.reconnect_now(eff.addr):
+                    log.info("peer %s is new at %s: reconnecting there at once", eff.peer_id, eff.addr)
         self._tell_locals(rm.ClusterInfo(len(self._other_peers()) + 1))
 
     # ---- reports ------------------------------------------------------------------------------------

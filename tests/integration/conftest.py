@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 import p2pcompute as p2p
+from itest_util import settle_shared_cluster
 
 NUM_CPUS = 2
 
@@ -33,11 +34,12 @@ def _shared_cluster_session():
 
 
 @pytest.fixture
-def cluster(_shared_cluster_session):
-    """The shared `init(num_cpus=2)` cluster, started on first use."""
+def cluster(_shared_cluster_session, request):
+    """The shared `init(num_cpus=2)` cluster, started on first use; given back with every CPU free."""
     if not p2p.is_initialized():
         p2p.init(num_cpus=NUM_CPUS)
     yield
+    settle_shared_cluster(request.node.nodeid)
 
 
 @pytest.fixture

@@ -71,3 +71,46 @@ def run_driver(code: str, tmp_path, *, timeout_s: float = 60, name: str = "drive
     if check and proc.returncode != 0:
         pytest.fail(f"driver exited with {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     return proc
+
+
+# ---- the shared cluster between tests -------------------------------------------------------------------
+
+SETTLE_S = 20.0  # leases linger 200 ms and a killed worker exits within a second or two: 20 s is far beyond
+
+
+class SharedClusterLeak(UserWarning):
+    """A test left CPUs held on the shared cluster after it ended."""
+
+
+def settle_shared_cluster(test_id: str) -> None:
+    """After a test on the shared in-process cluster: every CPU must come back. If some do not, the test left
+    work behind (a task still running, an actor alive, a lease never returned) and the tests after it would
+    run short of CPUs and fail for no fault of theirs. So the shared cluster is stopped (the next test starts
+    a fresh one) and a warning names the test, with what still held the CPUs, for the summary."""
+    import p2pcompute as p2p
+    if not p2p.is_initialized():
+        return
+
+    def cpus():
+        return p2p.available_resources().get("CPU", 0), p2p.cluster_resources().get("CPU", 0)
+
+    deadline = time.monotonic() + SETTLE_S
+    available, total = cpus()
+    while available < total and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the peer's resource view, bounded by the deadline
+        available, total = cpus()
+    if available >= total:
+        return
+    from p2pcompute.util import state
+    try:
+        tasks = [(t.get("name"), t.get("state")) for t in state.list_tasks(timeout=5)
+                 if t.get("state") not in ("FINISHED", "FAILED")]
+        actors = [(a.get("class_name"), a.get("state")) for a in state.list_actors(timeout=5)
+                  if a.get("state") != "DEAD"]
+    except Exception as exc:  # noqa: BLE001 - a diagnostic; the warning says it could not be gathered
+        tasks, actors = f"unavailable: {exc!r}", ""
+    import warnings
+    warnings.warn(SharedClusterLeak(
+        f"{test_id} left {total - available:g} of {total:g} CPUs held {SETTLE_S:g} s after it ended "
+        f"(tasks not finished: {tasks}; actors alive: {actors}); the shared cluster was restarted"))
+    p2p.shutdown()

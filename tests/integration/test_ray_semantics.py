@@ -254,16 +254,34 @@ def test_a_task_getting_objects_already_there_keeps_its_cpu(cluster):
 
 
 @p2p.remote
-def get_slow_and_count_lent_cpus(ref_list):
+def held_until(gate: str, value):
+    """Holds its CPU until the file `gate` exists (bounded), then returns `value`."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+@p2p.remote
+def get_slow_and_count_lent_cpus(ref_list, started: str):
     import p2pcompute.api as api
     before = api._runtime().cpu_lent
+    open(started, "w").close()
     p2p.get(ref_list[0])
     return api._runtime().cpu_lent - before
 
 
-def test_a_task_blocked_on_a_slow_object_lends_its_cpu(cluster):
-    slow = after.remote(1, 0.5)
-    assert p2p.get(get_slow_and_count_lent_cpus.remote([slow]), timeout=30) == 1
+def test_a_task_blocked_on_a_slow_object_lends_its_cpu(cluster, tmp_path):
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    slow = held_until.remote(str(gate), 1)
+    blocked = get_slow_and_count_lent_cpus.remote([slow], str(started))
+    try:
+        # Two CPUs, each held by one of the two tasks: one comes back only if the blocked task lends its own.
+        wait_until(lambda: started.exists() and p2p.available_resources().get("CPU", 0) >= 1, 30,
+                   what="the task blocked in get to lend its CPU")
+    finally:
+        gate.touch()
+    assert p2p.get(blocked, timeout=30) == 1
 
 
 def test_awaiting_many_refs_uses_no_thread_per_await(cluster):

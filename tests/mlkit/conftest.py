@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "integration"))
 
 import p2pcompute as p2p  # noqa: E402
+from itest_util import settle_shared_cluster  # noqa: E402
 
 NUM_CPUS = 2
 
@@ -27,8 +28,10 @@ def _ml_cluster_session():
 
 
 @pytest.fixture
-def ml_cluster(_ml_cluster_session):
-    """An embedded peer with two CPUs, started on first use and shared by the mlkit tests."""
+def ml_cluster(_ml_cluster_session, request):
+    """An embedded peer with two CPUs, started on first use and shared by the mlkit tests; given back with
+    every CPU free (see `settle_shared_cluster`)."""
     if not p2p.is_initialized():
         p2p.init(num_cpus=NUM_CPUS)
     yield
+    settle_shared_cluster(request.node.nodeid)

@@ -256,3 +256,43 @@ def test_a_late_reply_from_an_earlier_attempt_keeps_the_new_attempts_lease_busy(
     c.on_task_done(3, "t1", 0, worker_id="w2")  # now the retry answers: its worker is free
     assert [(h.lease_id, list(h.inflight)) for h in c.held_leases()] in ([], [("l2", [])])
     assert c.on_task_done(4, "t1", 0, worker_id="w2") == []  # a third reply changes nothing
+
+
+KEY_B = ((("CPU", 10000),), "g")
+
+
+def _idle_lease_of_key_a(c):
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_message(1, grant(req, lease="lA", worker="wA"))
+    assert sends(c.on_task_done(2 * MS, "t1"), ReturnLease) == []  # lingers, in case more of f come
+
+
+def test_our_idle_lease_of_another_key_is_given_back_when_our_request_waits_on_its_peer():
+    c = core(lease_linger_ms=200, idle_yield_after_ms=20)
+    _idle_lease_of_key_a(c)
+    effects = c.submit(3 * MS, task(2, KEY_B))
+    assert len(sends(effects, RequestLease)) == 1
+    # Not at once: a grant may be on its way (then both keys keep a lease each).
+    assert sends(c.on_tick(10 * MS), ReturnLease) == []
+    returned = sends(c.on_tick(24 * MS), ReturnLease)
+    assert [s.msg.lease_id for s in returned] == ["lA"]
+    assert sends(c.on_tick(400 * MS), ReturnLease) == []  # returned once
+
+
+def test_a_request_granted_at_once_keeps_the_other_keys_idle_lease():
+    c = core(lease_linger_ms=200, idle_yield_after_ms=20)
+    _idle_lease_of_key_a(c)
+    req = sends(c.submit(3 * MS, task(2, KEY_B)), RequestLease)[0]
+    assert pushes(c.on_message(5 * MS, grant(req, lease="lB", worker="wB"))) == ["t2"]
+    assert sends(c.on_tick(30 * MS), ReturnLease) == []
+    # f comes again within the linger: its lease is still there.
+    assert pushes(c.submit(40 * MS, task(3))) == ["t3"]
+
+
+def test_an_idle_lease_on_another_peer_is_not_given_back_for_our_request():
+    c = core(lease_linger_ms=200, idle_yield_after_ms=20)
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    c.on_message(1, grant(req, lease="lA", worker="wA", peer="addr-elsewhere"))
+    c.on_task_done(2 * MS, "t1")
+    c.submit(3 * MS, task(2, KEY_B))
+    assert sends(c.on_tick(30 * MS), ReturnLease) == []
