@@ -48,6 +48,8 @@ from p2pcompute.ownership.copies import ObjectOwner
 from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED, ObjectTable
 from p2pcompute.ownership.refcount import Free, ReferenceTable
 from p2pcompute.ownership.task_record import TaskRecord
+from p2pcompute.ownership.wire_values import (ErrorResult, InlineResult, InlineSlot, Result, StoredResult, StoredSlot,
+                                              result_from_wire, results_from_wire, slot_to_wire)
 
 log = logging.getLogger("p2pcompute.owner")
 
@@ -244,9 +246,9 @@ class OwnerCore(ObjectOwner):
                 # Ready when counted, but reset since (its copies were lost and it is being rebuilt).
                 waiting.append(oid)
             elif v.state == INLINE:
-                slots.append(["inline", v.data])
+                slots.append(slot_to_wire(InlineSlot(v.data)))
             elif v.state == STORED:
-                slots.append(["stored", oid, v.size, [list(loc) for loc in v.locations], owner])
+                slots.append(slot_to_wire(StoredSlot(oid, v.size, [list(loc) for loc in v.locations], owner)))
                 for peer_id, peer_addr, _path in v.locations:
                     entry = locality.get(peer_id)
                     locality[peer_id] = [(entry[0] if entry else 0) + v.size, peer_addr]
@@ -336,21 +338,26 @@ class OwnerCore(ObjectOwner):
                 return
             self._finish_with_error(rec, msg.system_error)
             return
-        if len(msg.returns) != len(rec.return_ids):
+        try:
+            results = results_from_wire(msg.returns)
+        except RemoteProtocolError as exc:
+            self._finish_with_error(rec, serialization.system_error_bytes(exc))
+            return
+        if len(results) != len(rec.return_ids):
             self._finish_with_error(rec, serialization.system_error_bytes(
-                RemoteProtocolError(f"worker sent {len(msg.returns)} results for {len(rec.return_ids)} returns")))
+                RemoteProtocolError(f"worker sent {len(results)} results for {len(rec.return_ids)} returns")))
             return
         # A user exception may be retried if the task asked for it.
-        for entry in msg.returns:
-            if entry[0] == "error" and self._should_retry_exception(rec, entry):
+        for result in results:
+            if type(result) is ErrorResult and self._should_retry_exception(rec, result):
                 rec.max_retries -= 1
                 self._retry(rec)
                 return
-        for oid, entry in zip(rec.return_ids, msg.returns):
-            self._store_return(oid, entry, msg.node_id)
+        for oid, result in zip(rec.return_ids, results):
+            self._store_return(oid, result)
         if rec.kind == "actor_call":
             self.apply(self.actors.call_finished(rec))
-        self._complete(rec, next((e[1] for e in msg.returns if e[0] == "error"), None))
+        self._complete(rec, next((r.error for r in results if type(r) is ErrorResult), None))
 
     def _argument_lost(self, rec: TaskRecord, error: bytes) -> bool:
         """The worker could not read an argument: forget the copy it was told of, rebuild, and run again."""
@@ -383,25 +390,26 @@ class OwnerCore(ObjectOwner):
         self._resolve_deps(rec)
         return True
 
-    def _store_return(self, oid: str, entry: list, node_id: str) -> None:
-        kind = entry[0]
+    def _store_return(self, oid: str, result: Result) -> None:
         refs = self.refs
         alive = oid in refs
-        if kind == "inline":
-            _, blob, contained = entry
+        t = type(result)
+        if t is InlineResult:
+            contained = result.contained
             if alive:
-                self.objects.resolve(oid, INLINE, data=blob, size=len(blob), contained=contained)
-        elif kind == "stored":
-            _, size, contained, store_path, holder_id, holder_addr = entry
+                self.objects.resolve(oid, INLINE, data=result.blob, size=len(result.blob), contained=contained)
+        elif t is StoredResult:
+            contained = result.contained
             if alive:
-                self.objects.resolve(oid, STORED, size=size, locations=[[holder_id, holder_addr, store_path]],
+                self.objects.resolve(oid, STORED, size=result.size,
+                                     locations=[[result.holder_id, result.holder_addr, result.store_path]],
                                      contained=contained)
             else:
-                self._send(holder_addr, om.FreeObjects([oid]))
+                self._send(result.holder_addr, om.FreeObjects([oid]))
         else:
             contained = []
             if alive:
-                self.objects.resolve(oid, ERROR, error=entry[1])
+                self.objects.resolve(oid, ERROR, error=result.error)
         if contained:
             self.apply(refs.adopt_contained(oid, [tuple(c) for c in contained]))
         self._on_resolved(oid)
@@ -412,23 +420,26 @@ class OwnerCore(ObjectOwner):
         """A late reply of an earlier attempt: free the copies it stored, unless one is the copy we use (both
         attempts ran on the same peer, where the store keys copies by object id)."""
         values = self.objects.values
-        for i, entry in enumerate(msg.returns):
-            if not (isinstance(entry, list) and len(entry) == 6 and entry[0] == "stored"):
+        for i, entry in enumerate(msg.returns if type(msg.returns) is list else ()):
+            try:
+                result = result_from_wire(entry)
+            except RemoteProtocolError:
                 continue
-            oid, holder_addr = f"{msg.task_id}.{i}", entry[5]
+            if type(result) is not StoredResult:
+                continue
+            oid = f"{msg.task_id}.{i}"
             v = values.get(oid)
-            if v is not None and v.state == STORED and any(loc[1] == holder_addr for loc in v.locations):
+            if v is not None and v.state == STORED and any(loc[1] == result.holder_addr for loc in v.locations):
                 continue
-            self._send(holder_addr, om.FreeObjects([oid]))
+            self._send(result.holder_addr, om.FreeObjects([oid]))
 
     @staticmethod
-    def _should_retry_exception(rec: TaskRecord, entry: list) -> bool:
+    def _should_retry_exception(rec: TaskRecord, result: ErrorResult) -> bool:
         if rec.max_retries <= 0 or rec.cancelled or not rec.retry_exceptions:
             return False
         if rec.retry_exceptions is True:
             return True
-        names = entry[2] if len(entry) > 2 else []
-        return any(name in names for name in rec.retry_exceptions)
+        return any(name in result.exception_names for name in rec.retry_exceptions)
 
     def _complete(self, rec: TaskRecord, error: bytes | None = None) -> None:
         rec.done = True
@@ -471,7 +482,7 @@ class OwnerCore(ObjectOwner):
         if rec.kind == "task" and rec.scheduled:
             self.submitter.forget_task(rec.task_id)
         for oid in rec.return_ids:
-            self._store_return(oid, ["error", error], "")
+            self._store_return(oid, ErrorResult(error, []))
         if rec.kind == "actor_create":
             self.apply(self.actors.on_create_failed(rec, error))
         self._complete(rec, error)

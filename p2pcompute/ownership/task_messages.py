@@ -73,7 +73,8 @@ class PushTask:
     `kind` is "task", "actor_create" or "actor_call". `code` carries the pickled function or class the first
     time this submitter sends `code_id` to this worker; `job_env` likewise on the first push to a worker.
     Arguments: `args` is an inline blob (or None when stored as object `args_object`); `slots` resolves the
-    top-level ref arguments: [["inline", blob] | ["stored", object_id, size, store_path, holder_addr]].
+    top-level ref arguments, one per ref in the wire layout of `ownership/wire_values.py` (`slot_to_wire`,
+    `slot_from_wire`).
     """
 
     task_id: str
@@ -99,8 +100,8 @@ class PushTask:
 class TaskReply:
     """Worker -> owner: results of `task_id`.
 
-    `returns` has one entry per return id: ["inline", blob, refs] | ["stored", size, refs, store_path,
-    holder_id, holder_addr] | ["error", error_blob]. `system_error` is set when the task did not run its
+    `returns` has one result per return id, in the wire layout of `ownership/wire_values.py` (build them with
+    `result_to_wire`, read them with `results_from_wire`). `system_error` is set when the task did not run its
     code (cancelled, actor dead).
     """
 

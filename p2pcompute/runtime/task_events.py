@@ -24,6 +24,7 @@ import threading
 import time
 
 from p2pcompute.net import codec
+from p2pcompute.ownership.wire_values import is_error
 from p2pcompute.runtime import messages as rm
 
 # P2P_TASK_EVENTS=0 turns recording off (no history, no timeline; pending and running tasks still show).
@@ -100,7 +101,7 @@ class TaskEventLog:
             ev["end_ns"] = now
             ev["args_ns"] = ev["args_ns"] or ev["start_ns"]
             ev["exec_ns"] = ev["exec_ns"] or now
-            failed = system_error is not None or any(r and r[0] == "error" for r in returns or ())
+            failed = system_error is not None or any(is_error(r) for r in returns or ())
             ev["state"] = "FAILED" if failed else "FINISHED"
             if system_error is not None and not ev["error"]:
                 ev["error"], ev["error_type"] = system_error, "SystemError"

@@ -32,6 +32,8 @@ from p2pcompute.errors import (ActorDiedError, ArgumentLostError, InvalidArgumen
 from p2pcompute.net import codec
 from p2pcompute.net.transport import Context, CurveKeys, Transport
 from p2pcompute.ownership.store import LocalStore
+from p2pcompute.ownership.wire_values import (ErrorResult, InlineResult, InlineSlot, StoredResult, result_to_wire,
+                                              slot_from_wire)
 from p2pcompute.runtime import context as runtime_context
 from p2pcompute.runtime import gpus
 from p2pcompute.runtime import messages as rm
@@ -280,12 +282,13 @@ class Executor:
         args, kwargs = serialization.deserialize(blob)
         if msg.slots:
             values = []
-            for slot in msg.slots:
-                if slot[0] == "inline":
-                    values.append(serialization.deserialize(slot[1], writable=True))
+            for entry in msg.slots:
+                slot = slot_from_wire(entry)
+                if type(slot) is InlineSlot:
+                    values.append(serialization.deserialize(slot.blob, writable=True))
                 else:
-                    _, oid, size, locations, owner = slot
-                    values.append(serialization.deserialize(self._read_arg(oid, size, locations, owner)))
+                    values.append(serialization.deserialize(
+                        self._read_arg(slot.object_id, slot.size, slot.locations, slot.owner_addr)))
             args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
             kwargs = {k: (values[v.index] if type(v) is ArgSlot else v) for k, v in kwargs.items()}
         return args, kwargs
@@ -397,7 +400,7 @@ class Executor:
                 del args, kwargs
             self.running = None
             returns = self._pack_returns(msg, result)
-        except (TaskCancelledError, ArgumentLostError) as exc:
+        except (TaskCancelledError, ArgumentLostError, RemoteProtocolError) as exc:
             self.running = None
             self._interrupt_target = None
             _current.reset(token)
@@ -465,7 +468,7 @@ class Executor:
             error = ActorDiedError(f"actor {msg.actor_id} is not running here"
                                    + (": its constructor failed" if self.actor_failed else ""))
             if self.actor_failed is not None and msg.actor_id == self.actor_id:
-                self._reply(msg, [["error", self.actor_failed, []] for _ in msg.return_ids], 0)
+                self._reply(msg, [result_to_wire(ErrorResult(self.actor_failed, [])) for _ in msg.return_ids], 0)
             else:
                 self._reply_system(msg, error)
             return
@@ -553,7 +556,7 @@ class Executor:
             del args, kwargs
             self.running = None
             returns = self._pack_returns(msg, result)
-        except (TaskCancelledError, ArgumentLostError) as exc:
+        except (TaskCancelledError, ArgumentLostError, RemoteProtocolError) as exc:
             self.running = None
             _current.reset(token)
             self._reply_system(msg, exc)
@@ -641,13 +644,13 @@ class Executor:
                 self.client.ops.append(("sent", inner_id, inner_owner, owner_id))
             size = ser.nbytes
             if size <= INLINE_MAX_BYTES:
-                out.append(["inline", ser.to_blob(), refs])
+                out.append(result_to_wire(InlineResult(ser.to_blob(), refs)))
             else:
                 store = self.client.store
                 store.write(oid, ser)
                 self.client.ops.append(("send", self.client.peer_addr,
                                         _om().ObjectSealed(oid, size, msg.owner_addr)))
-                out.append(["stored", size, refs, store.path, self.node_id, self.client.peer_addr])
+                out.append(result_to_wire(StoredResult(size, refs, store.path, self.node_id, self.client.peer_addr)))
         return out
 
     def _error_returns(self, msg: rm.PushTask, exc: BaseException) -> list:
@@ -655,7 +658,7 @@ class Executor:
                                              tb=_user_traceback(exc))
         names = serialization.exception_type_names(exc)
         self.events.failed(msg.task_id, type(exc).__name__, _user_traceback(exc))
-        return [["error", blob, names] for _ in msg.return_ids]
+        return [result_to_wire(ErrorResult(blob, names)) for _ in msg.return_ids]
 
     def _reply(self, msg: rm.PushTask, returns: list, exec_ns: int) -> None:
         reply = rm.TaskReply(msg.task_id, returns, exec_ns, self.client.worker_id, self.node_id, None)
@@ -698,7 +701,7 @@ def _ready():
 def _terminate():
     from p2pcompute.actor import exit_actor
     exit_actor()
-_NONE_RETURNS = [["inline", serialization.serialize(None).to_blob(), []]]
+_NONE_RETURNS = [result_to_wire(InlineResult(serialization.serialize(None).to_blob(), []))]
 
 
 def _om():

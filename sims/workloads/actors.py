@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p2pcompute.ownership import task_messages as rm
+from p2pcompute.ownership.wire_values import InlineResult, contained_of, result_from_wire, result_to_wire
 from sims.driver import Driver, SimTask
 from sims.workloads.base import Workload
 from sims.workloads.dag import table_class
@@ -231,8 +232,7 @@ class ActorsWorkload(Workload):
         if actor is not None:
             actor.calls_done += 1
         out = task.return_ids[0]
-        entry = msg.returns[0] if msg.returns else None
-        contained = entry[2] if entry and len(entry) > 2 else []
+        contained = contained_of(result_from_wire(msg.returns[0])) if msg.returns else []
         self.ops.adopt(driver, out, contained)
         if task.method == "store":
             self.ops.unpin(driver, task.payload)
@@ -269,9 +269,9 @@ class ActorsWorkload(Workload):
         self.ops.drop_local(driver, task.return_ids[0])
 
     def on_stale_reply(self, driver, msg) -> None:
-        entry = msg.returns[0] if msg.returns else None
-        if entry and len(entry) > 2 and entry[2]:
-            self.ops.discard(driver, entry[2])
+        contained = contained_of(result_from_wire(msg.returns[0])) if msg.returns else []
+        if contained:
+            self.ops.discard(driver, contained)
 
     # ---- the actor's side ----
 
@@ -292,7 +292,7 @@ class ActorsWorkload(Workload):
 
     def on_task_end(self, worker, msg) -> list:
         if msg.kind != "actor_call" or worker.state.get("actor") != msg.actor_id:
-            return [["inline", b"", []]]
+            return [result_to_wire(InlineResult(b"", []))]
         kept = worker.state.setdefault("kept", [])
         contained: list = []
         if msg.method == "store" and msg.refs:
@@ -308,7 +308,7 @@ class ActorsWorkload(Workload):
             self.ops.drop_local(worker, oid)
         if msg.refs:
             self.ops.consume(worker, msg.refs)
-        return [["inline", b"", contained]]
+        return [result_to_wire(InlineResult(b"", contained))]
 
     def on_worker_message(self, worker, src: str, msg) -> None:
         if type(msg) in REF_MESSAGES:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from p2pcompute.ownership.wire_values import InlineResult, contained_of, result_from_wire, result_to_wire
 from sims.driver import Driver, SimTask
 from sims.workloads.base import Workload
 from sims.workloads.refs import REF_MESSAGES, RefOps, RefTruth
@@ -143,8 +144,7 @@ class DagWorkload(Workload):
     def on_task_done(self, driver, task, msg) -> None:
         kind, job_id = task.payload[:2]
         job = self.jobs.get(job_id)
-        entry = msg.returns[0] if msg.returns else ["inline", b"", []]
-        contained = entry[2] if len(entry) > 2 else []
+        contained = contained_of(result_from_wire(msg.returns[0])) if msg.returns else []
         out = task.return_ids[0]
         self.ops.adopt(driver, out, contained)
         self._release_args(driver, task)
@@ -229,9 +229,9 @@ class DagWorkload(Workload):
             self.ops.drop_local(d, oid)
 
     def on_stale_reply(self, driver, msg) -> None:
-        entry = msg.returns[0] if msg.returns else None
-        if entry and len(entry) > 2 and entry[2]:
-            self.ops.discard(driver, entry[2])
+        contained = contained_of(result_from_wire(msg.returns[0])) if msg.returns else []
+        if contained:
+            self.ops.discard(driver, contained)
 
     def on_driver_message(self, driver, src: str, msg) -> None:
         if type(msg) in REF_MESSAGES:
@@ -257,7 +257,7 @@ class DagWorkload(Workload):
                 worker.peer.later(int(rng.expovariate(1.0) * S), self._worker_drop, (worker, oid))
         if refs:
             self.ops.consume(worker, refs)
-        return [["inline", b"", contained]]
+        return [result_to_wire(InlineResult(b"", contained))]
 
     def _worker_drop(self, arg) -> None:
         worker, oid = arg

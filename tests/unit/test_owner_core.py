@@ -6,8 +6,11 @@ would see.
 
 from __future__ import annotations
 
+import pytest
+
 from p2pcompute import serialization
-from p2pcompute.errors import ObjectLostError, OwnerDiedError, TaskCancelledError, WorkerCrashedError
+from p2pcompute.errors import (ObjectLostError, OwnerDiedError, RemoteProtocolError, TaskCancelledError,
+                               WorkerCrashedError)
 from p2pcompute.lease.messages import LeaseGranted, RequestLease
 from p2pcompute.net.effects import Send
 from p2pcompute.ownership import messages as om
@@ -15,6 +18,7 @@ from p2pcompute.ownership import task_messages as tm
 from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED
 from p2pcompute.ownership.owner import ForgetAddress, OwnerCore
 from p2pcompute.ownership.task_record import TaskRecord
+from p2pcompute.ownership.wire_values import InlineResult, StoredResult, result_to_wire
 
 ME, PEER = "tcp://me:1", "tcp://peer1:1"
 NOW = 1_000_000_000
@@ -57,11 +61,12 @@ def error_of(core: OwnerCore, oid: str) -> BaseException:
 
 def reply_inline(rec: TaskRecord, worker: str, value) -> tm.TaskReply:
     blob = serialization.serialize(value).to_blob()
-    return tm.TaskReply(rec.task_id, [["inline", blob, []]], 1000, worker, "P1", None)
+    return tm.TaskReply(rec.task_id, [result_to_wire(InlineResult(blob, []))], 1000, worker, "P1", None)
 
 
 def reply_stored(rec: TaskRecord, worker: str, holder: str, holder_addr: str) -> tm.TaskReply:
-    return tm.TaskReply(rec.task_id, [["stored", 500_000, [], f"/dev/shm/p2p-{holder}", holder, holder_addr]],
+    return tm.TaskReply(rec.task_id, [result_to_wire(StoredResult(500_000, [], f"/dev/shm/p2p-{holder}", holder,
+                                                                  holder_addr))],
                         1000, worker, holder, None)
 
 
@@ -77,6 +82,24 @@ def test_a_task_is_leased_pushed_and_its_value_resolved():
     assert state(core, rec.return_ids[0]) == INLINE
     assert serialization.deserialize(core.objects.values[rec.return_ids[0]].data) == 49
     assert rec.task_id not in core.tasks
+
+
+@pytest.mark.parametrize("returns", [[["inline", "not bytes", []]], [["stored", -1, [], "p", "h", "a"]],
+                                     [["what", 1]], [None], "not a list", [["error", b"e", [1]]]])
+def test_a_malformed_reply_fails_its_task_with_a_protocol_error_and_the_core_goes_on(returns):
+    core = owner()
+    rec = task(core, "square")
+    grant(core, core.submit(NOW, rec), "w1")
+    core.on_message(NOW, "w1", tm.TaskReply(rec.task_id, returns, 1000, "w1", "P1", None))
+    assert state(core, rec.return_ids[0]) == ERROR
+    error = error_of(core, rec.return_ids[0])
+    assert isinstance(error, RemoteProtocolError) and "malformed task result" in str(error)
+    # The next task runs as usual (on the same lease).
+    good = task(core, "square")
+    (push,) = sent(core.submit(NOW, good), tm.PushTask)
+    assert push.to == "ipc://w1"
+    core.on_message(NOW, "w1", reply_inline(good, "w1", 4))
+    assert state(core, good.return_ids[0]) == INLINE
 
 
 def test_a_task_whose_worker_dies_is_retried_then_fails_when_out_of_retries():
