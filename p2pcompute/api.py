@@ -295,7 +295,7 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
     rt = _runtime()
     from p2pcompute.runtime.objects import deadline_of
     ids = [r._id for r in refs]
-    flags = rt.objects.wait_ready(ids, num_returns, deadline_of(timeout), rt._request_fetch)
+    flags = rt.objects.wait_ready(ids, num_returns, deadline_of(timeout), rt.request_fetch)
     ready, not_ready = [], []
     for ref, flag in zip(refs, flags):
         (ready if flag and len(ready) < num_returns else not_ready).append(ref)

@@ -39,4 +39,4 @@ class ActorManager:
     def _do(self, effects: list) -> None:
         core = self.rt.core
         from p2pcompute.runtime.client import now_ns
-        self.rt._run(core.run(now_ns(), core.apply, effects))
+        self.rt.run_effects(core.run(now_ns(), core.apply, effects))

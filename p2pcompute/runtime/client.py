@@ -29,7 +29,7 @@ from p2pcompute import serialization
 from p2pcompute.errors import PeerUnavailableError, RemoteProtocolError, TableError
 from p2pcompute.lease.submitter import SubmitterConfig
 from p2pcompute.net import codec
-from p2pcompute.net.effects import Send, Timer
+from p2pcompute.net.effects import EffectRunner
 from p2pcompute.net.transport import Transport, Waker
 from p2pcompute.object_ref import _OP_DEC, _OP_INC
 from p2pcompute.ownership import messages as om
@@ -80,6 +80,11 @@ class ClientRuntime(ValueReader):
         self.actors = ActorManager(self)
         self._stores: dict[str, LocalStore] = {}
         self._deadline_ns = 0
+        self._effects = EffectRunner(self._send, self.wake_at, {
+            ForgetAddress: lambda eff: self.transport.forget(eff.addr),
+            ReleaseName: lambda eff: self._send(self.peer_addr, rm.TableOp(
+                self.new_id(), ("release", eff.key, eff.record), False, self.addr)),
+        }, otherwise=lambda inner: self._run(self.core.run(now_ns(), self.core.apply, inner)))
         self._rpcs: dict[str, Future] = {}
         self._running = False
         self._thread: threading.Thread | None = None
@@ -278,25 +283,19 @@ class ClientRuntime(ValueReader):
         self._run(self.core.run(now_ns(), fn, *args))
 
     def _run(self, effects: list) -> None:
-        """Carry out effects: the core's outward ones, and those of its parts (handed to the core)."""
-        inner = None
-        for eff in effects:
-            t = type(eff)
-            if t is Send:
-                self._send(eff.to, eff.msg)
-            elif t is Timer:
-                if eff.at_ns < self._deadline_ns:
-                    self._deadline_ns = eff.at_ns
-            elif t is ForgetAddress:
-                self.transport.forget(eff.addr)
-            elif t is ReleaseName:
-                self._send(self.peer_addr, rm.TableOp(self.new_id(), ("release", eff.key, eff.record), False,
-                                                      self.addr))
-            else:
-                inner = inner or []
-                inner.append(eff)
-        if inner:
-            self._run(self.core.run(now_ns(), self.core.apply, inner))
+        """Carry out effects: the core's outward ones, and those of its parts (handed back to the core)."""
+        self._effects.run(effects)
+
+    run_effects = _run  # for the runtime's helpers (actors, cancellation): I/O thread only
+
+    def send(self, to: str, msg) -> None:
+        """I/O thread: send `msg` to the process at `to`."""
+        self._send(to, msg)
+
+    def wake_at(self, at_ns: int) -> None:
+        """Tick the core at or after `at_ns` (I/O thread)."""
+        if at_ns < self._deadline_ns:
+            self._deadline_ns = at_ns
 
     def _send(self, to: str, msg) -> None:
         try:
@@ -330,9 +329,7 @@ class ClientRuntime(ValueReader):
         elif t is rm.LogLines:
             self._on_log(msg)
         elif t is rm.NodesReply or t is rm.PeerStatusReply or t is rm.TableOpReply or t is rm.MemoryReply:
-            fut = self._rpcs.pop(msg.request_id, None)
-            if fut is not None:
-                fut.set_result(msg)
+            self.answer_request(msg)
         elif t is rm.Warning_:
             sys.stderr.write(f"p2pcompute: {msg.text}\n")
             sys.stderr.flush()
@@ -343,9 +340,7 @@ class ClientRuntime(ValueReader):
         elif t in self.handlers:
             self.handlers[t](msg)
         elif t is rm.KeeperAddress or t is rm.DetachedCreated or t is om.ObjectFetched:
-            fut = self._rpcs.pop(msg.request_id, None)
-            if fut is not None:
-                fut.set_result(msg)
+            self.answer_request(msg)
 
     def _on_unreachable(self, ev) -> None:
         if ev.address == self.peer_addr:
@@ -415,6 +410,16 @@ class ClientRuntime(ValueReader):
             pass
 
     # ---- requests to the peer -----------------------------------------------------------------------
+
+    def answer_request(self, msg) -> None:
+        """I/O thread: `msg` answers the request its `request_id` names, if one of ours still waits."""
+        fut = self._rpcs.pop(msg.request_id, None)
+        if fut is not None:
+            fut.set_result(msg)
+
+    def wait_stopped(self) -> None:
+        """Block until the I/O loop has stopped."""
+        self._stopped.wait()
 
     def peer_request(self, make, timeout_s: float = 10.0, to: str | None = None):
         request_id = self.new_id()

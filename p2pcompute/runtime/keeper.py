@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     rt.ops.append(("send", args.peer, rm.KeeperAddress("keeper", rt.addr)))
     rt.waker.wake()
     threading.Thread(target=_serve, args=(rt, requests), daemon=True, name="p2p-keeper").start()
-    rt._stopped.wait()
+    rt.wait_stopped()
     return 0
 
 

@@ -59,11 +59,11 @@ class MemoryReports:
         for proc in self.peer.processes.procs.values():
             if proc.addr:
                 job.waiting_procs.add(proc.proc_id)
-                self.peer._send(proc.addr, rm.RefsRequest(job_id, self.peer.addr))
+                self.peer.send(proc.addr, rm.RefsRequest(job_id, self.peer.addr))
         if msg.cluster:
-            for member in self.peer._other_peers():
+            for member in self.peer.other_peers():
                 job.waiting_peers.add(member.peer_id)
-                self.peer._send(member.addr, rm.MemoryRequest(job_id, self.peer.addr, False))
+                self.peer.send(member.addr, rm.MemoryRequest(job_id, self.peer.addr, False))
         self._maybe_finish(job_id)
 
     def _maybe_finish(self, job_id: str, force: bool = False) -> None:
@@ -72,7 +72,7 @@ class MemoryReports:
             return
         del self.jobs[job_id]
         report = self._local_report(job)
-        self.peer._send(job.reply_to, rm.MemoryReply(job.request_id, [report] + job.peers))
+        self.peer.send(job.reply_to, rm.MemoryReply(job.request_id, [report] + job.peers))
 
     def _local_report(self, job: _Job) -> dict:
         objects = self.peer.objects

@@ -26,7 +26,7 @@ from p2pcompute.lease import resources
 from p2pcompute.lease.core import Infeasible, LeaseCore, StartWorker, StopWorker
 from p2pcompute.lease.policy import PeerView
 from p2pcompute.net import codec
-from p2pcompute.net.effects import Send, Timer
+from p2pcompute.net.effects import EffectRunner
 from p2pcompute.net.messages import BLOBS
 from p2pcompute.net.membership import Fenced, Membership, MembershipConfig, MemberChanged
 from p2pcompute.net.transport import Context, CurveKeys, Transport, Waker, machine_id
@@ -95,6 +95,9 @@ class PeerDaemon:
         self._keeper_waiters: list = []
         self._keeper_popen = None
         self._deadline_ns = 0
+        self._effects = EffectRunner(self._send_effect, self.wake_at, {
+            MemberChanged: self._on_member_changed, Fenced: self._on_fenced, StartWorker: self._start_worker,
+            StopWorker: self._stop_worker, Infeasible: self._warn_infeasible})
         self._next_view_ns = 0
         self._last_view: dict | None = None
         self.started_at = time.time()
@@ -153,7 +156,7 @@ class PeerDaemon:
         self._free_owned_by(lambda owner: owner == proc.proc_id)
         died = rm.ProcessDied(proc.proc_id, proc.kind, reason, proc.addr, proc.task_addr)
         self._tell_locals(died)
-        for peer in self._other_peers():
+        for peer in self.other_peers():
             self._send(peer.addr, died)
         for addr in (proc.addr, proc.task_addr):
             if addr:
@@ -180,7 +183,7 @@ class PeerDaemon:
             if other.addr:
                 self.transport.send(other.addr, data)
 
-    def _other_peers(self) -> list:
+    def other_peers(self) -> list:
         if self.membership is None:
             return []
         return [m for m in self.membership.alive() if m.peer_id != self.peer_id]
@@ -441,7 +444,7 @@ class PeerDaemon:
         proc.job_env = msg.job_env if isinstance(msg.job_env, dict) else {}
         self._send(msg.addr, rm.ClientRegistered(self.peer_id, self.addr, self.store_dir, self.total,
                                                  {"machine": machine_id(),
-                                                  "alive_peers": len(self._other_peers()) + 1}))
+                                                  "alive_peers": len(self.other_peers()) + 1}))
 
     # ---- effects ------------------------------------------------------------------------------------
 
@@ -460,30 +463,33 @@ class PeerDaemon:
     def _run(self, effects: list) -> None:
         if effects:
             self.state_reports.count_lease(effects)
-        for eff in effects:
-            t = type(eff)
-            if t is Send:
-                if type(eff.msg) is lm.LeaseGranted and self.gpus.ids:
-                    self._on_gpu_grant(eff.msg)
-                self._send(eff.to, eff.msg)
-            elif t is Timer:
-                self._deadline_ns = min(self._deadline_ns, eff.at_ns)
-            elif t is MemberChanged:
-                self._on_member_changed(eff)
-            elif t is Fenced:
-                self._on_fenced(eff)
-            elif t is StartWorker:
-                self._start_worker(eff)
-            elif t is StopWorker:
-                proc = self.processes.procs.get(eff.worker_id)
-                if proc is not None:
-                    log.info("stopping worker %s: %s", eff.worker_id, eff.reason)
-                    self.processes.stop(proc)
-            elif t is Infeasible:
-                self._send(eff.holder_addr, rm.Warning_(
-                    f"a task or actor asks for {resources.describe(eff.shape)}, but no peer has that much "
-                    f"(the most any peer has: {resources.describe(eff.cluster_total)}). It will wait until a "
-                    f"peer that fits joins; get(timeout=...) bounds the wait."))
+            self._effects.run(effects)
+
+    def send(self, to: str, msg) -> None:
+        """Deliver `msg` to the process at `to` (this peer's own address included)."""
+        self._send(to, msg)
+
+    def wake_at(self, at_ns: int) -> None:
+        """Tick the peer's cores at or after `at_ns`."""
+        if at_ns < self._deadline_ns:
+            self._deadline_ns = at_ns
+
+    def _send_effect(self, to: str, msg) -> None:
+        if type(msg) is lm.LeaseGranted and self.gpus.ids:
+            self._on_gpu_grant(msg)
+        self._send(to, msg)
+
+    def _stop_worker(self, eff: StopWorker) -> None:
+        proc = self.processes.procs.get(eff.worker_id)
+        if proc is not None:
+            log.info("stopping worker %s: %s", eff.worker_id, eff.reason)
+            self.processes.stop(proc)
+
+    def _warn_infeasible(self, eff: Infeasible) -> None:
+        self._send(eff.holder_addr, rm.Warning_(
+            f"a task or actor asks for {resources.describe(eff.shape)}, but no peer has that much "
+            f"(the most any peer has: {resources.describe(eff.cluster_total)}). It will wait until a "
+            f"peer that fits joins; get(timeout=...) bounds the wait."))
 
     def _on_gpu_grant(self, grant) -> None:
         lease = self.lease.leases.get(grant.lease_id)
@@ -530,7 +536,7 @@ class PeerDaemon:
                 self.lease.set_views(self._peer_views())
                 if eff.previous_state in (None, "dead", "left") and self.transport.reconnect_now(eff.addr):
                     log.info("peer %s is new at %s: reconnecting there at once", eff.peer_id, eff.addr)
-        self._tell_locals(rm.ClusterInfo(len(self._other_peers()) + 1))
+        self._tell_locals(rm.ClusterInfo(len(self.other_peers()) + 1))
 
     # ---- reports ------------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ class ValueReader:
 
     def _watch(self, ref: ObjectRef, fut: Future) -> None:
         futures = self._futures
-        self.objects.when_ready(ref._id, lambda: futures.put((ref, fut)), self._request_fetch)
+        self.objects.when_ready(ref._id, lambda: futures.put((ref, fut)), self.request_fetch)
 
     def _resolve_futures(self) -> None:
         while True:
@@ -116,13 +116,13 @@ class ValueReader:
                                 for oid in ids)
             grace = time.monotonic() + (0.0 if owned_pending else _BLOCK_GRACE_S)
             flags = self.objects.wait_ready(ids, len(ids), grace if deadline is None else min(deadline, grace),
-                                            self._request_fetch, fail_fast=True)
+                                            self.request_fetch, fail_fast=True)
             if not all(flags) and not any(f and values[oid].state == ERROR for oid, f in zip(ids, flags)
                                           if oid in values) and (deadline is None or deadline > grace):
                 blocked = self.on_blocked()
                 self.cpu_lent += blocked
                 try:
-                    flags = self.objects.wait_ready(ids, len(ids), deadline, self._request_fetch, fail_fast=True)
+                    flags = self.objects.wait_ready(ids, len(ids), deadline, self.request_fetch, fail_fast=True)
                 finally:
                     if blocked:
                         self.on_unblocked()
@@ -153,7 +153,7 @@ class ValueReader:
                     raise
                 # PENDING: its copies were found lost meanwhile (a holder died) and it is being rebuilt, or
                 # asked of its owner again: wait for it as for any value.
-            flags = self.objects.wait_ready([oid], 1, deadline, self._request_fetch)
+            flags = self.objects.wait_ready([oid], 1, deadline, self.request_fetch)
             if not flags[0]:
                 raise timeout_error([oid], timeout)
         raise ObjectLostError(f"object {oid} could not be read after several attempts to rebuild it")
@@ -161,7 +161,7 @@ class ValueReader:
     def _lost_on_read(self, oid: str) -> None:
         self._apply(self.core.copies_unreadable, oid)
 
-    def _request_fetch(self, ids: list[str]) -> None:
+    def request_fetch(self, ids: list[str]) -> None:
         self.ops.append(("fetch", ids))
         self.waker.wake()
 

@@ -25,7 +25,7 @@ def ask_owner(rt, object_id: str, owner_addr: str, force: bool, recursive: bool)
     if task_id is None:
         raise InvalidArgumentError(f"cancel() of {object_id}: this ref was made by put(), not by a task")
     msg = rm.CancelTask(task_id, force, recursive, rt.addr)
-    rt.call_soon(lambda: rt._send(owner_addr, msg))
+    rt.call_soon(lambda: rt.send(owner_addr, msg))
 
 
 def on_cancel_request(rt, msg: rm.CancelTask) -> bool:

@@ -99,11 +99,11 @@ class StateReports:
         for proc in self.peer.processes.procs.values():
             if proc.addr and proc.kind != "keeper":
                 g.waiting_procs.add(proc.proc_id)
-                self.peer._send(proc.addr, rm.ProcStateRequest(gid, self.peer.addr, msg.what))
+                self.peer.send(proc.addr, rm.ProcStateRequest(gid, self.peer.addr, msg.what))
         if msg.cluster:
-            for member in self.peer._other_peers():
+            for member in self.peer.other_peers():
                 g.waiting_peers.add(member.peer_id)
-                self.peer._send(member.addr, rm.StateRequest(gid, self.peer.addr, msg.what, False, g.options))
+                self.peer.send(member.addr, rm.StateRequest(gid, self.peer.addr, msg.what, False, g.options))
         self._maybe_finish(gid)
 
     def _maybe_finish(self, gid: str, force: bool = False) -> None:
@@ -122,7 +122,7 @@ class StateReports:
                                 and (name is None or ev.get("name") == name)]
         elif g.what == "metrics":
             report["peer_metrics"] = self.peer_metrics()
-        self.peer._send(g.reply_to, rm.StateReply(g.request_id, [report] + g.peers))
+        self.peer.send(g.reply_to, rm.StateReply(g.request_id, [report] + g.peers))
 
     def peer_metrics(self) -> dict:
         """The peer's own numbers, as plain data (see dashboard/metrics_text.py for their names)."""

@@ -30,7 +30,7 @@ import logging
 import random
 
 from p2pcompute.config import system_config
-from p2pcompute.net.effects import Send, Timer
+from p2pcompute.net.effects import EffectRunner
 from p2pcompute.runtime import messages as rm
 from p2pcompute.table import messages as tm
 from p2pcompute.table.client import TableClient
@@ -75,6 +75,10 @@ class TableService:
         self._restarting: dict[str, tuple[int, str, str, dict]] = {}  # rid -> (deadline, actor id, key, holder)
         self._recovery: Recovery | None = None
         self._recovery_waiter: tuple[str, str] | None = None
+        # Persist: the table lives in memory (see the module docstring); cache events need no action here.
+        self._effects = EffectRunner(peer.send, peer.wake_at, {
+            Reply: self._on_reply, ReplicaSetChanged: self._on_replica_set,
+            Persist: _ignore_effect, TableEvent: _ignore_effect})
         self.run(self.replica.on_tick(now_ns))
         # Keep a cache of the table fresh by subscription: most reads then never leave this peer.
         self.run(self.client.subscribe(now_ns))
@@ -103,12 +107,12 @@ class TableService:
             return
         lost = self.lost_majority_error()
         if lost is not None:
-            self.peer._send(reply_to, rm.TableOpReply(request_id, False, None, lost))
+            self.peer.send(reply_to, rm.TableOpReply(request_id, False, None, lost))
             return
         try:
             rid, effects = self.client.submit(now_ns, op, linearizable=linearizable)
         except Exception as exc:  # a malformed operation from a local client: its fault, say so
-            self.peer._send(reply_to, rm.TableOpReply(request_id, False, None, f"bad operation: {exc}"))
+            self.peer.send(reply_to, rm.TableOpReply(request_id, False, None, f"bad operation: {exc}"))
             return
         if op[0] == "claim":
             proc = self.peer.proc_at(reply_to)
@@ -198,7 +202,7 @@ class TableService:
             env["restart_of"] = {"actor_id": actor_id, "name_key": key, "name_record": holder,
                                  "restarts_left": recipe.get("restarts_left", 0)}
             self._restarting[rid] = (now_ns + _RESTART_TIMEOUT_NS, actor_id, key, holder)
-            self.peer._send(keeper, rm.CreateDetached(rid, self.peer.addr, recipe.get("spec", b""), env))
+            self.peer.send(keeper, rm.CreateDetached(rid, self.peer.addr, recipe.get("spec", b""), env))
         self._restart_queue = []
 
     def _on_restarted(self, msg) -> None:
@@ -248,13 +252,13 @@ class TableService:
     def _start_recovery(self, now_ns: int, reply_to: str, request_id: str) -> None:
         dead = self.lost_replicas()
         if not dead:
-            self.peer._send(reply_to, rm.TableOpReply(request_id, False, None, (
+            self.peer.send(reply_to, rm.TableOpReply(request_id, False, None, (
                 f"nothing to recover: a majority of the replica set ({', '.join(sorted(self.known_replicas))}) "
                 f"is not declared dead here" if self.known_replicas else
                 "nothing to recover: this peer knows no replica set yet")))
             return
         if self._recovery is not None and not self._recovery.done:
-            self.peer._send(reply_to, rm.TableOpReply(request_id, False, None, "a recovery is already running"))
+            self.peer.send(reply_to, rm.TableOpReply(request_id, False, None, "a recovery is already running"))
             return
         survivors = {r: a for r, a in self.known_replicas.items() if r not in dead}
         self._recovery, effects = Recovery.start(request_id, self.peer.addr, list(self.known_replicas), survivors,
@@ -267,7 +271,7 @@ class TableService:
         t = type(msg)
         if t is tm.RecoverQuery:
             term, last_index, last_term, commit = self.replica.recovery_state()
-            self.peer._send(msg.reply_to, tm.RecoverState(msg.recovery_id, self.peer.peer_id, term, last_index,
+            self.peer.send(msg.reply_to, tm.RecoverState(msg.recovery_id, self.peer.peer_id, term, last_index,
                                                            last_term, commit))
         elif t is tm.RecoverState and self._recovery is not None:
             self.run(self._recovery.on_state(now_ns, msg))
@@ -287,10 +291,10 @@ class TableService:
         self._recovery_waiter = None
         reply_to, request_id = waiter
         if rec.error is not None:
-            self.peer._send(reply_to, rm.TableOpReply(request_id, False, None, rec.error))
+            self.peer.send(reply_to, rm.TableOpReply(request_id, False, None, rec.error))
         else:
             log.warning("table recovery: %s", rec.outcome["note"])
-            self.peer._send(reply_to, rm.TableOpReply(request_id, True, rec.outcome, None))
+            self.peer.send(reply_to, rm.TableOpReply(request_id, True, rec.outcome, None))
 
     def on_tick(self, now_ns: int, alive: dict[str, str], views: list) -> None:
         if alive != self._alive:
@@ -346,32 +350,26 @@ class TableService:
     # ---- effects ------------------------------------------------------------------------------------
 
     def run(self, effects: list) -> None:
-        peer = self.peer
-        for eff in effects:
-            t = type(eff)
-            if t is Send:
-                peer._send(eff.to, eff.msg)
-            elif t is Timer:
-                peer._deadline_ns = min(peer._deadline_ns, eff.at_ns)
-            elif t is Reply:
-                waiter = self._waiting.pop(eff.request_id, None)
-                if waiter is None:
-                    continue
-                if callable(waiter):
-                    waiter(eff.ok, eff.result)
-                    continue
-                if type(waiter) is _Claim:
-                    if eff.ok and isinstance(eff.result, (list, tuple)) and eff.result and eff.result[0]:
-                        self._claims.setdefault(waiter.proc, []).append((waiter.key, waiter.record))
-                    waiter = (waiter.reply_to, waiter.request_id)
-                reply_to, request_id = waiter
-                peer._send(reply_to, rm.TableOpReply(request_id, eff.ok, eff.result, eff.error or None))
-            elif t is ReplicaSetChanged:
-                self.known_replicas = dict(eff.replicas)
-                self.leader = (eff.leader_id, eff.leader_addr) if eff.leader_id and eff.leader_addr else None
-                self.run(self.client.update_replicas(peer.now(), eff.replicas, self.leader))
-            elif t is Persist or t is TableEvent:
-                pass  # in memory (see the module docstring); cache events need no action here
+        self._effects.run(effects)
+
+    def _on_reply(self, eff: Reply) -> None:
+        waiter = self._waiting.pop(eff.request_id, None)
+        if waiter is None:
+            return
+        if callable(waiter):
+            waiter(eff.ok, eff.result)
+            return
+        if type(waiter) is _Claim:
+            if eff.ok and isinstance(eff.result, (list, tuple)) and eff.result and eff.result[0]:
+                self._claims.setdefault(waiter.proc, []).append((waiter.key, waiter.record))
+            waiter = (waiter.reply_to, waiter.request_id)
+        reply_to, request_id = waiter
+        self.peer.send(reply_to, rm.TableOpReply(request_id, eff.ok, eff.result, eff.error or None))
+
+    def _on_replica_set(self, eff: ReplicaSetChanged) -> None:
+        self.known_replicas = dict(eff.replicas)
+        self.leader = (eff.leader_id, eff.leader_addr) if eff.leader_id and eff.leader_addr else None
+        self.run(self.client.update_replicas(self.peer.now(), eff.replicas, self.leader))
 
     def status(self) -> dict:
         return {"role": self.replica.role, "term": self.replica.term, "replicas": sorted(self.known_replicas),
@@ -386,6 +384,10 @@ class _Claim:
 
 
 def _ignore(ok, result) -> None:
+    pass
+
+
+def _ignore_effect(_eff) -> None:
     pass
 
 

@@ -200,13 +200,11 @@ def answer(rt, msg) -> None:
         data["owned_pending"] = pending
         ex = getattr(rt, "executor", None)
         data["worker_queue"] = len(ex.queue) if ex is not None else 0
-    rt._send(msg.reply_to, rm.ProcStateReply(msg.request_id, rt.proc_id, data))
+    rt.send(msg.reply_to, rm.ProcStateReply(msg.request_id, rt.proc_id, data))
 
 
 def _on_rpc_reply(rt, msg) -> None:
-    fut = rt._rpcs.pop(msg.request_id, None)
-    if fut is not None:
-        fut.set_result(msg)
+    rt.answer_request(msg)
 
 
 def install(rt) -> None:

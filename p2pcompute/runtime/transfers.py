@@ -90,7 +90,7 @@ class TransferServer:
     def _pump(self, transfer: _Transfer) -> None:
         while transfer.inflight < WINDOW and transfer.next_offset < transfer.size:
             length = min(CHUNK_BYTES, transfer.size - transfer.next_offset)
-            self.peer._send(transfer.holder_addr, om.PullObject(transfer.object_id, transfer.next_offset, length,
+            self.peer.send(transfer.holder_addr, om.PullObject(transfer.object_id, transfer.next_offset, length,
                                                                 self.peer.addr))
             transfer.next_offset += length
             transfer.inflight += 1
@@ -122,7 +122,7 @@ class TransferServer:
         self.peer.objects.maybe_spill()
         for reply_to, request_id in transfer.waiters:
             self._reply(reply_to, request_id, transfer.object_id, None)
-        self.peer._send(transfer.owner_addr, om.AddLocation(transfer.object_id, self.peer.peer_id, self.peer.addr,
+        self.peer.send(transfer.owner_addr, om.AddLocation(transfer.object_id, self.peer.peer_id, self.peer.addr,
                                                             store.path))
 
     def _fail(self, transfer: _Transfer, why: str) -> None:
@@ -136,7 +136,7 @@ class TransferServer:
             self._reply(reply_to, request_id, transfer.object_id, why)
 
     def _reply(self, reply_to: str, request_id: str, oid: str, error: str | None) -> None:
-        self.peer._send(reply_to, om.ObjectFetched(request_id, oid, self.peer.store.path, error))
+        self.peer.send(reply_to, om.ObjectFetched(request_id, oid, self.peer.store.path, error))
 
     def on_peer_died(self, peer_id: str, addr: str) -> None:
         for transfer in list(self.transfers.values()):
@@ -156,12 +156,12 @@ class TransferServer:
     def _on_pull(self, msg: om.PullObject) -> None:
         oid = msg.object_id
         if not _valid_id(oid) or msg.offset < 0 or not 0 < msg.length <= CHUNK_BYTES * 2:
-            self.peer._send(msg.reply_to, om.ObjectChunk(oid, msg.offset, 0, b"", "bad pull request"))
+            self.peer.send(msg.reply_to, om.ObjectChunk(oid, msg.offset, 0, b"", "bad pull request"))
             return
         try:
             fd = self.peer.store.open_fd(oid)
         except ObjectLostError:
-            self.peer._send(msg.reply_to, om.ObjectChunk(oid, msg.offset, 0, b"",
+            self.peer.send(msg.reply_to, om.ObjectChunk(oid, msg.offset, 0, b"",
                                                          f"object {oid} is not held by peer {self.peer.peer_id}"))
             return
         try:
@@ -170,7 +170,7 @@ class TransferServer:
         finally:
             os.close(fd)
         self.bytes_sent += len(data)
-        self.peer._send(msg.reply_to, om.ObjectChunk(oid, msg.offset, total, data, None))
+        self.peer.send(msg.reply_to, om.ObjectChunk(oid, msg.offset, total, data, None))
 
 
 def _valid_id(oid) -> bool:

@@ -17,7 +17,6 @@ import concurrent.futures
 import contextvars
 import ctypes
 import inspect
-import io
 import logging
 import os
 import signal
