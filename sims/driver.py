@@ -141,7 +141,7 @@ class Driver:
             self._run(effects)
             self.lost(lost, f"its worker died ({msg.reason})")
         elif 100 <= msg.TYPE < 200:
-            self._run(self.sub.on_message(self.peer.local(), msg))
+            self._run(self.sub.on_message(self.peer.local(), src, msg))
         else:
             self.cluster.workload.on_driver_message(self, src, msg)
 

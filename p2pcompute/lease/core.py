@@ -340,23 +340,30 @@ class LeaseCore:
                                               len(self.waiting)))
 
     def on_cancel_request(self, now_ns: int, request_id: str) -> list:
-        waiting = self._by_request.pop(request_id, None)
+        waiting = self._by_request.get(request_id)
         if waiting is None:
             return []
+        self._drop_waiting(waiting)
+        return self._dispatch(now_ns)
+
+    def _drop_waiting(self, waiting: _Waiting) -> None:
+        self._by_request.pop(waiting.request.request_id, None)
         self.waiting.remove(waiting)
-        effects: list = []
         if waiting.worker_id is not None:
             # Resources were reserved for a starting worker: give them back; the worker joins the pool.
             resources.add(self.available, waiting.request.shape)
             worker = self.workers.get(waiting.worker_id)
             if worker is not None:
                 worker.lease_id = None
-        return effects + self._dispatch(now_ns)
 
     def on_return_lease(self, now_ns: int, lease_id: str, kill: bool) -> list:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return []
+        return self._end_lease(now_ns, lease, kill) + self._dispatch(now_ns)
+
+    def _end_lease(self, now_ns: int, lease: _Lease, kill: bool) -> list:
+        """Give a lease's resources back; its worker goes idle, or is stopped. No dispatch."""
         worker = self.workers.get(lease.worker_id)
         effects: list = []
         if worker is not None:
@@ -375,7 +382,7 @@ class LeaseCore:
                 worker.idle_since_ns = now_ns
         else:
             resources.add(self.available, lease.shape)
-        return effects + self._dispatch(now_ns)
+        return effects
 
     def on_worker_blocked(self, now_ns: int, worker_id: str) -> list:
         worker = self.workers.get(worker_id)
@@ -482,14 +489,16 @@ class LeaseCore:
 
     def _reclaim(self, now_ns: int, is_dead) -> list:
         effects: list = []
-        # Queued requests go first: each returned lease dispatches the queue, which must not hold them.
+        # Everything of the dead goes before anything is dispatched: a dispatch in between would grant the
+        # freed resources to the next request of the same dead holder (a grant nobody reads, then a worker
+        # stopped for it).
         for waiting in [w for w in self.waiting if is_dead(w.request.holder_id)]:
-            effects += self.on_cancel_request(now_ns, waiting.request.request_id)
-        for lease in [l for l in self.leases.values() if is_dead(l.request.holder_id)]:
+            self._drop_waiting(waiting)
+        for lease_id in [l.lease_id for l in self.leases.values() if is_dead(l.request.holder_id)]:
             # An actor's worker dies with the process that held it; a task worker goes back to the pool,
             # but it may still be running the dead holder's task, so stop it rather than reuse it.
-            effects += self.on_return_lease(now_ns, lease.lease_id, kill=True)
-        return effects
+            effects += self._end_lease(now_ns, self.leases.pop(lease_id), kill=True)
+        return effects + self._dispatch(now_ns)
 
     # ---- dispatch -----------------------------------------------------------------------------------
 

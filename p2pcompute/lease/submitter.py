@@ -296,7 +296,8 @@ class SubmitterCore:
 
     # ---- replies from peers -------------------------------------------------------------------------
 
-    def on_message(self, now_ns: int, msg) -> list:
+    def on_message(self, now_ns: int, sender: str, msg) -> list:
+        """A peer's answer to our lease requests (`sender` unused: each names its request or lease)."""
         if isinstance(msg, LeaseGranted):
             return self.on_granted(now_ns, msg)
         if isinstance(msg, LeaseSpillback):

@@ -474,7 +474,8 @@ class ActorCore:
                 effects += self._resolve(caller)
         return effects
 
-    def on_message(self, msg) -> list:
+    def on_message(self, now_ns: int, sender: str, msg) -> list:
+        """The cores' one signature; the actor machines keep no clock and trust no sender, so both go unused."""
         t = type(msg)
         if t is am.ActorLocation:
             return self.on_location(msg)

@@ -593,8 +593,8 @@ class OwnerCore(ObjectOwner):
 
     # ---- messages -------------------------------------------------------------------------------------
 
-    def _on_lease_message(self, _sender: str, msg) -> None:
-        self.apply(self.submitter.on_message(self._now, msg))
+    def _on_lease_message(self, sender: str, msg) -> None:
+        self.apply(self.submitter.on_message(self._now, sender, msg))
 
     def _on_lease_revoked(self, _sender: str, msg: lm.LeaseRevoked) -> None:
         handled, effects = self.actors.on_lease_revoked(msg.lease_id, msg.reason)
@@ -612,8 +612,8 @@ class OwnerCore(ObjectOwner):
         if msg.alive_peers > 0:
             self.submitter.peers_that_fit = msg.alive_peers
 
-    def _on_actor_message(self, _sender: str, msg) -> None:
-        self.apply(self.actors.on_message(msg))
+    def _on_actor_message(self, sender: str, msg) -> None:
+        self.apply(self.actors.on_message(self._now, sender, msg))
 
     _handlers = {
         tm.TaskReply: _on_task_reply,

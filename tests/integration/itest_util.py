@@ -75,7 +75,8 @@ def run_driver(code: str, tmp_path, *, timeout_s: float = 60, name: str = "drive
 
 # ---- the shared cluster between tests -------------------------------------------------------------------
 
-SETTLE_S = 20.0  # leases linger 200 ms and a killed worker exits within a second or two: 20 s is far beyond
+# Leases linger 200 ms and a killed worker exits within a second or two: 20 s is far beyond.
+SETTLE_S = float(os.environ.get("P2P_TEST_SETTLE_S", "20"))
 
 
 class SharedClusterLeak(UserWarning):
@@ -107,10 +108,19 @@ def settle_shared_cluster(test_id: str) -> None:
                  if t.get("state") not in ("FINISHED", "FAILED")]
         actors = [(a.get("class_name"), a.get("state")) for a in state.list_actors(timeout=5)
                   if a.get("state") != "DEAD"]
+        from p2pcompute import api
+        from p2pcompute.runtime import messages as rm
+        rt = api._runtime()
+        status = rt.peer_request(lambda rid: rm.PeerStatusRequest(rt.addr, rid)).status
+        leases = [(lease["holder"], lease["worker"], lease["shape"]) for lease in status["leases"]]
+        workers = [(w["id"], w["state"], w["lease"], w["blocked"]) for w in status["workers"]]
+        owned = {key: len(state.leases) for key, state in rt.submitter.keys.items()}
     except Exception as exc:  # noqa: BLE001 - a diagnostic; the warning says it could not be gathered
-        tasks, actors = f"unavailable: {exc!r}", ""
+        tasks, actors, leases, workers, owned = f"unavailable: {exc!r}", "", "", "", ""
     import warnings
     warnings.warn(SharedClusterLeak(
         f"{test_id} left {total - available:g} of {total:g} CPUs held {SETTLE_S:g} s after it ended "
-        f"(tasks not finished: {tasks}; actors alive: {actors}); the shared cluster was restarted"))
+        f"(tasks not finished: {tasks}; actors alive: {actors}; leases (holder, worker, shape): {leases}; "
+        f"workers (id, state, lease, blocked): {workers}; the driver's leases by key: {owned}); "
+        f"the shared cluster was restarted"))
     p2p.shutdown()

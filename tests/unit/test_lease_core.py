@@ -90,6 +90,22 @@ def test_dead_holder_leases_are_reclaimed_and_its_workers_stopped():
     assert c.check_invariants() == []
 
 
+def test_a_dead_holders_queued_requests_are_not_granted_while_its_others_are_reclaimed():
+    # Found by the lease property test: the holder's first request held a reservation for a starting worker;
+    # dropping it dispatched at once, granting the freed CPUs to its next request (a grant sent to a dead
+    # process, and its worker then stopped for nothing).
+    c = core(cpus=2, prestart=False)
+    (idle,) = c.prestart(0, 1)
+    assert [type(e) for e in c.on_request_lease(1, request("r1", cpus=2, holder="a"))] == [StartWorker]
+    assert c.on_worker_registered(2, idle.worker_id, "task-w", "ctl-w") == []
+    assert c.on_request_lease(3, request("r2", cpus=1, holder="a")) == []  # waits behind r1's reservation
+    effects = c.on_process_died(4, "a")
+    assert grants(effects) == [] and not any(isinstance(e, StopWorker) for e in effects)
+    assert c.pending_demand() == [] and c.leases == {} and c.check_invariants() == []
+    # The idle worker serves the next holder.
+    assert [g.worker_id for g in grants(c.on_request_lease(5, request("r3", holder="b")))] == [idle.worker_id]
+
+
 def test_worker_death_revokes_the_lease_and_frees_resources():
     c = core(cpus=1)
     g = grants(c.on_request_lease(1, request("r1")))[0]

@@ -34,7 +34,7 @@ def test_tasks_wait_for_a_lease_then_are_pushed_straight_to_the_worker():
     effects = c.submit(0, task(1))
     reqs = sends(effects, RequestLease)
     assert len(reqs) == 1 and reqs[0].to == "addr-peer" and pushes(effects) == []
-    effects = c.on_message(1, grant(reqs[0]))
+    effects = c.on_message(1, "addr-peer", grant(reqs[0]))
     assert pushes(effects) == ["t1"]
 
 
@@ -54,7 +54,7 @@ def test_lease_is_reused_for_the_same_key_and_pipelined():
     req = sends(c.submit(0, task(1)), RequestLease)[0]
     for i in range(2, 6):
         c.submit(0, task(i))
-    effects = c.on_message(1, grant(req))
+    effects = c.on_message(1, "addr-peer", grant(req))
     # Nothing is known about task length yet: one at a time, so long tasks never queue behind each other.
     assert pushes(effects) == ["t1"]
     effects = c.on_task_done(2, "t1", exec_ns=50 * MS)
@@ -67,7 +67,7 @@ def test_short_tasks_are_pipelined_deeper():
     req = sends(c.submit(0, task(0)), RequestLease)[0]
     for i in range(1, 100):
         c.submit(0, task(i))
-    c.on_message(1, grant(req))
+    c.on_message(1, "addr-peer", grant(req))
     effects = c.on_task_done(2, "t0", exec_ns=10_000)  # 10 us tasks
     assert len(pushes(effects)) > 10
 
@@ -75,7 +75,7 @@ def test_short_tasks_are_pipelined_deeper():
 def test_idle_lease_lingers_then_returns():
     c = core(lease_linger_ms=200)
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    c.on_message(1, grant(req))
+    c.on_message(1, "addr-peer", grant(req))
     effects = c.on_task_done(2 * MS, "t1")
     assert sends(effects, ReturnLease) == []
     # A new task during the linger reuses it without asking anyone.
@@ -90,16 +90,16 @@ def test_idle_lease_lingers_then_returns():
 def test_lease_wanted_returns_an_idle_lease_at_once():
     c = core()
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    c.on_message(1, grant(req))
+    c.on_message(1, "addr-peer", grant(req))
     c.on_task_done(2, "t1")
-    returned = sends(c.on_message(3, LeaseWanted("l1")), ReturnLease)
+    returned = sends(c.on_message(3, "addr-peer", LeaseWanted("l1")), ReturnLease)
     assert returned and returned[0].to == "addr-peer"
 
 
 def test_spillback_is_followed_once_with_the_hop_counted():
     c = core()
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    effects = c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2"))
+    effects = c.on_message(1, "addr-peer", LeaseSpillback(req.msg.request_id, "p2", "addr-p2"))
     again = sends(effects, RequestLease)
     assert again[0].to == "addr-p2" and again[0].msg.spilled == 1
 
@@ -109,15 +109,15 @@ def test_a_spillback_to_a_peer_already_declared_dead_goes_to_the_local_peer_at_o
     c.on_peer_died(0, "p2", "addr-p2")
     req = sends(c.submit(0, task(1)), RequestLease)[0]
     # A peer whose membership has not declared the death yet spills us there: do not wait out 30 s.
-    again = sends(c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2")), RequestLease)
+    again = sends(c.on_message(1, "addr-peer", LeaseSpillback(req.msg.request_id, "p2", "addr-p2")), RequestLease)
     assert again[0].to == "addr-peer" and again[0].msg.spilled == 0
-    assert pushes(c.on_message(2, grant(again[0]))) == ["t1"]
+    assert pushes(c.on_message(2, "addr-peer", grant(again[0]))) == ["t1"]
 
 
 def test_a_request_outstanding_at_a_peer_that_dies_is_asked_again_at_once():
     c = core(request_timeout_ms=30_000)
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    spilled = sends(c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2")), RequestLease)[0]
+    spilled = sends(c.on_message(1, "addr-peer", LeaseSpillback(req.msg.request_id, "p2", "addr-p2")), RequestLease)[0]
     assert spilled.to == "addr-p2"
     _lost, effects = c.on_peer_died(5 * MS, "p2", "addr-p2")
     assert [r.to for r in sends(effects, RequestLease)] == ["addr-peer"]
@@ -126,9 +126,9 @@ def test_a_request_outstanding_at_a_peer_that_dies_is_asked_again_at_once():
 def test_rejection_retries_at_the_local_peer_after_a_backoff():
     c = core(retry_backoff_ms=50)
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    c.on_message(1, LeaseSpillback(req.msg.request_id, "p2", "addr-p2"))
+    c.on_message(1, "addr-peer", LeaseSpillback(req.msg.request_id, "p2", "addr-p2"))
     spilled = [r for r in c._requests.values()][0]
-    assert sends(c.on_message(2, LeaseRejected(spilled.request_id, "gone", False)), RequestLease) == []
+    assert sends(c.on_message(2, "addr-peer", LeaseRejected(spilled.request_id, "gone", False)), RequestLease) == []
     assert sends(c.on_tick(10 * MS), RequestLease) == []
     retry = sends(c.on_tick(60 * MS), RequestLease)
     assert retry and retry[0].to == "addr-peer" and retry[0].msg.spilled == 0
@@ -140,13 +140,13 @@ def test_queue_emptying_cancels_outstanding_requests():
     removed, effects = c.cancel(1, "t1")
     assert removed and [e.msg.request_id for e in sends(effects, CancelLeaseRequest)] == [req.msg.request_id]
     # A grant that arrives after the cancel is handed straight back.
-    assert sends(c.on_message(2, grant(req)), ReturnLease)
+    assert sends(c.on_message(2, "addr-peer", grant(req)), ReturnLease)
 
 
 def test_pushed_tasks_cannot_be_cancelled_here():
     c = core()
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    c.on_message(1, grant(req))
+    c.on_message(1, "addr-peer", grant(req))
     removed, _ = c.cancel(2, "t1")
     assert not removed
 
@@ -155,7 +155,7 @@ def test_revoked_lease_reports_its_lost_tasks():
     c = core()
     req = sends(c.submit(0, task(1)), RequestLease)[0]
     c.submit(0, task(2))
-    c.on_message(1, grant(req))
+    c.on_message(1, "addr-peer", grant(req))
     lost, _ = c.on_revoked(2, "l1")
     assert sorted(lost) == ["t1"]
     assert c.on_revoked(3, "l1") == ([], [])  # reported once, never twice
@@ -164,7 +164,7 @@ def test_revoked_lease_reports_its_lost_tasks():
 def test_bounced_tasks_go_back_to_the_front_and_the_busy_lease_is_returned():
     c = core()
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    c.on_message(1, grant(req))
+    c.on_message(1, "addr-peer", grant(req))
     c.on_task_done(2, "t1", exec_ns=100_000)  # short tasks: the next ones are pipelined
     c.submit(3, task(2))
     c.submit(3, task(3))
@@ -179,7 +179,7 @@ def test_fairness_window_keeps_a_busy_lease_while_nobody_else_waits():
     req = sends(c.submit(0, task(0)), RequestLease)[0]
     for i in range(1, 5):
         c.submit(0, task(i))
-    c.on_message(1, grant(req))
+    c.on_message(1, "addr-peer", grant(req))
     effects = c.on_task_done(20 * MS, "t0")  # past the reuse window, but no LeaseWanted: keep going
     assert pushes(effects) == ["t1"] and not sends(effects, ReturnLease)
 
@@ -189,8 +189,8 @@ def test_fairness_window_drains_a_busy_lease_when_others_wait():
     req = sends(c.submit(0, task(0)), RequestLease)[0]
     for i in range(1, 5):
         c.submit(0, task(i))
-    c.on_message(1, grant(req))
-    assert c.on_message(2, LeaseWanted("l1")) == []  # busy: noted, returned when its window is over
+    c.on_message(1, "addr-peer", grant(req))
+    assert c.on_message(2, "addr-peer", LeaseWanted("l1")) == []  # busy: noted, returned when its window is over
     effects = c.on_task_done(20 * MS, "t0")  # past the reuse window with work still queued
     assert pushes(effects) == [] and sends(effects, ReturnLease)
     # The queued tasks still have a request in line at the peer, behind whoever was waiting.
@@ -202,8 +202,8 @@ def test_an_idle_lease_gets_work_before_a_busy_one_gets_more():
     c.peers_that_fit = 2
     reqs = sends(c.submit(0, task(0)) + c.submit(0, task(1)), RequestLease)
     assert len(reqs) == 2
-    c.on_message(1, grant(reqs[0], lease="l1", worker="w1"))
-    c.on_message(1, grant(reqs[1], lease="l2", worker="w2"))
+    c.on_message(1, "addr-peer", grant(reqs[0], lease="l1", worker="w1"))
+    c.on_message(1, "addr-peer", grant(reqs[1], lease="l2", worker="w2"))
     c.on_task_done(2, "t0", exec_ns=100_000)  # short tasks: deep pipelines allowed from now on
     c.on_task_done(2, "t1", exec_ns=100_000)
     c.submit(5, task(2))
@@ -216,13 +216,13 @@ def test_an_idle_lease_steals_tasks_queued_behind_a_running_one():
     from p2pcompute.lease.submitter import Steal
     c = core()
     req = sends(c.submit(0, task(0)), RequestLease)[0]
-    c.on_message(1, grant(req, lease="l1", worker="w1"))
+    c.on_message(1, "addr-peer", grant(req, lease="l1", worker="w1"))
     c.on_task_done(2, "t0", exec_ns=100_000)
     c.submit(3, task(1))
     c.submit(3, task(2))  # both pipelined on w1 (one lease only)
     pending = list(c.keys[KEY].requests.values())[0]
     grant2 = LeaseGranted(pending.request_id, "l2", "w2", "task-w2", "ctl-w2", "p1", "addr-peer")
-    effects = c.on_message(5, grant2)
+    effects = c.on_message(5, "addr-peer", grant2)
     steals = [e for e in effects if isinstance(e, Steal)]
     assert steals and steals[0].task_ids == ("t2",) and steals[0].lease.worker_id == "w1"
     # The worker hands it back; it runs on the idle lease.
@@ -235,12 +235,12 @@ def test_a_grant_of_a_worker_already_reported_dead_is_void():
     c = core()
     req = sends(c.submit(0, task(1)), RequestLease)[0]
     c.on_worker_died(1, "w1")
-    effects = c.on_message(2, grant(req, worker="w1"))
+    effects = c.on_message(2, "addr-peer", grant(req, worker="w1"))
     assert pushes(effects) == []
     assert [e.msg.kill for e in sends(effects, ReturnLease)] == [True]
     again = sends(effects, RequestLease)
     assert len(again) == 1  # the task asks for another worker at once
-    assert pushes(c.on_message(3, grant(again[0], lease="l2", worker="w2"))) == ["t1"]
+    assert pushes(c.on_message(3, "addr-peer", grant(again[0], lease="l2", worker="w2"))) == ["t1"]
 
 
 def test_a_late_reply_from_an_earlier_attempt_keeps_the_new_attempts_lease_busy():
@@ -249,7 +249,7 @@ def test_a_late_reply_from_an_earlier_attempt_keeps_the_new_attempts_lease_busy(
     lease then would hand its worker to someone else mid-task."""
     c = core()
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    assert pushes(c.on_message(1, grant(req, lease="l2", worker="w2"))) == ["t1"]  # the retry, on w2
+    assert pushes(c.on_message(1, "addr-peer", grant(req, lease="l2", worker="w2"))) == ["t1"]  # the retry, on w2
     effects = c.on_task_done(2, "t1", 5, worker_id="w1")  # the first attempt's worker answers
     assert sends(effects, ReturnLease) == []
     assert [(h.lease_id, list(h.inflight)) for h in c.held_leases()] == [("l2", ["t1"])]  # still running there
@@ -263,7 +263,7 @@ KEY_B = ((("CPU", 10000),), "g")
 
 def _idle_lease_of_key_a(c):
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    c.on_message(1, grant(req, lease="lA", worker="wA"))
+    c.on_message(1, "addr-peer", grant(req, lease="lA", worker="wA"))
     assert sends(c.on_task_done(2 * MS, "t1"), ReturnLease) == []  # lingers, in case more of f come
 
 
@@ -283,7 +283,7 @@ def test_a_request_granted_at_once_keeps_the_other_keys_idle_lease():
     c = core(lease_linger_ms=200, idle_yield_after_ms=20)
     _idle_lease_of_key_a(c)
     req = sends(c.submit(3 * MS, task(2, KEY_B)), RequestLease)[0]
-    assert pushes(c.on_message(5 * MS, grant(req, lease="lB", worker="wB"))) == ["t2"]
+    assert pushes(c.on_message(5 * MS, "addr-peer", grant(req, lease="lB", worker="wB"))) == ["t2"]
     assert sends(c.on_tick(30 * MS), ReturnLease) == []
     # f comes again within the linger: its lease is still there.
     assert pushes(c.submit(40 * MS, task(3))) == ["t3"]
@@ -292,7 +292,7 @@ def test_a_request_granted_at_once_keeps_the_other_keys_idle_lease():
 def test_an_idle_lease_on_another_peer_is_not_given_back_for_our_request():
     c = core(lease_linger_ms=200, idle_yield_after_ms=20)
     req = sends(c.submit(0, task(1)), RequestLease)[0]
-    c.on_message(1, grant(req, lease="lA", worker="wA", peer="addr-elsewhere"))
+    c.on_message(1, "addr-peer", grant(req, lease="lA", worker="wA", peer="addr-elsewhere"))
     c.on_task_done(2 * MS, "t1")
     c.submit(3 * MS, task(2, KEY_B))
     assert sends(c.on_tick(30 * MS), ReturnLease) == []
