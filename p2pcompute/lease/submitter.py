@@ -473,13 +473,18 @@ class SubmitterCore:
             held.inflight.pop(task_id, None)
         self.tasks.pop(task_id, None)
 
-    def bounce(self, now_ns: int, task_ids: list[str]) -> list:
+    def bounce(self, now_ns: int, task_ids: list[str], from_worker: str | None = None) -> list:
         """A worker returned tasks it had not started — we stole them, or it blocked in `get` — queue
-        them again, first."""
+        them again, first. A task we have pushed to another worker since is not `from_worker`'s to return:
+        that report is stale, and taking the task off its new lease would leave that worker's answer
+        unexpected."""
         effects: list = []
         touched = {}
         for task_id in reversed(task_ids):
-            held = self._lease_of_task.pop(task_id, None)
+            held = self._lease_of_task.get(task_id)
+            if held is not None and from_worker is not None and held.worker_id != from_worker:
+                continue
+            self._lease_of_task.pop(task_id, None)
             task = self.tasks.get(task_id)
             if held is not None:
                 held.inflight.pop(task_id, None)

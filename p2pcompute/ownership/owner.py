@@ -313,6 +313,27 @@ class OwnerCore(ObjectOwner):
                            rec.args_object, rec.slots or [], [list(r) for r in rec.nested_refs],
                            rec.return_ids, self.addr, rec.actor_id, rec.method, seq, rec.options.get("wire", {}))
 
+    def push_not_sent(self, to: str, msg: tm.PushTask) -> None:
+        """The runtime could not send `msg` to `to` (too big for one message). What a push carries once per
+        worker — the job's environment, the function's code — never reached that worker: the next push there
+        must carry them again, or the worker runs without the job's import path."""
+        rec = self.tasks.get(msg.task_id)
+        if rec is None:
+            return
+        worker_id = None
+        if rec.held is not None and rec.held.worker_addr == to:
+            worker_id = rec.held.worker_id
+        elif rec.actor_id:
+            caller = self.actors.callers.get(rec.actor_id)
+            if caller is not None and caller.addr == to:
+                worker_id = caller.worker_id
+        if not worker_id:
+            return
+        if msg.job_env is not None:
+            self.sent_env.discard(worker_id)
+        if msg.code is not None:
+            self.sent_code.discard((worker_id, msg.code_id))
+
     def _push(self, task_id: str, held: Held) -> None:
         rec = self.tasks.get(task_id)
         if rec is None or rec.done:
@@ -605,8 +626,9 @@ class OwnerCore(ObjectOwner):
         self.apply(effects)
         self._lost_tasks(lost, f"its worker died ({msg.reason})")
 
-    def _on_tasks_bounced(self, _sender: str, msg: tm.TasksBounced) -> None:
-        self.apply(self.submitter.bounce(self._now, [tid for tid in msg.task_ids if isinstance(tid, str)]))
+    def _on_tasks_bounced(self, sender: str, msg: tm.TasksBounced) -> None:
+        self.apply(self.submitter.bounce(self._now, [tid for tid in msg.task_ids if isinstance(tid, str)],
+                                         from_worker=sender))
 
     def _on_cluster_info(self, _sender: str, msg: tm.ClusterInfo) -> None:
         if msg.alive_peers > 0:

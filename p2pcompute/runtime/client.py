@@ -303,6 +303,8 @@ class ClientRuntime(ValueReader):
         except ValueError as exc:
             log.warning("cannot send %s to %s: %s", type(msg).__name__, to, exc)
             rec = self.core.tasks.get(msg.task_id) if type(msg) is rm.PushTask else None
+            if rec is not None:
+                self.core.push_not_sent(to, msg)
             if rec is not None and not rec.done:
                 # A task that cannot be sent (its function or arguments too big for one message) fails with
                 # the reason, rather than leaving its get() waiting for ever.

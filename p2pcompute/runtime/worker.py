@@ -110,6 +110,9 @@ class Executor:
         self.node_id = node_id
         self.queue: deque = deque()
         self.code: dict[str, object] = {}
+        # Code that came with a push that did not run here (stolen back, bounced, cancelled): its submitter
+        # sends a code id's code only once per worker, so later pushes of that function come without it.
+        self._code_blobs: dict[str, bytes] = {}
         self.stores: dict[str, LocalStore] = {}
         self.cancelled: set[str] = set()
         self.running: str | None = None
@@ -133,6 +136,10 @@ class Executor:
         # Work stealing (see give_back): the I/O thread may take back tasks the main thread has not started.
         self._steal_lock = threading.Lock()
         self._stolen: set[str] = set()
+        # Tasks handed back by bounce_queued, whose push has left here: a steal of one of them must not hand
+        # it back a second time (its submitter may have pushed it elsewhere meanwhile, or back here). A push
+        # of the task arriving again takes it off. Oldest forgotten first, beyond _MAX_BOUNCED.
+        self._bounced: dict[str, None] = {}
         self._finished: deque = deque(maxlen=4096)
         self._finished_set: set[str] = set()
         self._quick_ns: dict[str, int] = {}  # recent run time of each function or method, by name
@@ -153,6 +160,9 @@ class Executor:
                 log.warning("dropped a frame from %s: %s", sender, exc)
                 continue
             if type(msg) is rm.PushTask:
+                if self._bounced:
+                    with self._steal_lock:
+                        self._bounced.pop(msg.task_id, None)
                 self.queue.append(msg)
                 self.events.received(msg.task_id)
             elif type(msg) is rm.StopProcess:
@@ -193,12 +203,24 @@ class Executor:
             return  # actor calls must run here, in order
         self._receive(0)
         by_owner: dict[str, list] = {}
-        keep = []
-        for msg in self.queue:
-            if msg.kind == "task":
+        keep, dropped = [], []
+        with self._steal_lock:
+            for msg in self.queue:
+                if msg.kind != "task":
+                    keep.append(msg)
+                    continue
+                dropped.append(msg)
+                if msg.task_id in self._stolen:
+                    # Already handed back by a steal: its submitter has it. Reporting it again would make it
+                    # take the task off whichever worker it pushed it to since.
+                    self._stolen.discard(msg.task_id)
+                    continue
                 by_owner.setdefault(msg.owner_addr, []).append(msg.task_id)
-            else:
-                keep.append(msg)
+                self._bounced[msg.task_id] = None
+                if len(self._bounced) > _MAX_BOUNCED:
+                    del self._bounced[next(iter(self._bounced))]
+        for msg in dropped:
+            self._absorb(msg)
         # In place: the run loop holds this very deque.
         self.queue.clear()
         self.queue.extend(keep)
@@ -248,12 +270,20 @@ class Executor:
         self.client.job_id = msg.job_id
         self.client.submitter.job_id = msg.job_id
 
+    def _absorb(self, msg: rm.PushTask) -> None:
+        """A push that will not run here still carried what its submitter sends once per worker — the job's
+        environment and the function's code — and will not send again: keep them for the pushes that follow."""
+        self._bind_job(msg)
+        if msg.code is not None and msg.code_id not in self.code:
+            self._code_blobs[msg.code_id] = msg.code
+
     def _load_code(self, msg: rm.PushTask):
         obj = self.code.get(msg.code_id)
         if obj is None:
-            if msg.code is None:
+            code = msg.code if msg.code is not None else self._code_blobs.pop(msg.code_id, None)
+            if code is None:
                 raise RuntimeError(f"the submitter did not send code {msg.code_id} to this worker")
-            obj = serialization.loads_code(msg.code)
+            obj = serialization.loads_code(code)
             self.code[msg.code_id] = obj
         return obj
 
@@ -301,7 +331,8 @@ class Executor:
     def give_back(self, task_ids: list[str]) -> list[str]:
         """I/O thread: tasks not started (queued here, or not arrived yet) will not run here; returns them."""
         with self._steal_lock:
-            given = [t for t in task_ids if t != self.running and t not in self._finished_set]
+            given = [t for t in task_ids
+                     if t != self.running and t not in self._finished_set and t not in self._bounced]
             self._stolen.update(given)
         return given
 
@@ -327,6 +358,7 @@ class Executor:
             gpus.read_assignment(self.gpu_dir, self.client.worker_id or "")
             self.gpu_dir = ""
         if msg.kind == "task" and not self._claim(msg.task_id):
+            self._absorb(msg)
             return  # stolen back by its submitter, which runs it elsewhere
         self.events.begin(msg)
         try:
@@ -346,6 +378,7 @@ class Executor:
         try:
             if msg.task_id in self.cancelled:
                 self.cancelled.discard(msg.task_id)
+                self._absorb(msg)
                 self._reply_system(msg, TaskCancelledError(f"task {msg.name} ({msg.task_id}) was cancelled"))
                 return
             self._bind_job(msg)
@@ -686,6 +719,7 @@ class Executor:
 
 
 _EMPTY_ARGS = serialization.serialize(((), {})).to_blob()
+_MAX_BOUNCED = 4096
 
 
 def _exit_type():

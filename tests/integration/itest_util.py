@@ -114,13 +114,15 @@ def settle_shared_cluster(test_id: str) -> None:
         status = rt.peer_request(lambda rid: rm.PeerStatusRequest(rt.addr, rid)).status
         leases = [(lease["holder"], lease["worker"], lease["shape"]) for lease in status["leases"]]
         workers = [(w["id"], w["state"], w["lease"], w["blocked"]) for w in status["workers"]]
-        owned = {key: len(state.leases) for key, state in rt.submitter.keys.items()}
+        owned = {key[1]: [(h.worker_id, sorted(h.inflight), sorted(h.stealing), h.draining, h.wanted)
+                          for h in state.leases] + [f"queued {len(state.queue)}, requests {len(state.requests)}"]
+                 for key, state in rt.submitter.keys.items()}
     except Exception as exc:  # noqa: BLE001 - a diagnostic; the warning says it could not be gathered
         tasks, actors, leases, workers, owned = f"unavailable: {exc!r}", "", "", "", ""
     import warnings
     warnings.warn(SharedClusterLeak(
         f"{test_id} left {total - available:g} of {total:g} CPUs held {SETTLE_S:g} s after it ended "
         f"(tasks not finished: {tasks}; actors alive: {actors}; leases (holder, worker, shape): {leases}; "
-        f"workers (id, state, lease, blocked): {workers}; the driver's leases by key: {owned}); "
+        f"workers (id, state, lease, blocked): {workers}; the driver's leases by function (worker, in flight, stealing, draining, wanted): {owned}); "
         f"the shared cluster was restarted"))
     p2p.shutdown()

@@ -216,3 +216,22 @@ def test_when_its_own_peer_is_gone_everything_waiting_and_submitted_later_fails_
     later = task(core, "g")
     assert sent(core.submit(NOW, later), RequestLease) == []
     assert isinstance(error_of(core, later.return_ids[0]), PeerUnavailableError)
+
+
+def test_a_push_that_could_not_be_sent_leaves_its_environment_and_code_to_the_next_one():
+    # The runtime could not send the push (too big for one message): the worker never got the job's
+    # environment or the function's code, so the next push to it must carry both again.
+    core = owner()
+    core.job_env = {"sys_path": ["/src"]}
+    first = task(core, "f")
+    (push,) = sent(grant(core, core.submit(NOW, first), "w1"), tm.PushTask)
+    assert push.msg.job_env is not None and push.msg.code is not None
+    core.push_not_sent(push.to, push.msg)
+    core.on_message(NOW, "w1", reply_inline(first, "w1", 1))  # (the runtime fails it; the lease is free)
+    second = task(core, "f")
+    (again,) = sent(core.submit(NOW, second), tm.PushTask)
+    assert again.to == push.to and again.msg.job_env == {"sys_path": ["/src"]} and again.msg.code == b"code"
+    # Sent once it is sent: the push after that carries neither.
+    core.on_message(NOW, "w1", reply_inline(second, "w1", 1))
+    (third,) = sent(core.submit(NOW, task(core, "f")), tm.PushTask)
+    assert third.msg.job_env is None and third.msg.code is None

@@ -296,3 +296,25 @@ def test_an_idle_lease_on_another_peer_is_not_given_back_for_our_request():
     c.on_task_done(2 * MS, "t1")
     c.submit(3 * MS, task(2, KEY_B))
     assert sends(c.on_tick(30 * MS), ReturnLease) == []
+
+
+def test_a_stale_bounce_from_a_worker_the_task_has_left_is_ignored():
+    # A worker hands a task back twice (a steal, then again when it blocks): the second report must not take
+    # the task off the lease it was pushed to since, or that lease waits for ever for an answer it expects.
+    c = core(pipeline_target_ms=2.0)
+    effects = c.submit(0, task(0))
+    for i in range(1, 4):
+        effects += c.submit(0, task(i))
+    first, *others = sends(effects, RequestLease)
+    effects = c.on_message(1, "addr-peer", grant(first, lease="lA", worker="wA"))
+    effects += c.on_task_done(2, "t0", exec_ns=10_000, worker_id="wA")  # short: t1-t3 pipelined on wA
+    effects += c.bounce(3, ["t2"], from_worker="wA")                     # wA gives t2 back
+    spare = others + sends(effects, RequestLease)
+    assert spare, "t2 waits for a lease of its own"
+    assert "t2" in pushes(c.on_message(4, "addr-peer", grant(spare[0], lease="lB", worker="wB")))
+    # wA reports t2 once more: stale, ignored.
+    assert pushes(c.bounce(5, ["t2"], from_worker="wA")) == []
+    held_b = c._leases["lB"]
+    assert "t2" in held_b.inflight and not held_b.draining
+    c.on_task_done(6, "t2", exec_ns=10_000, worker_id="wB")
+    assert "t2" not in held_b.inflight
