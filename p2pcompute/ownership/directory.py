@@ -83,6 +83,10 @@ class ObjectTable:
 
     # ---- user threads -------------------------------------------------------------------------------
 
+    def ready_flags(self, object_ids: list[str]) -> list[bool]:
+        """Which of the objects are ready now (not PENDING), in input order; no waiting."""
+        return self._flags(object_ids)
+
     def _flags(self, object_ids: list[str]) -> list[bool]:
         values = self.values
         return [(v := values.get(oid)) is not None and v.state != PENDING for oid in object_ids]

@@ -114,9 +114,15 @@ class ValueReader:
             # Results of our own tasks still being computed are worth lending the CPU for at once.
             owned_pending = any(self.refs.is_owned(oid) and ((v := values.get(oid)) is None or v.state == PENDING)
                                 for oid in ids)
-            grace = time.monotonic() + (0.0 if owned_pending else _BLOCK_GRACE_S)
-            flags = self.objects.wait_ready(ids, len(ids), grace if deadline is None else min(deadline, grace),
-                                            self.request_fetch, fail_fast=True)
+            if owned_pending:
+                # Lend at once: no point registering a waiter per object only to time out at once (a get of
+                # 10,000 fresh results did that work twice).
+                grace = time.monotonic()
+                flags = self.objects.ready_flags(ids)
+            else:
+                grace = time.monotonic() + _BLOCK_GRACE_S
+                flags = self.objects.wait_ready(ids, len(ids), grace if deadline is None else min(deadline, grace),
+                                                self.request_fetch, fail_fast=True)
             if not all(flags) and not any(f and values[oid].state == ERROR for oid, f in zip(ids, flags)
                                           if oid in values) and (deadline is None or deadline > grace):
                 blocked = self.on_blocked()
