@@ -129,7 +129,8 @@ class _KeyState:
         self.retry_at_ns = 0
 
 
-_MAX_DEAD_WORKERS = 10_000  # remembered worker deaths; a grant arrives within seconds of its worker's death
+_MAX_DEAD_WORKERS = 10_000
+_NEVER = 1 << 62  # a time no clock reaches  # remembered worker deaths; a grant arrives within seconds of its worker's death
 
 
 class SubmitterCore:
@@ -154,8 +155,8 @@ class SubmitterCore:
         # wait out the whole request timeout.
         self._dead_peer_addrs: dict[str, None] = {}
         self._seq = 0
-        # When to look again for requests kept waiting by our own idle leases of other keys (0: no need).
-        self._yield_check_ns = 1 << 62
+        # When to look again for requests kept waiting by our own idle leases of other keys (_NEVER: no need).
+        self._yield_check_ns = _NEVER
         self.peers_that_fit = 1  # set by the runtime from membership; bounds pipelined lease requests
 
     # ---- submission ---------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ class SubmitterCore:
         return effects + self._yield_timer()
 
     def _yield_timer(self) -> list:
-        return [Timer(self._yield_check_ns)] if self._yield_check_ns < 1 << 62 else []
+        return [Timer(self._yield_check_ns)] if self._yield_check_ns < _NEVER else []
 
     def _send_request(self, now_ns: int, state: _KeyState, target: str, spilled: int, task: TaskInfo) -> Send:
         if target in self._dead_peer_addrs:
@@ -447,7 +448,7 @@ class SubmitterCore:
             self.tasks.pop(task_id, None)
             return []
         self._lease_of_task.pop(task_id, None)
-        task = self.tasks.pop(task_id, None)
+        self.tasks.pop(task_id, None)
         if held is None:
             return []
         held.inflight.pop(task_id, None)
@@ -532,7 +533,7 @@ class SubmitterCore:
         same peer: give those back. (The peer's `LeaseWanted` does this for other holders' requests; for our
         own it cannot tell an idle lease of another key from a busy one of the same key.) A request that is
         granted at once never gets here, so two keys used in turn keep a lease each."""
-        self._yield_check_ns = 1 << 62
+        self._yield_check_ns = _NEVER
         effects: list = []
         after_ns = self.config.idle_yield_after_ms * 1_000_000
         for state in list(self.keys.values()):

@@ -288,10 +288,6 @@ class ClientRuntime(ValueReader):
 
     run_effects = _run  # for the runtime's helpers (actors, cancellation): I/O thread only
 
-    def send(self, to: str, msg) -> None:
-        """I/O thread: send `msg` to the process at `to`."""
-        self._send(to, msg)
-
     def wake_at(self, at_ns: int) -> None:
         """Tick the core at or after `at_ns` (I/O thread)."""
         if at_ns < self._deadline_ns:
@@ -305,11 +301,13 @@ class ClientRuntime(ValueReader):
             rec = self.core.tasks.get(msg.task_id) if type(msg) is rm.PushTask else None
             if rec is not None:
                 self.core.push_not_sent(to, msg)
-            if rec is not None and not rec.done:
-                # A task that cannot be sent (its function or arguments too big for one message) fails with
-                # the reason, rather than leaving its get() waiting for ever.
-                error = serialization.system_error_bytes(exc)
-                self.call_soon(lambda: self._apply(self.core._finish_with_error, rec, error))
+                if not rec.done:
+                    # A task that cannot be sent (its function or arguments too big for one message) fails
+                    # with the reason, rather than leaving its get() waiting for ever.
+                    error = serialization.system_error_bytes(exc)
+                    self.call_soon(lambda: self._apply(self.core._finish_with_error, rec, error))
+
+    send = _send  # I/O thread: send a message to the process at an address
 
     # ---- incoming -----------------------------------------------------------------------------------
 

@@ -465,9 +465,7 @@ class PeerDaemon:
             self.state_reports.count_lease(effects)
             self._effects.run(effects)
 
-    def send(self, to: str, msg) -> None:
-        """Deliver `msg` to the process at `to` (this peer's own address included)."""
-        self._send(to, msg)
+    send = _send  # deliver a message to the process at an address (this peer's own included)
 
     def wake_at(self, at_ns: int) -> None:
         """Tick the peer's cores at or after `at_ns`."""
