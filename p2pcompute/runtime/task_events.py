@@ -7,7 +7,8 @@ Theory of operation. There is no central task table. Three kinds of processes ea
 - the **worker** that runs it knows when it arrived, when its arguments were read, when the user code
   ended and when the reply left — and, if it failed, the traceback;
 - the worker's **peer** keeps the finished attempts its workers report (`TaskEvents`, batched, at most a
-  quarter of a second late), so history outlives the worker process.
+  quarter of a second late), so history outlives the worker process; until the batch leaves, the worker
+  reports those attempts itself (`finished` in its answer), so no finished task drops out of sight.
 
 A state request (see `state_reports.py`) asks each peer for the events it keeps and each local process for
 what it knows now (`ProcStateRequest`, answered on the process's I/O thread by `answer`). `util.state`
@@ -126,6 +127,12 @@ class TaskEventLog:
         with self._lock:
             return [dict(ev) for ev in self._open.values()]
 
+    def unsent(self) -> list[dict]:
+        """Attempts over but not yet handed to the peer: between the reply and the next flush a task is
+        neither owned (its owner has the result) nor kept by the peer, and a report must still show it."""
+        with self._lock:
+            return [dict(ev) for ev in self._done]
+
 
 # ---- the process's part of a state report (I/O thread) --------------------------------------------------
 
@@ -178,6 +185,7 @@ def answer(rt, msg) -> None:
         events = getattr(rt, "task_events", None)
         if events is not None:
             data["running"] = events.snapshot()
+            data["finished"] = events.unsent()
             ex = getattr(rt, "executor", None)
             if ex is not None:
                 data["queued"] = [{"task_id": m.task_id, "name": m.name, "kind": m.kind, "job_id": m.job_id,

@@ -142,6 +142,8 @@ def merge_tasks(peers: list[dict]) -> list[dict]:
         for proc_id, data in (peer.get("processes") or {}).items():
             for rec in data.get("running", ()):
                 offer(_task_row(rec, "RUNNING", node), rec.get("start_ns") or 0)
+            for rec in data.get("finished", ()):   # over, not yet handed to the peer's history
+                offer(_task_row(rec, rec.get("state", "FINISHED"), node), rec.get("start_ns") or 0)
             for rec in data.get("queued", ()):
                 if rec.get("task_id") not in worker_rows:
                     row = _task_row(dict(rec, worker_id=proc_id), "SUBMITTED_TO_WORKER", node)

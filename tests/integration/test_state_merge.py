@@ -39,6 +39,26 @@ def test_the_latest_attempt_wins_across_peers():
         assert (row["state"], row["node_id"]) == ("FINISHED", "B")
 
 
+def test_a_finished_attempt_not_yet_flushed_is_shown_by_its_worker():
+    """Between a task's reply and the worker's next event batch, neither the owner (it has the result) nor
+    the peer (no batch yet) knows the task: the worker's own answer must carry it."""
+    from types import SimpleNamespace
+    from p2pcompute.runtime.task_events import TaskEventLog
+    log = TaskEventLog("w1", "B")
+    call = SimpleNamespace(task_id="drv.7", name="Holder.pid", kind="actor_task", job_id="j", actor_id="a1",
+                           method="pid")
+    log.begin(call)
+    log.end("drv.7", [])
+    assert log.snapshot() == [] and [e["task_id"] for e in log.unsent()] == ["drv.7"]
+    peers = [{"peer": "B", "events": [], "processes": {"w1": {"running": log.snapshot(),
+                                                              "finished": log.unsent()}}}]
+    (row,) = merge_tasks(peers)
+    assert (row["task_id"], row["state"], row["node_id"], row["name"]) == ("drv.7", "FINISHED", "B", "Holder.pid")
+    sent = []
+    log.flush_if_due(sent.append, force=True)
+    assert len(sent) == 1 and log.unsent() == []
+
+
 def test_actors_join_owner_and_host():
     peers = [{"peer": "A", "processes": {"drv": {"owned": [
         {"actor_id": "a1", "class_name": "C", "state": "ALIVE", "restarts": 1},
