@@ -34,7 +34,9 @@ INVARIANTS = {
     "encodable": "every message the cores send can be encoded by the real codec",
 }
 
-ALLOWED_TASK_ERRORS = ("OwnerDiedError", "WorkerCrashedError", "ActorDiedError", "ObjectLostError")
+# ActorUnavailableError: an actor call lost in flight when its actor restarted, with no max_task_retries left.
+ALLOWED_TASK_ERRORS = ("OwnerDiedError", "WorkerCrashedError", "ActorDiedError", "ActorUnavailableError",
+                       "ObjectLostError")
 
 _MAX_PER_INVARIANT = 20
 

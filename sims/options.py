@@ -207,7 +207,7 @@ class FaultSpec:
 DEFAULT_FAULTS = "crash=0.002,restart=0.5,pause=0.002,pause_for=uniform:100ms:1s,loss=0.01,kill=0.002"
 
 WORKLOADS = ("tasks", "dag", "actors", "names", "mixed", "membership")
-BREAKS = ("capacity", "refutation", "refcount")
+BREAKS = ("capacity", "refutation", "refcount", "lineage", "actor-calls")
 
 
 @dataclass

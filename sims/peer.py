@@ -33,7 +33,7 @@ from p2pcompute.lease.messages import (CancelLeaseRequest, LeaseGranted, LeaseRe
                                        RequestLease, ReturnLease)
 from p2pcompute.lease.policy import PeerView
 from p2pcompute.net.effects import Send, Timer
-from p2pcompute.net.membership import Fenced, MemberChanged, Membership
+from p2pcompute.net.membership import Fenced, MemberChanged
 from p2pcompute.net.membership_messages import SUSPECT
 from p2pcompute.ownership import task_messages as rm
 

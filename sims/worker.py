@@ -1,10 +1,17 @@
 """A simulated worker process: runs pushed tasks one at a time for a sampled (virtual) service time.
 
 A worker receives `PushTask` from whoever holds its lease, queues it, "runs" it for the task's service time
-(carried in `options["service_ns"]`, drawn when the task was submitted) and sends a `TaskReply` to the
-task's owner. It executes nothing: what the task does to references (borrow its arguments, keep some, return
-some inside its result) is decided by the workload's hooks, `on_task_start` and `on_task_end`, which model
-the runtime's worker. An actor's worker is the same, running its calls in arrival order.
+(carried in `options["service_ns"]`, drawn when the task was submitted) and answers the task's owner as the
+runtime's worker does (`runtime/worker.py`): a `TaskReply` with one typed result per return id
+(`ownership/wire_values.py`: inline, or stored in its peer's store), or with a system error when it could
+not run the task — `ArgumentLostError` when no copy of a stored argument can be read (every peer that held
+one is gone), `ActorDiedError` for a call to an actor this worker does not run. It executes nothing: what a
+task does to references (borrow its arguments, keep some, return some inside its result) is decided by the
+workload's hooks, `on_task_start` and `on_task_end`, which model the user's code.
+
+An actor's worker runs its calls in arrival order. A call that overtakes the actor's constructor (the owner
+publishes the actor's address when it pushes the constructor; a caller's push may arrive first) waits for it,
+as in the runtime.
 
 It dies with its peer (crash), on `StopWorker`, or alone (the `kill` fault); whatever it was running is
 lost, and the owner learns of it through the lease core (`LeaseRevoked`) or membership.
@@ -13,13 +20,24 @@ lost, and the owner learns of it through the lease core (`LeaseRevoked`) or memb
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
+from p2pcompute import serialization
+from p2pcompute.errors import ActorDiedError, ArgumentLostError
 from p2pcompute.ownership import task_messages as rm
+from p2pcompute.ownership.wire_values import StoredSlot, slot_from_wire
+
+
+@dataclass(frozen=True, slots=True)
+class SystemFailure:
+    """What `on_task_end` returns when the worker could not run the task: the reply's system error."""
+
+    error: bytes
 
 
 class SimWorker:
     __slots__ = ("peer", "worker_id", "addr", "ep", "alive", "queue", "running", "refs", "kept", "state",
-                 "told_dead")
+                 "told_dead", "early")
 
     def __init__(self, peer, worker_id: str) -> None:
         self.peer = peer
@@ -31,10 +49,11 @@ class SimWorker:
         self.alive = True
         self.queue: deque = deque()
         self.running = None
-        self.refs = None  # a ReferenceTable, created by the dag workload when it first needs one
+        self.refs = None  # a ReferenceTable, created by the workload when it first needs one
         self.kept: dict = {}  # workload state: refs this process holds past a task (object id -> count)
-        self.state: dict = {}  # workload state: an actor's state
+        self.state: dict = {}  # workload state; "actor": the actor this worker runs, once constructed
         self.told_dead: set[str] = set()  # process ids and "<peer id>-" prefixes it was told died
+        self.early: list = []  # actor calls that arrived before the actor's constructor ran
 
     def die(self) -> None:
         self.alive = False
@@ -66,19 +85,60 @@ class SimWorker:
                                                      f"{holder or 'nobody'})")
 
     def _start_next(self) -> None:
-        msg = self.queue.popleft()
-        self.running = msg
-        self.peer.cluster.workload.on_task_start(self, msg)
-        self.peer.later(msg.options.get("service_ns", 0), self._finish, msg)
+        while self.queue:
+            msg = self.queue.popleft()
+            actor = self.state.get("actor")
+            if msg.kind == "actor_call" and actor is None and self.state.get("actor_id") in (None, msg.actor_id):
+                self.early.append(msg)  # waits for the constructor
+                continue
+            if msg.kind == "actor_create":
+                self.state["actor_id"] = msg.actor_id
+            self.running = msg
+            self.peer.cluster.workload.on_task_start(self, msg)
+            self.peer.later(msg.options.get("service_ns", 0), self._finish, msg)
+            return
 
     def _finish(self, msg: rm.PushTask) -> None:
         if not self.alive or self.running is not msg:
             return
         peer = self.peer
-        returns = peer.cluster.workload.on_task_end(self, msg)
+        if msg.kind == "actor_call" and self.state.get("actor") != msg.actor_id:
+            error = serialization.system_error_bytes(ActorDiedError(f"actor {msg.actor_id} is not running here"))
+            returns = SystemFailure(error)
+            peer.cluster.workload.on_task_end(self, msg)  # the user's code never ran; its refs are released
+        else:
+            returns = peer.cluster.workload.on_task_end(self, msg)
+        if msg.kind == "actor_create":
+            self.state["actor"] = msg.actor_id
+            if self.early:
+                self.queue.extendleft(reversed(self.early))
+                self.early = []
         if self.alive:
-            peer.net.send(self.ep, msg.owner_addr, rm.TaskReply(msg.task_id, returns, msg.options.get("service_ns", 0),
-                                                                 self.worker_id, peer.peer_id, None))
+            if type(returns) is SystemFailure:
+                reply = rm.TaskReply(msg.task_id, [], 0, self.worker_id, peer.peer_id, returns.error)
+            else:
+                reply = rm.TaskReply(msg.task_id, returns, msg.options.get("service_ns", 0), self.worker_id,
+                                     peer.peer_id, None)
+            peer.net.send(self.ep, msg.owner_addr, reply)
         self.running = None
         if self.queue and self.alive:
             self._start_next()
+
+
+def unreadable_argument(worker: SimWorker, msg: rm.PushTask) -> str | None:
+    """The id of a stored argument of `msg` of which no copy can be read (every peer holding one is down or
+    restarted since), else None. The simulated stores hold what they were told to; only their peers' deaths
+    lose copies."""
+    up = worker.peer.cluster.up
+    for entry in msg.slots or ():
+        slot = slot_from_wire(entry)
+        if type(slot) is not StoredSlot:
+            continue
+        if not any((p := up.get(peer_id)) is not None and p.addr == peer_addr for peer_id, peer_addr, _ in slot.locations):
+            return slot.object_id
+    return None
+
+
+def argument_lost(object_id: str) -> SystemFailure:
+    return SystemFailure(serialization.system_error_bytes(ArgumentLostError(
+        f"no copy of argument {object_id} could be read", object_id=object_id)))

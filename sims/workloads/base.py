@@ -62,38 +62,34 @@ class Workload:
     def on_peer_saw_death(self, peer, dead_id: str, is_peer: bool) -> None:
         """`peer` learned that a peer (`is_peer`) or a process died; its workers' tables should hear of it."""
 
-    # ---- tasks --------------------------------------------------------------------------------------
+    # ---- tasks (drivers run the owner core: these hooks see what it does) -------------------------------
 
-    def before_push(self, driver, task, worker_addr: str) -> None:
-        pass
+    def on_push(self, driver, msg, to: str) -> None:
+        """The driver's core sent the push `msg` to the worker at `to`."""
+
+    def on_reply(self, driver, msg) -> None:
+        """A `TaskReply` reached the driver; its core handles it right after this."""
+
+    def on_task_ending(self, driver, task_id: str) -> None:
+        """The driver's core is ending a task (a rebuild too), before it releases the task's arguments."""
+
+    def on_task_finished(self, driver, task_id: str, error: str | None) -> None:
+        """The driver's core finished a task (`error`: the name of the error it failed with, or None)."""
+
+    def on_free(self, driver, object_id: str) -> None:
+        """The driver's core is freeing `object_id` (no reference to it is left in that process)."""
+
+    def on_driver_message(self, driver, src: str, msg) -> None:
+        """A message for a driver that its owner core does not handle (a table client's)."""
+
+    # ---- workers --------------------------------------------------------------------------------------
 
     def on_task_start(self, worker, msg) -> None:
         pass
 
-    def on_task_end(self, worker, msg) -> list:
-        """The task's `returns` for its TaskReply."""
+    def on_task_end(self, worker, msg):
+        """The task's `returns` for its TaskReply, or a `SystemFailure` (the worker could not run it)."""
         return []
-
-    def on_task_done(self, driver, task, msg) -> None:
-        pass
-
-    def on_task_failed(self, driver, task, error: str) -> None:
-        pass
-
-    def on_retry(self, driver, task) -> None:
-        pass
-
-    def on_stale_reply(self, driver, msg) -> None:
-        pass
-
-    def on_free(self, driver, object_id: str) -> None:
-        pass
-
-    def on_actor_placed(self, driver, task_id: str, lease) -> None:
-        pass
-
-    def on_driver_message(self, driver, src: str, msg) -> None:
-        pass
 
     def on_worker_message(self, worker, src: str, msg) -> None:
         pass

@@ -1,53 +1,61 @@
-"""The `dag` workload: jobs whose tasks pass objects, with every reference counted by the real core.
+"""The `dag` workload: jobs whose tasks pass objects, run by the product's owner core.
 
-A job, run by a driver that owns everything it creates:
-1. puts two input objects, `a` and `b`;
-2. submits 2-5 *map* tasks, each borrowing `a`, `b` or both (refs nested in its arguments; the driver pins
-   them while the task runs and registers the worker as a borrower when it pushes); each map task returns an
-   object whose value, half the time, contains one of the refs it borrowed (the worker forwards it back to
-   the owner) — and a fifth of the time the worker also keeps a borrowed ref for a while after the task
-   (a cache), dropping it later;
-3. when every map output is there, submits a *reduce* task whose arguments are the map outputs (resolved by
-   the owner, so their contained refs travel to the reduce worker as borrowed refs);
-4. reads the reduce's result, then drops its own refs one by one over the next two seconds.
+A job, run by a driver (`OwnerDriver`, the real `OwnerCore`) that owns everything it creates:
+1. `put`s two input objects, `a` and `b`;
+2. submits 2-5 *map* tasks, each with `a`, `b` or both nested in its arguments (the core pins them while the
+   task runs and registers the worker as a borrower when it pushes); a map task's value, half the time,
+   contains one of the refs it borrowed (the worker forwards it back to the owner), and a third of the map
+   outputs are large: stored in the worker's peer's store, so the owner keeps their lineage and, should that
+   peer die, rebuilds them by running the map again. A fifth of the time the worker also keeps a borrowed ref
+   for a while after the task (a cache), dropping it later;
+3. when every map has finished, reads the map outputs (the refs inside them become the user's) and submits a
+   *reduce* whose arguments are the map outputs themselves (the core resolves them: inline values, or the
+   stored copies' locations — a reduce that finds no copy readable gets them rebuilt) and the refs read out
+   of them;
+4. reads the reduce's result, then drops its refs one by one over the next two seconds.
 
 The user drops `a` and `b` right after the maps are submitted half the time (the tasks' pins keep them),
-so frees race with borrowers. A map task that fails for good fails its job (`WorkerCrashedError`, and the
-reduce with it); a driver that dies takes its jobs with it (`OwnerDiedError`).
+so frees race with borrowers. A map task that fails for good fails its job; a driver that dies takes its jobs
+with it (`OwnerDiedError`). Retries, rebuilds and frees are all the core's; a map's value is a function of
+its task id, as lineage reconstruction assumes.
 
-Checks (see refs.py for the ground truth): `refs_safe` on every Free; `refs_not_lost` when the owner needs
-a value — the reduce's inputs, and the result it reads — and finds it freed. Objects of live owners never
-freed by the end are reported (`objects_not_freed`): a leak, not a safety violation.
+Checks (see refs.py for the ground truth): `refs_safe` on every free; `refs_not_lost` when the owner needs a
+value it holds — the map outputs it reads, the reduce's result — and its core no longer has it. Objects of
+live owners never freed by the end are reported (`objects_not_freed`): a leak, not a safety violation.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
-from p2pcompute.ownership.wire_values import InlineResult, contained_of, result_from_wire, result_to_wire
-from sims.driver import Driver, SimTask
+from p2pcompute.ownership.task_record import TaskRecord
+from p2pcompute.ownership.wire_values import InlineResult, StoredResult, result_to_wire
+from sims.owner_driver import MAX_RETRIES, OwnerDriver
+from sims.worker import argument_lost, unreadable_argument
 from sims.workloads.base import Workload
-from sims.workloads.refs import REF_MESSAGES, RefOps, RefTruth
+from sims.workloads.core_refs import CoreRefOps
+from sims.workloads.refs import REF_MESSAGES, RefTruth
 
 S = 1_000_000_000
 UNIT = 10_000
 SHAPE = {"CPU": UNIT}
-SHAPE_KEY = (("CPU", UNIT),)
+STORED_BYTES = 1 << 20
 
 
 @dataclass
 class Job:
     job_id: str
-    driver: Driver
+    driver: OwnerDriver
     start_ns: int
     inputs: list
-    maps: list = field(default_factory=list)
-    outputs: dict = field(default_factory=dict)  # map output id -> contained refs
+    maps: dict = field(default_factory=dict)  # map task id -> its output id
+    outputs: list = field(default_factory=list)  # map outputs, in submission order
     maps_left: int = 0
+    reduce_id: str = ""
     held: list = field(default_factory=list)  # object ids the user holds a local ref to
     error: str | None = None
     done: bool = False
-    finish_ns: int | None = None
 
 
 class DagWorkload(Workload):
@@ -55,12 +63,13 @@ class DagWorkload(Workload):
     uses_refs = True
 
     def __init__(self, cluster, share: float = 1.0, driver_index: int = 2, truth: RefTruth | None = None,
-                 ops: RefOps | None = None) -> None:
+                 ops: CoreRefOps | None = None) -> None:
         super().__init__(cluster)
         opts = cluster.opts
         self.rng = _derive(cluster.rng_work)
         self.truth = truth or RefTruth(cluster.violations)
-        self.ops = ops or RefOps(cluster, self.truth, table_class(opts))
+        self.ops = ops or CoreRefOps(cluster, self.truth, table_class(opts))
+        self.core_class, self.core_table = core_classes(opts)
         self.driver_index = driver_index
         self.mean_service_ns = opts.service.mean_ns()
         self._service = opts.service.sampler(self.rng)
@@ -71,144 +80,140 @@ class DagWorkload(Workload):
         self.submitter_slots = set(self.rng.sample(range(opts.peers), n_sub))
         self.rate_each = self.rate / n_sub
         self.jobs: dict[str, Job] = {}
+        self.job_of_task: dict[str, Job] = {}
+        self.args_of: dict[str, list] = {}  # task id -> its ref arguments, held (in the truth) until it ends
         self.open_jobs = 0
-        self.drivers: list[Driver] = []
+        self.drivers: list[OwnerDriver] = []
         self.job_latency_ns: list[int] = []
         self.jobs_failed = 0
+        self.rebuilds = 0
 
     # ---- drivers and arrivals ----
 
     def on_peer_up(self, peer, restarted: bool) -> None:
         if peer.slot in self.submitter_slots and peer.lease is not None:
-            d = Driver(peer, self.driver_index)
+            d = OwnerDriver(peer, self.driver_index, self.core_class, self.core_table)
             d.state["wl"] = self
             d.state["drops"] = 0
+            self.ops.table(d)
             self.drivers.append(d)
             self._arm(d)
 
-    def _arm(self, d: Driver) -> None:
+    def _arm(self, d: OwnerDriver) -> None:
         if self.rate_each > 0:
             d.peer.later(int(self.rng.expovariate(self.rate_each) * S), self._arrive, d)
 
-    def _arrive(self, d: Driver) -> None:
+    def _arrive(self, d: OwnerDriver) -> None:
         if not d.alive or (self.stop_ns and self.engine.now >= self.stop_ns):
             return
         self.start_job(d)
         self._arm(d)
 
-    def _new_object(self, d: Driver) -> str:
-        return d.new_id("o")
-
-    def start_job(self, d: Driver) -> Job:
+    def start_job(self, d: OwnerDriver) -> Job:
         rng, ops = self.rng, self.ops
-        job = Job(d.new_id("j"), d, self.engine.now, [])
+        job = Job(d.new_id(), d, self.engine.now, [])
         self.jobs[job.job_id] = job
         self.open_jobs += 1
         for _ in range(2):
-            oid = self._new_object(d)
+            oid = d.new_id()
             ops.create(d, oid)
+            d.put(oid)
             job.inputs.append(oid)
             job.held.append(oid)
         k = rng.randint(2, 5)
         job.maps_left = k
         for _ in range(k):
             args = rng.sample(job.inputs, rng.randint(1, 2))
-            refs = [[oid, d.addr] for oid in args]
-            out = self._new_object(d)
+            task_id = d.new_id()
+            out = f"{task_id}.0"
             ops.add_local(d, out, d.addr)
             job.held.append(out)
-            for oid in args:
-                ops.pin(d, oid, d.addr)
-            task = self._task(d, "map", refs, [out], job)
-            job.maps.append(task)
-            d.submit(task)
+            job.maps[task_id] = out
+            job.outputs.append(out)
+            self._submit(d, job, task_id, "map", [], [(oid, d.addr) for oid in args], out)
         if rng.random() < 0.5:  # the user lets go of the inputs at once: only the tasks' pins keep them
             for oid in job.inputs:
                 job.held.remove(oid)
                 ops.drop_local(d, oid)
         return job
 
-    def _task(self, d: Driver, kind: str, refs: list, returns: list, job: Job) -> SimTask:
-        task_id = d.new_id()
+    def _submit(self, d: OwnerDriver, job: Job, task_id: str, step: str, slot_refs: list, nested: list,
+                out: str) -> None:
         service = self._service()
-        record = self.cluster.ledger.submitted(task_id, d.proc_id, kind, self.engine.now, service)
-        return SimTask(task_id, (SHAPE_KEY, kind), SHAPE, service, record, refs=refs, return_ids=returns,
-                       payload=(kind, job.job_id))
+        record = self.cluster.ledger.submitted(task_id, d.proc_id, step, self.engine.now, service)
+        record.cpu = UNIT
+        rec = TaskRecord(task_id, "task", self.name, f"sim-{step}", None, None, None, slot_refs, nested, [out],
+                         dict(SHAPE), {"max_retries": MAX_RETRIES, "wire": {"service_ns": service, "step": step}},
+                         MAX_RETRIES)
+        self.job_of_task[task_id] = job
+        args = self.args_of[task_id] = [oid for oid, _ in slot_refs] + [oid for oid, _ in nested]
+        self.ops.task_submitted(d, args)
+        d.submit(rec, record)
 
     # ---- the owner's side ----
 
-    def before_push(self, driver, task, worker_addr: str) -> None:
-        if task.refs:
-            self.ops.send(driver, worker_addr, task.refs)
+    def on_push(self, driver, msg, to: str) -> None:
+        if msg.refs:
+            self.ops.pushed(driver, to, msg.refs)
 
-    def on_task_done(self, driver, task, msg) -> None:
-        kind, job_id = task.payload[:2]
-        job = self.jobs.get(job_id)
-        contained = contained_of(result_from_wire(msg.returns[0])) if msg.returns else []
-        out = task.return_ids[0]
-        self.ops.adopt(driver, out, contained)
-        self._release_args(driver, task)
+    def on_reply(self, driver, msg) -> None:
+        rec = driver.core.tasks.get(msg.task_id)
+        live = rec is not None and not rec.done and msg.system_error is None
+        return_ids = rec.return_ids if rec is not None else [f"{msg.task_id}.{i}" for i in range(len(msg.returns))]
+        self.ops.replied(driver, return_ids, msg.returns, live)
+
+    def on_free(self, driver, object_id: str) -> None:
+        self.ops.on_free(driver, object_id)
+
+    def on_task_ending(self, driver, task_id: str) -> None:
+        args = self.args_of.pop(task_id, None)
+        if args is None:
+            self.rebuilds += 1  # a rebuild (lineage) ended: its task had ended once before
+        else:
+            self.ops.task_ended(driver, args)
+
+    def on_task_finished(self, driver, task_id: str, error: str | None) -> None:
+        job = self.job_of_task.pop(task_id, None)
         if job is None or job.done:
             return
-        if kind == "map":
-            job.outputs[out] = contained
+        if error is not None:
+            self._finish(job, error)
+        elif task_id in job.maps:
             job.maps_left -= 1
             if job.maps_left == 0:
                 self._reduce(driver, job)
         else:
-            if out not in driver.refs:
-                self.cluster.violations.add("refs_not_lost", f"job {job_id}: the result {out} of its reduce "
+            out = f"{task_id}.0"
+            if out not in driver.core.objects.values:
+                self.cluster.violations.add("refs_not_lost", f"job {job.job_id}: the result {out} of its reduce "
                                                              f"was freed before its owner could read it")
             self._finish(job, None)
 
-    def _release_args(self, driver, task) -> None:
-        kind = task.payload[0]
-        if kind == "map":
-            for oid, _ in task.refs:
-                self.ops.unpin(driver, oid)
-        else:
-            for oid in task.payload[2]:
-                self.ops.unpin(driver, oid)
-
-    def _reduce(self, d: Driver, job: Job) -> None:
-        table = d.refs
+    def _reduce(self, d: OwnerDriver, job: Job) -> None:
+        values = d.core.objects.values
+        inner: list = []
         for oid in job.outputs:
-            if oid not in table:
+            v = values.get(oid)
+            if v is None or oid not in d.core.refs:
                 self.cluster.violations.add("refs_not_lost", f"job {job.job_id}: map output {oid}, still held by "
                                                              f"its live owner, was freed before the reduce read it")
                 self._finish(job, "ObjectLostError")
                 return
-        deps = list(job.outputs)
-        for oid in deps:
-            self.ops.pin(d, oid, d.addr)
-        # The reduce gets the map outputs by value; the refs inside those values travel with them.
-        refs = [list(r) for oid in deps for r in job.outputs[oid]]
-        for oid, owner_addr in refs:
-            self.ops.pin(d, oid, owner_addr)
-        out = self._new_object(d)
+            inner += [tuple(r) for r in v.contained]
+        # The user reads the map outputs (a rebuilt one has the same value): the refs inside become its own.
+        for oid, owner_addr in inner:
+            self.ops.add_local(d, oid, owner_addr)
+            job.held.append(oid)
+        task_id = d.new_id()
+        out = f"{task_id}.0"
         self.ops.add_local(d, out, d.addr)
         job.held.append(out)
-        task = self._task(d, "reduce", refs, [out], job)
-        task.payload = ("reduce", job.job_id, deps + [oid for oid, _ in refs])
-        d.submit(task)
-
-    def on_task_failed(self, driver, task, error: str) -> None:
-        kind, job_id = task.payload[:2]
-        job = self.jobs.get(job_id)
-        if driver.alive:
-            self._release_args(driver, task)
-        if job is None or job.done:
-            return
-        if kind == "map" and driver.alive:
-            # The reduce can never run: it fails with the same error without running (as in the client).
-            record = self.cluster.ledger.submitted(driver.new_id(), driver.proc_id, "reduce", self.engine.now, 0)
-            self.cluster.ledger.fail(record, error, self.engine.now)
-        self._finish(job, error)
+        job.reduce_id = task_id
+        self._submit(d, job, task_id, "reduce", [(oid, d.addr) for oid in job.outputs], inner, out)
 
     def _finish(self, job: Job, error: str | None) -> None:
         job.done = True
         job.error = error
-        job.finish_ns = self.engine.now
         self.open_jobs -= 1
         if error is None:
             self.job_latency_ns.append(self.engine.now - job.start_ns)
@@ -228,35 +233,38 @@ class DagWorkload(Workload):
             d.state["drops"] -= 1
             self.ops.drop_local(d, oid)
 
-    def on_stale_reply(self, driver, msg) -> None:
-        contained = contained_of(result_from_wire(msg.returns[0])) if msg.returns else []
-        if contained:
-            self.ops.discard(driver, contained)
-
-    def on_driver_message(self, driver, src: str, msg) -> None:
-        if type(msg) in REF_MESSAGES:
-            self.ops.on_message(driver, src, msg)
-
     # ---- the worker's side ----
 
     def on_task_start(self, worker, msg) -> None:
         if msg.refs:
             self.ops.receive(worker, msg.refs)
 
-    def on_task_end(self, worker, msg) -> list:
+    def on_task_end(self, worker, msg):
         refs = msg.refs
+        lost = unreadable_argument(worker, msg)
+        if lost is not None:
+            if refs:
+                self.ops.consume(worker, refs)
+            return argument_lost(lost)
+        # The value is a function of the task (a retry or a rebuild computes the same one); what the worker
+        # keeps afterwards is not.
+        value = _value_rng(msg.task_id)
         contained: list = []
-        if msg.kind == "map" and refs:
-            rng = self.rng
-            if rng.random() < 0.5:
-                contained = [list(rng.choice(refs))]
+        if msg.options.get("step") == "map" and refs:
+            if value.random() < 0.5:
+                contained = [list(value.choice(refs))]
                 self.ops.send(worker, msg.owner_addr, contained)
+            rng = self.rng
             if rng.random() < 0.2:
                 oid, owner_addr = rng.choice(refs)
                 self.ops.add_local(worker, oid, owner_addr)
                 worker.peer.later(int(rng.expovariate(1.0) * S), self._worker_drop, (worker, oid))
         if refs:
             self.ops.consume(worker, refs)
+        if msg.options.get("step") == "map" and value.random() < 1 / 3:
+            peer = worker.peer
+            return [result_to_wire(StoredResult(STORED_BYTES, contained, f"/sim/{peer.peer_id}", peer.peer_id,
+                                                peer.addr))]
         return [result_to_wire(InlineResult(b"", contained))]
 
     def _worker_drop(self, arg) -> None:
@@ -272,7 +280,7 @@ class DagWorkload(Workload):
 
     def on_process_gone(self, proc) -> None:
         self.ops.died(proc)
-        if isinstance(proc, Driver):
+        if isinstance(proc, OwnerDriver):
             for job in self.jobs.values():
                 if job.driver is proc and not job.done:
                     job.done = True
@@ -288,25 +296,18 @@ class DagWorkload(Workload):
     # ---- the end ----
 
     def idle(self) -> bool:
-        return self.open_jobs == 0 and not any(d.alive and d.state["drops"] for d in self.drivers)
-
-    def final_checks(self) -> None:
-        pass
+        return self.open_jobs == 0 and not any(d.alive and (d.state["drops"] or d.core.tasks) for d in self.drivers)
 
     def metrics(self) -> dict:
         lat = sorted(self.job_latency_ns)
-        out = {"dag_jobs": len(self.jobs), "dag_jobs_failed": self.jobs_failed,
+        out = {"dag_jobs": len(self.jobs), "dag_jobs_failed": self.jobs_failed, "dag_rebuilds": self.rebuilds,
                "objects_created": self.truth.created, "objects_freed": len(self.truth.freed)}
         if lat:
             out["dag_job_latency_p50_s"] = round(lat[(len(lat) - 1) // 2] / S, 3)
         live_owner = self.cluster.live_process
         out["objects_not_freed"] = sum(1 for job in self.jobs.values() if live_owner(job.driver.proc_id)
-                                       for oid in self._objects_of(job) if oid not in self.truth.freed)
+                                       for oid in job.inputs + job.outputs if oid not in self.truth.freed)
         return out
-
-    @staticmethod
-    def _objects_of(job: Job) -> list:
-        return list(job.inputs) + [t.return_ids[0] for t in job.maps]
 
 
 def table_class(opts):
@@ -315,6 +316,26 @@ def table_class(opts):
         return OwnerIgnoresAddBorrower
     from p2pcompute.ownership.refcount import ReferenceTable
     return ReferenceTable
+
+
+def core_classes(opts) -> tuple[type, type | None]:
+    """The owner core drivers run (a planted-bug subclass from `sims/broken_owner.py` with `--break lineage` or
+    `--break actor-calls`), and
+    the reference table class they use instead of the core's own (`--break refcount`)."""
+    from p2pcompute.ownership.owner import OwnerCore
+    core = OwnerCore
+    if "lineage" in opts.breaks:
+        from sims.broken_owner import OwnerRebuildingWithoutArguments
+        core = OwnerRebuildingWithoutArguments
+    elif "actor-calls" in opts.breaks:
+        from sims.broken_owner import OwnerDroppingLostActorCalls
+        core = OwnerDroppingLostActorCalls
+    return core, (table_class(opts) if "refcount" in opts.breaks else None)
+
+
+def _value_rng(task_id: str):
+    import random
+    return random.Random(zlib.crc32(task_id.encode()))
 
 
 def _derive(master):

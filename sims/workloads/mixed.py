@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from sims.workloads.actors import ActorsWorkload
 from sims.workloads.base import Workload
+from sims.workloads.core_refs import CoreRefOps
 from sims.workloads.dag import DagWorkload, table_class
 from sims.workloads.names import NamesWorkload
-from sims.workloads.refs import REF_MESSAGES, RefOps, RefTruth
+from sims.workloads.refs import REF_MESSAGES, RefTruth
 from sims.workloads.tasks import TasksWorkload
 
 
@@ -24,7 +25,7 @@ class MixedWorkload(Workload):
     def __init__(self, cluster) -> None:
         super().__init__(cluster)
         truth = RefTruth(cluster.violations)
-        ops = RefOps(cluster, truth, table_class(cluster.opts))
+        ops = CoreRefOps(cluster, truth, table_class(cluster.opts))
         self.truth, self.ops = truth, ops
         self.tasks = TasksWorkload(cluster, share=0.5)
         self.dag = DagWorkload(cluster, share=0.25, truth=truth, ops=ops)
@@ -94,32 +95,26 @@ class MixedWorkload(Workload):
     def on_peer_saw_death(self, peer, dead_id: str, is_peer: bool) -> None:
         self.dag.on_peer_saw_death(peer, dead_id, is_peer)
 
-    def before_push(self, driver, task, worker_addr: str) -> None:
-        self._of(driver).before_push(driver, task, worker_addr)
+    def on_push(self, driver, msg, to: str) -> None:
+        self._of(driver).on_push(driver, msg, to)
 
-    def on_task_start(self, worker, msg) -> None:
-        self._for_msg(msg).on_task_start(worker, msg)
+    def on_reply(self, driver, msg) -> None:
+        self._of(driver).on_reply(driver, msg)
 
-    def on_task_end(self, worker, msg) -> list:
-        return self._for_msg(msg).on_task_end(worker, msg)
+    def on_task_ending(self, driver, task_id: str) -> None:
+        self._of(driver).on_task_ending(driver, task_id)
 
-    def on_task_done(self, driver, task, msg) -> None:
-        self._of(driver).on_task_done(driver, task, msg)
-
-    def on_task_failed(self, driver, task, error: str) -> None:
-        self._of(driver).on_task_failed(driver, task, error)
-
-    def on_retry(self, driver, task) -> None:
-        self._of(driver).on_retry(driver, task)
-
-    def on_stale_reply(self, driver, msg) -> None:
-        self._of(driver).on_stale_reply(driver, msg)
+    def on_task_finished(self, driver, task_id: str, error: str | None) -> None:
+        self._of(driver).on_task_finished(driver, task_id, error)
 
     def on_free(self, driver, object_id: str) -> None:
         self._of(driver).on_free(driver, object_id)
 
-    def on_actor_placed(self, driver, task_id: str, lease) -> None:
-        self._of(driver).on_actor_placed(driver, task_id, lease)
+    def on_task_start(self, worker, msg) -> None:
+        self._for_msg(msg).on_task_start(worker, msg)
+
+    def on_task_end(self, worker, msg):
+        return self._for_msg(msg).on_task_end(worker, msg)
 
     def on_driver_message(self, driver, src: str, msg) -> None:
         self._of(driver).on_driver_message(driver, src, msg)

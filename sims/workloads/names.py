@@ -32,7 +32,7 @@ from p2pcompute.table.effects import Persist, ReplicaSetChanged, Reply
 from p2pcompute.table.messages import TIMEOUT
 from p2pcompute.table.raft import TableReplica
 from p2pcompute.table.storage import PersistentState
-from sims.driver import Driver
+from sims.owner_driver import OwnerDriver
 from sims.linearizability import Operation, check
 from sims.workloads.base import Workload
 
@@ -66,7 +66,7 @@ class NamesWorkload(Workload):
         self.bootstrap = {f"p{slot:05d}g000": f"sim://p{slot:05d}g000" for slot in range(min(3, opts.peers))}
         self.disks: dict[str, PersistentState] = {}
         self.published: tuple[dict, str | None, str | None] = (dict(self.bootstrap), None, None)
-        self.drivers: list[Driver] = []
+        self.drivers: list[OwnerDriver] = []
         self.history: list[Operation] = []
         self._counter = 0
         self.winners: dict[str, object] = {}  # name -> holder value, from the first successful reply
@@ -93,7 +93,7 @@ class NamesWorkload(Workload):
         peer.table = _Replica(core)
         self._replica_effects(peer, core.on_tick(now))
         if peer.slot in self.submitter_slots:
-            d = Driver(peer, self.driver_index)
+            d = OwnerDriver(peer, self.driver_index)
             d.state["wl"] = self
             replicas, leader_id, leader_addr = self.published
             d.state["client"] = TableClient(f"{d.proc_id}~{peer.key}", d.addr, rng=random.Random(
@@ -158,7 +158,7 @@ class NamesWorkload(Workload):
                 self._client_effects(d, d.state["client"].update_replicas(d.peer.local(), replicas, leader))
         self.engine.at(self.engine.now + S, self._refresh_clients)
 
-    def _issue(self, d: Driver) -> None:
+    def _issue(self, d: OwnerDriver) -> None:
         if not d.alive or d.state["current"] is not None or (self.stop_ns and self.engine.now >= self.stop_ns):
             return
         self._counter += 1
@@ -172,7 +172,7 @@ class NamesWorkload(Workload):
         rec["request_id"] = request_id
         self._client_effects(d, effects)
 
-    def _client_effects(self, d: Driver, effects: list) -> None:
+    def _client_effects(self, d: OwnerDriver, effects: list) -> None:
         for e in effects:
             t = type(e)
             if t is Send:
@@ -196,7 +196,7 @@ class NamesWorkload(Workload):
         if 300 <= msg.TYPE < 400 and "client" in driver.state:
             self._client_effects(driver, driver.state["client"].on_message(driver.peer.local(), src, msg))
 
-    def _on_reply(self, d: Driver, reply: Reply) -> None:
+    def _on_reply(self, d: OwnerDriver, reply: Reply) -> None:
         rec = d.state["current"]
         if rec is None or reply.request_id != rec["request_id"]:
             return
@@ -233,7 +233,7 @@ class NamesWorkload(Workload):
                 self.cluster.violations.add("names_once", f"{name!r} was claimed more than once: {sorted(won)}")
 
     def on_process_gone(self, proc) -> None:
-        if isinstance(proc, Driver) and proc.state.get("current") is not None:
+        if isinstance(proc, OwnerDriver) and proc.state.get("current") is not None:
             rec = proc.state["current"]
             proc.state["current"] = None
             _, name, value = rec["op"]

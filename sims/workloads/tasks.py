@@ -14,8 +14,7 @@ with `OwnerDiedError`.
 
 from __future__ import annotations
 
-from sims.driver import SimTask
-from sims.owner_driver import OwnerDriver
+from sims.owner_driver import OwnerDriver, SimTask
 from sims.workloads.base import Workload
 
 S = 1_000_000_000
@@ -82,7 +81,7 @@ class TasksWorkload(Workload):
         record = self.cluster.ledger.submitted(task_id, d.proc_id, "task", self.engine.now, service)
         record.cpu = shape["CPU"]
         task = SimTask(task_id, (shape_key, fn), shape, service, record)
-        d.submit(task)
+        d.submit_task(task)
         return task
 
     def idle(self) -> bool:

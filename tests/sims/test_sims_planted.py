@@ -4,8 +4,11 @@
 `--break refutation` builds `sims.broken.MembershipRefutingItsDeath` (a peer declared dead refutes instead of
 being fenced — pauses longer than the suspicion timeout make that happen — and is never agreed on again); `--break refcount` swaps in
 `sims.broken.OwnerIgnoresAddBorrower` (an owner that forgets borrowers registered by a forwarder — the
-actors workload forwards refs to third parties). Each run without the switch is clean, so it is the switch
-that the simulator catches.
+actors workload forwards refs to third parties). Two bugs are planted in the product's owner core itself
+(`sims/broken_owner.py`), which the dag and actors drivers run: `--break lineage` keeps lineage but not the
+arguments a rebuild needs (a peer crash makes the owner rebuild a lost stored result and push refs to freed
+objects), `--break actor-calls` forgets the calls in flight when an actor's worker dies (worker kills; the
+calls never end). Each run without the switch is clean, so it is the switch that the simulator catches.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ CASES = [
     ("refutation", "membership_agreement",
      ["--peers", "8", "--seconds", "20", "--workload", "membership", "--faults", "pause=0.02,pause_for=const:8s"]),
     ("refcount", "refs_safe", ["--peers", "12", "--seconds", "10", "--workload", "actors"]),
+    ("lineage", "refs_safe",
+     ["--peers", "12", "--seconds", "8", "--seed", "2", "--workload", "dag", "--faults", "crash=0.05,restart=0.5"]),
+    ("actor-calls", "tasks_finish",
+     ["--peers", "12", "--seconds", "8", "--seed", "2", "--workload", "actors", "--faults", "kill=0.05"]),
 ]
 
 
