@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from sims.options import FaultSpec, SimOptions
 from sims.run import run
 from sims_testing import event_hash
@@ -27,6 +29,15 @@ def test_same_seed_same_hash_and_report():
     assert first.hash == second.hash
     assert _comparable(first.report) == _comparable(second.report)
     assert first.report["events"] > 10_000  # a real run, not an empty one
+
+
+@pytest.mark.parametrize("workload", ["dag", "actors"])
+def test_the_owner_core_workloads_replay(workload):
+    """dag and actors drive the product's owner core (retries, rebuilds, restarts): still one run per seed."""
+    opts = lambda: SimOptions(peers=10, seconds=4, seed=5, workload=workload, faults=FaultSpec.parse(FAULTS))  # noqa: E731
+    first, second = run(opts()), run(opts())
+    assert first.hash == second.hash
+    assert _comparable(first.report) == _comparable(second.report)
 
 
 def test_another_seed_another_run():
