@@ -43,6 +43,7 @@ class MembershipConfig:
     dead_retention_ms: int = 120_000  # longer than any rumour lives, so none can revive a dead member
     reconnect_interval_ms: int = 1_000  # how often we tell one remembered dead member that it is dead
     sync_interval_ms: int = 5_000  # push-pull anti-entropy; x ceil(N / 32) above 32 members: 160 s at 1,000
+    digest_sync_ms: int = 5_000  # least time between syncs asked for by a differing live-set digest; x ceil(N / 128)
     join_retry_ms: int = 1_000  # first retry of an unanswered Join; doubles up to join_retry_max_ms
     join_retry_max_ms: int = 16_000
     leave_fanout: int = 8  # members told directly of a graceful leave

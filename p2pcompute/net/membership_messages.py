@@ -38,6 +38,7 @@ class Ping:
     target_id: str
     updates: tuple  # member records to piggyback
     views: tuple  # view records to piggyback
+    digest: int = 0  # the sender's live-set digest (see membership.py, "Repair"); 0: none
 
 
 @message(2)
@@ -48,6 +49,7 @@ class Ack:
     src_id: str
     updates: tuple
     views: tuple
+    digest: int = 0  # the sender's live-set digest; 0: none
 
 
 @message(3)

@@ -16,7 +16,7 @@ from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.net.membership import (
-    Fenced, MemberChanged, Membership, MembershipConfig, detection_bound_ms, likely_detection_bound_ms,
+    Fenced, MemberChanged, Membership, MembershipConfig, detection_bound_ms, id_hash, likely_detection_bound_ms,
     suspicion_timeout_ms,
 )
 from p2pcompute.net.membership_messages import (
@@ -125,8 +125,8 @@ def _one_of_each() -> list:
     rec = ("p1", "tcp://h:1", SUSPECT, 3, {"host": "h", "ports": [1, 2]})
     view = ("p1", 3, 7, {"CPU": 40000, "queue": 2, "store_bytes": 1 << 33})
     return [
-        Ping(1, "p0", "p1", (rec,), (view,)),
-        Ack(2, "p1", (), (view,)),
+        Ping(1, "p0", "p1", (rec,), (view,), id_hash("p0")),
+        Ack(2, "p1", (), (view,), (1 << 63) - 1),
         PingReq(3, "p0", "p2", "tcp://p2:1", (rec,), ()),
         Join("p9", "tcp://p9:1", 4, {"host": "h9"}, {"CPU": 1}, 2),
         Snapshot("p0", (rec, ("p0", "tcp://p0:1", ALIVE, 0, {})), (view,), True),
@@ -463,6 +463,92 @@ def test_a_peer_told_it_was_declared_dead_is_fenced_and_goes_silent(incarnation)
     assert core.on_tick(10**12) == [] and core.next_deadline_ns() > 10**15
     assert core.on_message(3, "tcp://x:1", Ping(2, "x", "me", (), ())) == []
     assert core.start(4, ["tcp://x:1"]) == [] and core.leave(5) == []
+
+
+def _knowing(peer_id: str, others: dict) -> Membership:
+    """A started core that heard `others` (peer id -> state) by gossip; incarnations 0."""
+    core = Membership(peer_id, f"tcp://{peer_id}:1", config=CFG, rng=Random(peer_id), now_ns=0)
+    core.start(0, [])
+    for pid in others:
+        core.on_message(1, f"tcp://{pid}:1", Gossip(pid, ((pid, f"tcp://{pid}:1", ALIVE, 0, {}),), ()))
+    for pid, state in others.items():
+        if state != ALIVE:
+            core.on_message(2, "tcp://z:1", Gossip("z", ((pid, f"tcp://{pid}:1", state, 0, {}),), ()))
+    return core
+
+
+def _deliver(src: Membership, effects: list, dst: Membership, now: int) -> list:
+    """Hand `dst` what `src`'s effects send to it (through the codec); returns dst's effects."""
+    out = []
+    for e in effects:
+        if isinstance(e, Send) and e.to == dst.self_addr:
+            out += dst.on_message(now, src.self_addr, codec.decode(codec.encode(e.msg)))
+    return out
+
+
+def test_a_peer_that_missed_a_death_is_mended_by_the_next_probe_digest():
+    """After heavy churn a peer may miss one death rumour; its own round-robin would find the dead member only
+    within a cycle (N probe periods, minutes at 1,000 peers), the periodic sync within 160 s. The digest of
+    live sets on every probe and ack finds the difference at the next probe and syncs with that peer."""
+    stale = _knowing("a", {"b": ALIVE, "x": ALIVE, "y": ALIVE})       # missed x's death
+    told = _knowing("b", {"a": ALIVE, "x": DEAD, "y": ALIVE})
+    assert stale.members()["x"].state == "alive"
+    ping = Ping(7, "b", "a", (), (), told._digest)
+    effects = stale.on_message(10 * MS, told.self_addr, ping)
+    snaps = [e.msg for e in effects if isinstance(e, Send) and isinstance(e.msg, Snapshot)]
+    assert snaps and snaps[0].want_reply and stale.counters["digest_syncs"] == 1
+    assert [e.msg.digest for e in effects if isinstance(e.msg, Ack)] == [stale._digest]
+    replies = _deliver(stale, effects, told, 11 * MS)                  # b answers with its own full state
+    _deliver(told, replies, stale, 12 * MS)
+    assert stale.members()["x"].state == "dead" and stale._digest == told._digest
+    # Agreeing digests cost nothing: no sync.
+    again = stale.on_message(13 * MS, told.self_addr, Ack(8, "b", (), (), told._digest))
+    assert not any(isinstance(e.msg, Snapshot) for e in again if isinstance(e, Send))
+
+
+def test_a_differing_digest_syncs_at_most_once_per_interval():
+    a = _knowing("a", {"b": ALIVE, "x": ALIVE})
+    first = a.on_message(1 * MS, "tcp://b:1", Ack(1, "b", (), (), id_hash("b") ^ id_hash("a")))
+    assert any(isinstance(e.msg, Snapshot) for e in first if isinstance(e, Send))
+    soon = a.on_message(2 * MS, "tcp://b:1", Ack(2, "b", (), (), id_hash("b") ^ id_hash("a")))
+    assert not any(isinstance(e.msg, Snapshot) for e in soon if isinstance(e, Send))
+    later = a.on_message(2 * MS + CFG.digest_sync_ms * MS, "tcp://b:1", Ack(3, "b", (), (), 12345))
+    assert any(isinstance(e.msg, Snapshot) for e in later if isinstance(e, Send))
+    assert a.counters["digest_syncs"] == 2
+    # No digest (0) never asks for a sync.
+    assert not any(isinstance(e.msg, Snapshot) for e in a.on_message(10**12, "tcp://b:1", Ack(4, "b", (), ()))
+                   if isinstance(e, Send))
+
+
+def test_a_death_declared_before_a_late_refutation_still_wins():
+    """x refuted a suspicion (incarnation 1) after others had declared it dead at 0; they acted on it, so x
+    fences itself when told. A peer that heard the refutation first must still take the death, or it holds a
+    silent, fenced member alive until its own probes find it."""
+    a = _knowing("a", {"x": ALIVE})
+    a.on_message(1, "tcp://x:1", Gossip("x", (("x", "tcp://x:1", ALIVE, 1, {}),), ()))
+    effects = a.on_message(2, "tcp://z:1", Gossip("z", (("x", "tcp://x:1", DEAD, 0, {}),), ()))
+    m = a.members()["x"]
+    assert (m.state, m.incarnation) == ("dead", 1)
+    assert [(e.state, e.previous_state) for e in effects if isinstance(e, MemberChanged)] == [("dead", "alive")]
+    # Not a death of an earlier process with this id (other meta) coming back: that one restarted, and lives.
+    b = _knowing("b", {})
+    b.on_message(1, "tcp://x:1", Gossip("x", (("x", "tcp://x:1", ALIVE, 3, {"boot": 2}),), ()))
+    b.on_message(2, "tcp://z:1", Gossip("z", (("x", "tcp://x:1", DEAD, 2, {"boot": 1}),), ()))
+    assert b.members()["x"].state == "alive"
+    # Nor a stale suspicion.
+    a2 = _knowing("c", {"x": ALIVE})
+    a2.on_message(1, "tcp://x:1", Gossip("x", (("x", "tcp://x:1", ALIVE, 1, {}),), ()))
+    a2.on_message(2, "tcp://z:1", Gossip("z", (("x", "tcp://x:1", SUSPECT, 0, {}),), ()))
+    assert a2.members()["x"].state == "alive"
+
+
+def test_the_digest_follows_the_live_set():
+    a = _knowing("a", {"b": ALIVE, "x": ALIVE})
+    assert a._digest == id_hash("a") ^ id_hash("b") ^ id_hash("x")
+    a.on_message(5, "tcp://z:1", Gossip("z", (("x", "tcp://x:1", SUSPECT, 0, {}),), ()))
+    assert a._digest == id_hash("a") ^ id_hash("b") ^ id_hash("x")   # a suspect is still live
+    a.on_message(6, "tcp://z:1", Gossip("z", (("x", "tcp://x:1", DEAD, 0, {}),), ()))
+    assert a._digest == id_hash("a") ^ id_hash("b")
 
 
 def test_a_member_is_never_learned_from_a_suspicion():
