@@ -8,8 +8,13 @@ at most one lease at a time.
 
 A request that is not already spilled may be sent elsewhere: if the shape fits nowhere here, or this peer is
 loaded past `spread_threshold` and another peer with room is less loaded (power of two choices over the
-gossiped views), the reply is a `LeaseSpillback`. A spilled request is granted or queued where it lands —
-never spilled again — so two stale views cannot bounce a request forever.
+gossiped views), the reply is a `LeaseSpillback`. It names every sampled peer, least loaded first, and the
+submitter asks them all at once, taking the first grant and cancelling the rest (late binding, as Sparrow
+does): in a busy cluster views are gossip seconds old, older than a task, so they can say where to look but
+not which peer frees a worker first — the peers' queues decide that. A full peer whose sampled views all look
+full spills to peers that fit at all rather than queue the request behind its own leases. A spilled request
+is granted or queued where it lands — never spilled again — so two stale views cannot bounce a request
+forever.
 
 Granting needs an idle worker of the request's job (or a fresh one); if none exists the resources are
 reserved and a worker is started (`StartWorker`), and the grant goes out when it registers. Queued requests
@@ -255,14 +260,16 @@ class LeaseCore:
                                                                         f"{req.holder_id} or its peer die", False))]
         if any(not isinstance(k, str) or not isinstance(v, int) or v < 0 for k, v in req.shape.items()):
             return [Send(req.holder_addr, LeaseRejected(req.request_id, "malformed resource shape", False))]
-        target = self._spill_target(req)
-        if target is not None:
-            return [self._spill(req, target)]
-        if req.spilled > 0 and not resources.fits(req.shape, self.total):
-            # Sent here on a stale view: we never fit it. Back to the submitter's own peer, which knows more
-            # (or will wait for a peer that fits) — a retry there, never a loop.
+        targets = self._spill_targets(req)
+        if targets:
+            return [self._spill(req, targets)]
+        if req.spilled > 0 and not self._fits_beside_actors(req.shape):
+            # Sent here on a stale view, or by a peer that could only tell that we fit it in total: we never
+            # fit it, or not while our actors live. Back to the submitter's own peer, which knows more (or
+            # will wait for a peer that fits) — a retry there, never a loop.
             return [Send(req.holder_addr, LeaseRejected(req.request_id, f"peer {self.peer_id} cannot fit "
-                                                                        f"{resources.describe(req.shape)}", True))]
+                                                                        f"{resources.describe(req.shape)}",
+                                                        not resources.fits(req.shape, self.total)))]
         waiting = _Waiting(req, now_ns)
         if not resources.fits(req.shape, self.total):
             waiting.infeasible = True
@@ -272,6 +279,14 @@ class LeaseCore:
         if waiting.infeasible:
             effects += self._warn_infeasible(waiting)
         return effects
+
+    def _fits_beside_actors(self, shape: dict) -> bool:
+        """`shape` fits here once every lease but the actors' (held for their lives) is returned."""
+        room = dict(self.total)
+        for lease in self.leases.values():
+            if lease.request.actor:
+                resources.subtract(room, lease.shape)
+        return resources.fits(shape, room)
 
     def _holds_its_data(self, req: RequestLease, waited_ns: int) -> bool:
         """This peer holds most of the request's argument bytes, and it has not waited too long for it."""
@@ -296,44 +311,53 @@ class LeaseCore:
         self._spread_next += 1
         return None if choice == self.peer_id else self.views[choice]
 
-    def _spill_target(self, req: RequestLease, waited_ns: int = 0) -> policy.PeerView | None:
-        """Where to send `req` instead of serving it here, or None to serve (or queue) it here."""
+    def _spill_targets(self, req: RequestLease, waited_ns: int = 0) -> list[policy.PeerView]:
+        """Where to send `req` instead of serving it here — the first is the best guess, and the submitter
+        asks them all at once — or [] to serve (or queue) it here."""
         if req.spilled > 0:
-            return None
+            return []
         if req.affinity is not None and req.affinity != self.peer_id:
             view = self.views.get(req.affinity)
             if view is not None and resources.fits(req.shape, view.total):
-                return view
+                return [view]
             if not req.soft:
-                return None  # hard affinity to an unknown peer: wait here until it shows up or times out
+                return []  # hard affinity to an unknown peer: wait here until it shows up or times out
         if req.affinity == self.peer_id:
-            return None
+            return []
+        choices = self.config.choices
         if not resources.fits(req.shape, self.total):
-            return policy.pick(self._candidates(req.shape), self.rng, self.config.choices) or \
-                policy.pick(self._candidates(req.shape, now_free=False), self.rng, self.config.choices)
+            return policy.sample(self._candidates(req.shape), self.rng, choices) or \
+                policy.sample(self._candidates(req.shape, now_free=False), self.rng, choices)
         fits_here = resources.fits(req.shape, self.available)
         if req.strategy == "SPREAD":
-            return self._spread_target(req) if waited_ns == 0 else None
+            target = self._spread_target(req) if waited_ns == 0 else None
+            return [target] if target is not None else []
         if self._holds_its_data(req, waited_ns):
-            return None  # wait for a worker here rather than move the data
+            return []  # wait for a worker here rather than move the data
         if fits_here and self.utilization() < self.config.spread_threshold:
-            return None  # pack locally while lightly loaded
-        best = policy.pick(self._candidates(req.shape), self.rng, self.config.choices)
-        if best is None:
-            return None
-        if fits_here and policy.load_of(best) >= self._load():
-            return None
-        return best
+            return []  # pack locally while lightly loaded
+        sampled = policy.sample(self._candidates(req.shape), self.rng, choices)
+        if not sampled and not fits_here:
+            # Every view we sampled looks full, and so are we. Views are gossip, seconds old in a busy
+            # cluster: waiting at peers picked at random, as many as we may, finds the worker that frees
+            # first, where waiting here finds only ours.
+            return policy.sample(self._candidates(req.shape, now_free=False), self.rng, choices)
+        if not sampled or fits_here and policy.load_of(sampled[0]) >= self._load():
+            return []
+        return sampled
 
-    def _spill(self, req: RequestLease, target: policy.PeerView) -> Send:
+    def _spill(self, req: RequestLease, targets: list[policy.PeerView]) -> Send:
         self.spilled_total += 1
-        # Until the next gossip about that peer, count what we just sent it, so the next spill prefers
-        # another peer instead of herding everything onto the one that looked emptiest. A copy: the
-        # dict we had is the gossiped one.
-        available = dict(target.available)
-        resources.subtract(available, req.shape)
-        target.available = available
-        return Send(req.holder_addr, LeaseSpillback(req.request_id, target.peer_id, target.addr))
+        # Until the next gossip about those peers, count what we just sent them, so the next spill prefers
+        # others instead of herding everything onto the ones that looked emptiest. A copy: the dict we had is
+        # the gossiped one.
+        for target in targets:
+            available = dict(target.available)
+            resources.subtract(available, req.shape)
+            target.available = available
+        first = targets[0]
+        return Send(req.holder_addr, LeaseSpillback(req.request_id, first.peer_id, first.addr,
+                                                    tuple((v.peer_id, v.addr) for v in targets[1:])))
 
     def _load(self) -> float:
         return policy.load_of(policy.PeerView(self.peer_id, self.peer_addr, self.total, self.available,
@@ -596,12 +620,12 @@ class LeaseCore:
             budget -= 1
             if budget < 0:
                 break
-            target = self._spill_target(waiting.request, max(1, now_ns - waiting.since_ns))
-            if target is None:
+            targets = self._spill_targets(waiting.request, max(1, now_ns - waiting.since_ns))
+            if not targets:
                 continue
             self.waiting.remove(waiting)
             self._by_request.pop(waiting.request.request_id, None)
-            effects.append(self._spill(waiting.request, target))
+            effects.append(self._spill(waiting.request, targets))
         return effects
 
     def _ask_idle_leases_back(self, now_ns: int) -> list:

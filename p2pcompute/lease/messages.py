@@ -40,11 +40,17 @@ class LeaseGranted:
 
 @message(102)
 class LeaseSpillback:
-    """Peer -> submitter: I cannot run it now; ask `target_addr` instead (which is told to not spill it)."""
+    """Peer -> submitter: I cannot run it now; ask `target_addr` instead (which is told to not spill it).
+
+    `others` names more peers, as `(peer_id, addr)` pairs, to ask at the same time: the submitter takes the
+    first that grants and cancels the rest (late binding: gossiped views are too stale to tell which of the
+    sampled peers will free a worker first, so the request waits at all of them).
+    """
 
     request_id: str
     target_id: str
     target_addr: str
+    others: tuple = ()
 
 
 @message(103)

@@ -3,6 +3,8 @@
 A peer's *load* is the share of its CPUs in use plus its queue per CPU; among the peers where the shape fits,
 `choices` are sampled at random and the least loaded wins. Sampling a few rather than taking the best of all
 keeps the choice cheap and, with stale views, avoids every peer herding onto the one that looked emptiest.
+The lease core asks all of the sampled peers at once (late binding, see `LeaseSpillback`): the views decide
+where to look, and the peers' own queues decide which one serves.
 (`LeaseCore._candidates` finds the peers that fit: all of them in a small cluster, a random few in a big one.)
 """
 
@@ -33,11 +35,14 @@ def load_of(view: PeerView) -> float:
     return used / cpus + view.queued * resources.UNIT / cpus
 
 
+def sample(candidates: list[PeerView], rng: random.Random, choices: int = 2) -> list[PeerView]:
+    """Up to `choices` of the candidates, at random, least loaded first."""
+    if len(candidates) > choices:
+        candidates = rng.sample(candidates, choices)
+    return sorted(candidates, key=load_of)
+
+
 def pick(candidates: list[PeerView], rng: random.Random, choices: int = 2) -> PeerView | None:
-    if not candidates:
-        return None
-    if len(candidates) <= choices:
-        sample = candidates
-    else:
-        sample = rng.sample(candidates, choices)
-    return min(sample, key=load_of)
+    """The least loaded of `choices` candidates sampled at random."""
+    found = sample(candidates, rng, choices)
+    return found[0] if found else None

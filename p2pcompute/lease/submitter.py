@@ -15,8 +15,9 @@ the lease then goes back as soon as it is idle, and a lease older than `lease_re
 current tasks so others get their turn.
 
 The first request for a key goes to the peer holding most bytes of its arguments, else the local peer;
-a spillback sends it (once) to the named peer; a rejection or a spilled target that vanished retries at the
-local peer after a short backoff.
+a spillback sends it (once) to the named peers — all of them at once, as one group: the first grant cancels
+the others, and counts as the one lease the group asked for; a rejection or a spilled target that vanished
+retries at the local peer after a short backoff (unless a sibling still waits).
 
 Pure: no I/O. Effects: `Send`, `Timer`, `Push` (the runtime sends the task), `Granted`/`Released`
 (observability, actor placement).
@@ -34,14 +35,19 @@ from p2pcompute.net.effects import Send, Timer
 
 @dataclass(frozen=True)
 class SubmitterConfig:
-    lease_linger_ms: int = 200
+    # An idle lease is kept this long in case more of its tasks come (a `get(f.remote())` loop submits its
+    # next call within a millisecond or two). Longer holds a worker idle that other submitters wait for: at
+    # half load, 200 ms kept a quarter of a simulated cluster's CPUs leased and idle.
+    lease_linger_ms: int = 20
     lease_reuse_ms: int = 2_000
     max_pending_requests: int = 4
     pipeline_depth_max: int = 32
     # Tasks shorter than this are pipelined deeper, so the round trip hides behind queued work.
     pipeline_target_ms: float = 2.0
-    # Tasks at least this long are pushed one at a time.
-    pipeline_long_ms: float = 50.0
+    # Tasks at least this long are pushed one at a time. Pipelining saves a round trip (well under a
+    # millisecond) per task; a task queued behind one of exponential length waits as long as a whole task on
+    # average, so beyond a few round trips it is a loss (50 ms here put 20% of simulated tasks behind another).
+    pipeline_long_ms: float = 10.0
     retry_backoff_ms: int = 50
     # A request of ours still waiting after this long frees our own idle leases of other keys on its peer:
     # they linger only in case more of their tasks come, and here a task of ours already waits.
@@ -49,6 +55,8 @@ class SubmitterConfig:
     request_timeout_ms: int = 30_000
     # SPREAD asks for a lease per task, at most this many at once.
     spread_max_pending: int = 64
+    # A spillback naming several peers is asked at up to this many of them at once.
+    spill_fanout_max: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,9 @@ class _Request:
     target_addr: str
     sent_ns: int
     spilled: int
+    # Requests for one lease sent to several peers at once (a spillback naming more than one) share a group:
+    # the first grant cancels the others. A request not spilled is a group of its own.
+    group: str = ""
 
 
 class _KeyState:
@@ -127,6 +138,13 @@ class _KeyState:
         self.template = template
         self.exec_ns_avg = 0.0
         self.retry_at_ns = 0
+
+
+def _groups(state: _KeyState) -> int:
+    """Leases asked for: requests sent to several peers for one lease count once."""
+    if len(state.requests) < 2:
+        return len(state.requests)
+    return len({r.group for r in state.requests.values()})
 
 
 _MAX_DEAD_WORKERS = 10_000
@@ -263,7 +281,7 @@ class SubmitterCore:
             limit = self.config.spread_max_pending
         else:
             limit = max(1, min(self.config.max_pending_requests, max(1, self.peers_that_fit)))
-        want = min(backlog, limit) - len(state.requests)
+        want = min(backlog, limit) - _groups(state)
         task = self.tasks.get(state.queue[0]) if state.queue else None
         task = task or state.template
         for _ in range(max(0, want)):
@@ -274,13 +292,14 @@ class SubmitterCore:
     def _yield_timer(self) -> list:
         return [Timer(self._yield_check_ns)] if self._yield_check_ns < _NEVER else []
 
-    def _send_request(self, now_ns: int, state: _KeyState, target: str, spilled: int, task: TaskInfo) -> Send:
+    def _send_request(self, now_ns: int, state: _KeyState, target: str, spilled: int, task: TaskInfo,
+                      group: str = "") -> Send:
         if target in self._dead_peer_addrs:
             # Fail over at once; the local peer may spill again (its membership knows the death too).
             target, spilled = self.local_peer_addr, 0
         self._seq += 1
         request_id = f"{self.self_id}:r{self._seq}"
-        req = _Request(request_id, state.template.key, target, now_ns, spilled)
+        req = _Request(request_id, state.template.key, target, now_ns, spilled, group or request_id)
         state.requests[request_id] = req
         self._requests[request_id] = req
         if self._idle_elsewhere(state, target):
@@ -318,18 +337,31 @@ class SubmitterCore:
             return [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
         state = self.keys.get(req.key)
         self._drop_request(state, req)
+        cancels = self._cancel_group(state, req)
         if msg.worker_id in self._dead_workers:
-            effects = [Send(msg.peer_addr, ReturnLease(msg.lease_id, True))]
+            effects = cancels + [Send(msg.peer_addr, ReturnLease(msg.lease_id, True))]
             return effects + (self._request_more(now_ns, state) if state is not None else [])
         if state is None:
-            return [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
+            return cancels + [Send(msg.peer_addr, ReturnLease(msg.lease_id, False))]
         held = Held(msg.lease_id, msg.worker_id, msg.worker_addr, msg.worker_ctl_addr, msg.peer_id, msg.peer_addr,
                     req.key, now_ns, idle_since_ns=now_ns)
         state.leases.append(held)
         self._leases[held.lease_id] = held
-        effects = self._pump(now_ns, state)
+        effects = cancels + self._pump(now_ns, state)
         if not held.inflight and held in state.leases:
             effects += self._steal_for(state, held) or self._maybe_release(now_ns, state, held)
+        return effects
+
+    def _cancel_group(self, state: _KeyState | None, granted: _Request) -> list:
+        """`granted` got its lease: its siblings, waiting at other peers for the same lease, are not needed.
+        (One that was granted meanwhile comes back as a grant for a request we no longer know, and is
+        returned at once.)"""
+        if state is None or not state.requests:
+            return []
+        effects = []
+        for req in [r for r in state.requests.values() if r.group == granted.group]:
+            effects.append(Send(req.target_addr, CancelLeaseRequest(req.request_id)))
+            self._drop_request(state, req)
         return effects
 
     def _steal_for(self, state: _KeyState, idle: Held) -> list:
@@ -356,7 +388,15 @@ class SubmitterCore:
         if state is None or not (state.queue or any(len(h.inflight) > 1 for h in state.leases)):
             return []
         task = (self.tasks.get(state.queue[0]) if state.queue else None) or state.template
-        return [self._send_request(now_ns, state, msg.target_addr, req.spilled + 1, task)] + self._yield_timer()
+        # Ask every peer named at once; the first grant cancels the others (`_cancel_group`).
+        first = self._send_request(now_ns, state, msg.target_addr, req.spilled + 1, task)
+        effects = [first]
+        others = msg.others if isinstance(msg.others, (tuple, list)) else ()
+        for other in others[:self.config.spill_fanout_max - 1]:
+            if isinstance(other, (tuple, list)) and len(other) == 2 and isinstance(other[1], str):
+                effects.append(self._send_request(now_ns, state, other[1], req.spilled + 1, task,
+                                                  group=first.msg.request_id))
+        return effects + self._yield_timer()
 
     def on_rejected(self, now_ns: int, msg: LeaseRejected) -> list:
         req = self._requests.get(msg.request_id)
@@ -364,8 +404,8 @@ class SubmitterCore:
             return []
         state = self.keys.get(req.key)
         self._drop_request(state, req)
-        if state is None:
-            return []
+        if state is None or any(r.group == req.group for r in state.requests.values()):
+            return []  # a sibling still waits for this lease elsewhere
         state.retry_at_ns = now_ns + self.config.retry_backoff_ms * 1_000_000
         # Retry at the local peer: a stale view ends here, never in a loop.
         state.template.first_target = None

@@ -2,8 +2,8 @@
 
 from p2pcompute.lease import resources
 from p2pcompute.lease.core import Infeasible, LeaseConfig, LeaseCore, StartWorker, StopWorker
-from p2pcompute.lease.messages import (LeaseGranted, LeaseRevoked, LeaseSpillback, LeaseWanted, RequestLease,
-                                       ReturnLease, WorkerBlocked, WorkerUnblocked)
+from p2pcompute.lease.messages import (LeaseGranted, LeaseRejected, LeaseRevoked, LeaseSpillback, LeaseWanted,
+                                       RequestLease, ReturnLease, WorkerBlocked, WorkerUnblocked)
 from p2pcompute.lease.policy import PeerView
 from p2pcompute.net.effects import Send
 
@@ -194,3 +194,50 @@ def test_each_peer_samples_spill_targets_with_its_own_sequence():
     assert len(firsts) == 8
     again = LeaseCore("p3", "addr-p3", {resources.CPU: CPU}).rng.random()
     assert again in firsts  # the default is seeded by the peer id: runs stay reproducible
+
+
+def _spills(effects):
+    return [e.msg for e in effects if isinstance(e, Send) and isinstance(e.msg, LeaseSpillback)]
+
+
+def test_a_spill_names_every_sampled_peer_least_loaded_first():
+    # Late binding: the submitter asks all of them and takes the first grant, so the choice between them is
+    # made by their own queues, not by views that may be seconds old.
+    c = core(cpus=1, choices=2)
+    c.set_views([PeerView("p2", "addr-p2", {resources.CPU: 4 * CPU}, {resources.CPU: CPU}),
+                 PeerView("p3", "addr-p3", {resources.CPU: 4 * CPU}, {resources.CPU: 4 * CPU})])
+    grants(c.on_request_lease(1, request("r1")))  # fills p1
+    spill = _spills(c.on_request_lease(2, request("r2")))[0]
+    assert (spill.target_id, spill.others) == ("p3", (("p2", "addr-p2"),))
+    c1 = core(cpus=1, choices=1)
+    c1.set_views([PeerView("p2", "addr-p2", {resources.CPU: 4 * CPU}, {resources.CPU: 4 * CPU})])
+    grants(c1.on_request_lease(1, request("r1")))
+    assert _spills(c1.on_request_lease(2, request("r2")))[0].others == ()
+
+
+def test_a_full_peer_whose_views_all_look_full_spills_to_peers_that_fit_rather_than_queue_at_home():
+    c = core(cpus=1, choices=2)
+    c.set_views([PeerView("p2", "addr-p2", {resources.CPU: 2 * CPU}, {resources.CPU: 0}),
+                 PeerView("p3", "addr-p3", {resources.CPU: 2 * CPU}, {resources.CPU: 0})])
+    grants(c.on_request_lease(1, request("r1")))  # fills p1
+    spill = _spills(c.on_request_lease(2, request("r2")))[0]
+    assert {spill.target_id} | {pid for pid, _ in spill.others} == {"p2", "p3"}
+    assert c.pending_demand() == []
+    # While this peer has room it still serves rather than send work to peers that look full.
+    c2 = core(cpus=2, choices=2, spread_threshold=0.0)
+    c2.set_views([PeerView("p2", "addr-p2", {resources.CPU: 2 * CPU}, {resources.CPU: 0})])
+    assert grants(c2.on_request_lease(1, request("r1"))) and not _spills(c2.on_request_lease(2, request("r2")))
+
+
+def test_a_spilled_request_that_fits_only_once_our_actors_end_goes_back_rather_than_wait_for_ever():
+    # A peer that spilled it could tell only that we fit it in total; actors keep their leases for life.
+    c = core(cpus=2)
+    actor = RequestLease("a1", "h1", "addr-h1", "job", resources.make_shape(0.5), 0, "DEFAULT", None, True, True, {})
+    assert grants(c.on_request_lease(1, actor))
+    effects = c.on_request_lease(2, request("r2", cpus=2.0, spilled=1))
+    rejected = [e.msg for e in effects if isinstance(e, Send) and isinstance(e.msg, LeaseRejected)]
+    assert rejected and not rejected[0].infeasible and c.pending_demand() == []
+    # A task lease is no such obstacle: it is returned sooner or later, so the request waits for it.
+    c2 = core(cpus=2)
+    assert grants(c2.on_request_lease(1, request("r1", cpus=0.5)))
+    assert c2.on_request_lease(2, request("r2", cpus=2.0, spilled=1)) == [] and len(c2.pending_demand()) == 1

@@ -318,3 +318,48 @@ def test_a_stale_bounce_from_a_worker_the_task_has_left_is_ignored():
     assert "t2" in held_b.inflight and not held_b.draining
     c.on_task_done(6, "t2", exec_ns=10_000, worker_id="wB")
     assert "t2" not in held_b.inflight
+
+
+def test_a_spillback_naming_several_peers_asks_them_all_and_the_first_grant_cancels_the_rest():
+    c = core()
+    c.peers_that_fit = 4
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    effects = c.on_message(1, "addr-peer", LeaseSpillback(req.msg.request_id, "p2", "addr-p2", (("p3", "addr-p3"),)))
+    asked = sends(effects, RequestLease)
+    assert [(r.to, r.msg.spilled) for r in asked] == [("addr-p2", 1), ("addr-p3", 1)]
+    # Both wait for the same lease: a second task does not make them count as two.
+    assert sends(c.submit(2, task(2)), RequestLease)[0].to == "addr-peer"
+    effects = c.on_message(3, "addr-p3", grant(asked[1], peer="addr-p3"))
+    assert pushes(effects) == ["t1"]
+    assert [(e.to, e.msg.request_id) for e in sends(effects, CancelLeaseRequest)] == [
+        ("addr-p2", asked[0].msg.request_id)]
+    # p2 granted before our cancel arrived: that lease goes straight back.
+    late = c.on_message(4, "addr-p2", grant(asked[0], lease="l2", worker="w2", peer="addr-p2"))
+    assert [(e.to, e.msg.lease_id) for e in sends(late, ReturnLease)] == [("addr-p2", "l2")]
+    assert pushes(late) == []
+
+
+def test_a_rejected_sibling_does_not_back_off_while_another_still_waits():
+    c = core(retry_backoff_ms=50)
+    req = sends(c.submit(0, task(1)), RequestLease)[0]
+    asked = sends(c.on_message(1, "addr-peer", LeaseSpillback(req.msg.request_id, "p2", "addr-p2",
+                                                               (("p3", "addr-p3"),))), RequestLease)
+    assert c.on_message(2, "addr-p2", LeaseRejected(asked[0].msg.request_id, "full", False)) == []
+    assert pushes(c.on_message(3, "addr-p3", grant(asked[1], peer="addr-p3"))) == ["t1"]
+
+
+def test_tasks_of_ten_ms_or_more_are_not_pipelined_behind_each_other():
+    # Behind a task of exponential length a queued one waits a whole task on average; a round trip is less
+    # than a millisecond.
+    c = core()
+    req = sends(c.submit(0, task(0)), RequestLease)[0]
+    for i in range(1, 5):
+        c.submit(0, task(i))
+    c.on_message(1, "addr-peer", grant(req))
+    assert pushes(c.on_task_done(2, "t0", exec_ns=20 * MS)) == ["t1"]
+    c = core()
+    req = sends(c.submit(0, task(0)), RequestLease)[0]
+    for i in range(1, 5):
+        c.submit(0, task(i))
+    c.on_message(1, "addr-peer", grant(req))
+    assert pushes(c.on_task_done(2, "t0", exec_ns=5 * MS)) == ["t1", "t2"]
