@@ -123,6 +123,11 @@ class TableReplica:
         self._acked_seq: dict[str, int] = {}
         self._snapshot_sent_ns: dict[str, int] = {}
         self._answered: set[str] = set()  # followers that answered this leader (not only given a grace time)
+        # Leader only: when each spare (a live peer outside the set) last answered a probe. Only a spare that
+        # answered lately joins the set: membership needs seconds to notice a crash, and a dead peer added as a
+        # voter leaves a set where one more death loses the majority (3 live of 5 ... then 2 of 4).
+        self._spare_ack_ns: dict[str, int] = {}
+        self._spare_probe_ns: dict[str, int] = {}
         self._reads = ReadIndex()
         self._term_start_index = 0  # index of this leader's no-op; reads and config changes wait for it
         self._heartbeat_due_ns = 0
@@ -280,6 +285,7 @@ class TableReplica:
         self.role, self.leader_id, self.leader_addr = LEADER, self.node_id, self.addr
         self._next, self._match, self._ack_ns, self._acked_seq = {}, {}, {}, {}
         self._snapshot_sent_ns, self._answered = {}, set()
+        self._spare_ack_ns, self._spare_probe_ns = {}, {}
         self._reads.clear()
         self._sync_followers(now_ns)
         self._term_start_index = self._append(("noop",))
@@ -357,6 +363,11 @@ class TableReplica:
 
     def _on_append_entries_reply(self, now_ns: int, sender: str, m: AppendEntriesReply, out: list) -> None:
         peer = m.follower_id
+        if (self.role == LEADER and m.term == self.term and peer not in self._next and self._alive is not None
+                and peer in self._alive and peer not in self._replicas):
+            self._spare_ack_ns[peer] = now_ns  # a spare answered our probe: it is up, and follows us
+            self._maybe_change_config(now_ns, out)
+            return
         if not self._current_follower_reply(now_ns, m.term, peer, m.seq, out):
             return
         if m.success:
@@ -592,6 +603,19 @@ class TableReplica:
                         for peer in self._replicas if peer != self.node_id)
         new = next_replicas(self._replicas, self._alive, self.node_id, self.config.target_replicas,
                             grow=answering)
+        if new is not None:
+            added = [peer for peer in new if peer not in self._replicas]
+            acked_ns = self._spare_ack_ns.get(added[0]) if added else None
+            if added and (acked_ns is None or acked_ns < horizon_ns):
+                # A spare joins only once it answered lately: probe it (an empty heartbeat that commits
+                # nothing), at most once per heartbeat interval, and decide again when it answers.
+                last = self._spare_probe_ns.get(added[0])
+                if last is None or now_ns - last >= self.config.heartbeat_interval_ms * MS:
+                    self._spare_probe_ns[added[0]] = now_ns
+                    out.append(Send(new[added[0]], AppendEntries(
+                        term=self.term, leader_id=self.node_id, leader_addr=self.addr, prev_log_index=0,
+                        prev_log_term=0, entries=[], leader_commit=0, seq=0)))
+                return
         if new is None:
             return
         self._append(("config", new))

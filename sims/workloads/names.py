@@ -139,11 +139,17 @@ class NamesWorkload(Workload):
         self.engine.at(self.engine.now + S, self._membership_feed)
 
     def may_take_down(self, peer) -> bool:
-        replicas = self.published[0]
-        if peer.peer_id not in replicas:
-            return True
-        up = sum(1 for pid in replicas if pid in self.cluster.up and pid != peer.peer_id)
-        return 2 * up > len(replicas)
+        """Only if every replica set in force keeps a majority up: the last published one, and each one a live
+        replica has in its log now (a set grows before it is published, and a leader may have just added a
+        peer that died before membership noticed)."""
+        sets = [self.published[0]] + [p.table.core.replicas() for p in self.cluster.up.values()
+                                      if getattr(p, "table", None) is not None]
+        for replicas in sets:
+            if peer.peer_id in replicas:
+                up = sum(1 for pid in replicas if pid in self.cluster.up and pid != peer.peer_id)
+                if 2 * up <= len(replicas):
+                    return False
+        return True
 
     def endpoints_of(self, peer) -> list:
         return []

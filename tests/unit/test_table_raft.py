@@ -407,3 +407,27 @@ def test_fail_over_time_is_within_the_election_timeout_bounds():
     assert all(CONFIG.election_timeout_min_ms - CONFIG.heartbeat_interval_ms <= t
                <= 2 * CONFIG.election_timeout_max_ms + 100 for t in times_ms), times_ms
     assert sorted(times_ms)[len(times_ms) // 2] <= CONFIG.election_timeout_max_ms, times_ms
+
+
+def test_a_spare_that_does_not_answer_is_never_added():
+    """A peer that crashed moments ago is still alive to membership (it needs seconds to notice). Added as a
+    voter it would leave a set where one more death loses the majority: 3 replicas plus the dead one, then
+    a real death, is 2 live of 4 (the simulator's state machine found it: a leader grew {p0, p1, p2} by a
+    peer that had just crashed, then p0 died, and the table had no leader for good). The leader probes a
+    spare first and adds it only once it answered."""
+    cluster = Cluster(9, ["r1", "r2", "r3"], spare_ids=("s1", "s2", "s3"), membership_interval_ms=None)
+    leader = elect(cluster)
+    cluster.crash("s1")                               # s1 (the first spare by name) just died, unnoticed
+    alive = {p: addr_of(p) for p in ("r1", "r2", "r3", "s1", "s2", "s3")}
+    for _ in range(10):
+        cluster._replica_effects(leader.node_id, leader.on_members(cluster.now_ns, alive))
+        cluster.run_for(200)
+    assert "s1" not in leader.replicas() and set(leader.replicas()) == {"r1", "r2", "r3"}
+    # Membership notices s1's death: the set grows by the spares that answer.
+    del alive["s1"]
+    for _ in range(10):
+        cluster._replica_effects(leader.node_id, leader.on_members(cluster.now_ns, alive))
+        cluster.run_for(200)
+    assert set(leader.replicas()) == {"r1", "r2", "r3", "s2", "s3"}
+    assert cluster.run_until(cluster.converged, 3000)
+    assert call(cluster, "c", ("put", "k", 1)).ok
