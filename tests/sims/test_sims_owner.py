@@ -13,7 +13,7 @@ from p2pcompute.ownership.owner import OwnerCore
 from sims_testing import failed_invariants, run_cli
 
 ARGS = ["run", "--peers", "20", "--seconds", "8", "--seed", "4", "--workload", "tasks",
-        "--faults", "kill=0.05", "--quiet", "30"]
+        "--faults", "kill=0.2", "--quiet", "30"]
 
 
 def test_retries_after_worker_deaths_run_in_the_owner_core(monkeypatch):
