@@ -16,6 +16,7 @@ from p2pcompute import serialization
 from p2pcompute.errors import ObjectFreedError, ObjectLostError, OwnerDiedError, PeerUnavailableError
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED
+from p2pcompute.ownership.refcount import owner_id_of
 
 log = logging.getLogger("p2pcompute.owner")
 
@@ -104,7 +105,8 @@ class ObjectOwner:
                                     f"so it cannot be read or rebuilt"))
             self.objects.resolve(oid, ERROR, error=serialization.system_error_bytes(error))
         if contained:
-            self.apply(self.refs.adopt_contained(oid, contained))
+            # The owner of `oid` sent these refs with its value (and registered us, or announced us to theirs).
+            self.apply(self.refs.adopt_contained(oid, contained, owner_id_of(oid)))
         self._on_resolved(oid)
 
     def free_all_stored(self) -> None:

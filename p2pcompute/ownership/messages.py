@@ -7,11 +7,13 @@ from p2pcompute.net.messages import message
 
 @message(200)
 class AddBorrower:
-    """Forwarder -> owner: process `borrower_id` was sent a ref to `object_id`; ack to `reply_to`."""
+    """Forwarder -> owner: process `borrower_id` was sent a ref to `object_id` by `forwarder_id`; ack to
+    `reply_to`."""
 
     object_id: str
     borrower_id: str
     reply_to: str
+    forwarder_id: str
 
 
 @message(201)
@@ -118,3 +120,12 @@ class AddLocation:
     peer_id: str
     peer_addr: str
     store_path: str
+
+
+@message(212)
+class BorrowConfirmed:
+    """Receiver -> owner: a ref to `object_id` reached me from `forwarder_id`, a borrower. The owner counts
+    the registration once, from this or the forwarder's `AddBorrower`, whichever comes first."""
+
+    object_id: str
+    forwarder_id: str

@@ -122,6 +122,7 @@ class OwnerCore(ObjectOwner):
     def on_tick(self, now_ns: int) -> list:
         self._now = now_ns
         self.apply(self.submitter.on_tick(now_ns))
+        self.apply(self.refs.on_tick(now_ns))
         return self._take()
 
     def on_message(self, now_ns: int, sender: str, msg) -> list:
@@ -375,7 +376,7 @@ class OwnerCore(ObjectOwner):
                 self._retry(rec)
                 return
         for oid, result in zip(rec.return_ids, results):
-            self._store_return(oid, result)
+            self._store_return(oid, result, msg.worker_id)
         if rec.kind == "actor_call":
             self.apply(self.actors.call_finished(rec))
         self._complete(rec, next((r.error for r in results if type(r) is ErrorResult), None))
@@ -411,7 +412,7 @@ class OwnerCore(ObjectOwner):
         self._resolve_deps(rec)
         return True
 
-    def _store_return(self, oid: str, result: Result) -> None:
+    def _store_return(self, oid: str, result: Result, worker_id: str = "") -> None:
         refs = self.refs
         alive = oid in refs
         t = type(result)
@@ -432,7 +433,7 @@ class OwnerCore(ObjectOwner):
             if alive:
                 self.objects.resolve(oid, ERROR, error=result.error)
         if contained:
-            self.apply(refs.adopt_contained(oid, [tuple(c) for c in contained]))
+            self.apply(refs.adopt_contained(oid, [tuple(c) for c in contained], worker_id))
         self._on_resolved(oid)
         if alive:
             self._notify_remote_waiters(oid)
@@ -583,12 +584,12 @@ class OwnerCore(ObjectOwner):
             self.fail_everything(self.peer_lost)
         if msg.kind == "peer":
             prefix = msg.proc_id + "-"
-            self.apply(self.refs.on_peer_died(msg.proc_id))
+            self.apply(self.refs.on_peer_died(msg.proc_id, now))
             lost, effects = self.submitter.on_peer_died(now, msg.proc_id, msg.addr)
             why = f"its peer {msg.proc_id} died"
             is_dead = lambda proc: proc.startswith(prefix)  # noqa: E731
         else:
-            self.apply(self.refs.on_process_died(msg.proc_id))
+            self.apply(self.refs.on_process_died(msg.proc_id, now))
             lost, effects = self.submitter.on_worker_died(now, msg.proc_id)
             why = f"its worker process died ({msg.reason})"
             is_dead = msg.proc_id.__eq__
@@ -650,6 +651,7 @@ class OwnerCore(ObjectOwner):
         om.AddBorrower: lambda self, _s, msg: self.apply(self.refs.on_add_borrower(msg)),
         om.BorrowerAdded: lambda self, _s, msg: self.apply(self.refs.on_borrower_added(msg)),
         om.RemoveBorrower: lambda self, sender, msg: self.apply(self.refs.on_remove_borrower(sender, msg)),
+        om.BorrowConfirmed: lambda self, sender, msg: self.apply(self.refs.on_borrow_confirmed(sender, msg)),
         tm.TasksBounced: _on_tasks_bounced,
         tm.ProcessDied: _on_process_died,
         tm.ClusterInfo: _on_cluster_info,

@@ -261,8 +261,8 @@ class ClientRuntime(ValueReader):
             self._submit(op[1])
         elif code == "sent":  # a ref left this process in a message sent by another thread
             self._run(self.refs.on_sent(op[1], op[2], op[3]))
-        elif code == "received":
-            self.refs.on_received(op[1], op[2])
+        elif code == "received":  # op[3]: the process that sent the message carrying the ref
+            self._run(self.refs.on_received(op[1], op[2], op[3]))
         elif code == "unpin":
             self._run(self.refs.unpin(op[1]))
         elif code == "fetch":

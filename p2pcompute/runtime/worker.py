@@ -372,8 +372,9 @@ class Executor:
         if msg.task_id in self._parked:
             self._parked.discard(msg.task_id)  # a parked call run now: its refs were taken in on arrival
         else:
+            submitter = _proc_of(msg)  # sent us the refs: if it only borrows one, we confirm with its owner
             for ref in msg.refs:
-                client.ops.append(("received", ref[0], ref[1]))
+                client.ops.append(("received", ref[0], ref[1], submitter))
         deferred = False
         try:
             if msg.task_id in self.cancelled:

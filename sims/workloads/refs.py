@@ -19,15 +19,24 @@ reach each object:
 When an owner's table emits `Free(oid)` for a reachable object, that is a `refs_safe` violation; a
 borrower freeing what it still holds is one too. A process that dies releases all it held, and the wire
 holds addressed to it; the values it owned vanish (their readers get `OwnerDiedError`, which the API allows).
+
+The table's protocol needs two things of its driver besides messages. A receiver confirms a forwarded ref
+with the owner, naming the process that sent it: `receive` and `adopt` take the sender's address, or find it
+(the task message the worker is starting, else the latest `send` of that ref to that process — a guess that
+can only cost a leak, never safety: the owner counts one registration per confirmation whatever it names).
+And a dead process's holds outlive the news by a grace period that `on_tick` ends: tables told of a death
+without a time get ticked here, every `_TICK_NS`, on their peer's clock.
 """
 
 from __future__ import annotations
 
-from p2pcompute.net.effects import Send
-from p2pcompute.ownership.messages import AddBorrower, BorrowerAdded, RemoveBorrower
+from p2pcompute.net.effects import Send, Timer
+from p2pcompute.ownership.messages import AddBorrower, BorrowConfirmed, BorrowerAdded, RemoveBorrower
 from p2pcompute.ownership.refcount import Free, ReferenceTable, owner_id_of
 
-REF_MESSAGES = (AddBorrower, BorrowerAdded, RemoveBorrower)
+REF_MESSAGES = (AddBorrower, BorrowerAdded, RemoveBorrower, BorrowConfirmed)
+
+_TICK_NS = 1_000_000_000  # how often tables in a death's grace period are ticked (it lasts seconds)
 
 
 def proc_of_addr(addr: str) -> str:
@@ -177,12 +186,27 @@ class RefOps:
         self.procs: dict = {}  # process id -> driver or worker with a table
         # With --unreliable-streams a data message may be lost or arrive twice: the truth cannot follow it.
         self.lossy = cluster.opts.unreliable_streams
+        # (destination incarnation, object id) -> process ids that sent it the ref, oldest first: who a
+        # receiver names in its confirmation when its caller does not say
+        self._senders: dict[tuple[str, str], list[str]] = {}
+        self._ticking = False
 
     def table(self, proc) -> ReferenceTable:
         if proc.refs is None:
             proc.refs = self.table_cls(_pid(proc), proc.addr)
             self.procs[_pid(proc)] = proc
+        if not self._ticking:
+            self._ticking = True
+            self.cluster.engine.at(self.cluster.engine.now + _TICK_NS, self._tick_all)
         return proc.refs
+
+    def _tick_all(self, _a=None, _b=None) -> None:
+        """Tick every live table whose deaths are in their grace period (see the module's docstring)."""
+        for proc in list(self.procs.values()):
+            table = proc.refs
+            if table is not None and proc.alive and table.in_grace() and not proc.peer.paused:
+                self.run(proc, [e for e in table.on_tick(proc.peer.local()) if type(e) is not Timer])
+        self.cluster.engine.at(self.cluster.engine.now + _TICK_NS, self._tick_all)
 
     def _used(self, proc, tid: str, oid: str) -> None:
         """`proc` now holds a ref to `oid`; judged unless its owner wrote `proc` off. Deaths are final: a process
@@ -218,6 +242,14 @@ class RefOps:
                 proc.peer.net.send(proc.ep, e.to, e.msg)
             elif t is Free:
                 self.truth.on_free(_tid(proc), e.object_id, lambda holder: written_off(proc, holder))
+            elif t is Timer:
+                proc.peer.engine.at(proc.peer.to_global(e.at_ns), self._tick_one, proc)
+
+    def _tick_one(self, proc, _b=None) -> None:
+        if proc.alive and proc.refs is not None:
+            if proc.peer.paused:  # a paused process ticks when it resumes; the sweep will get it
+                return
+            self.run(proc, [e for e in proc.refs.on_tick(proc.peer.local()) if type(e) is not Timer])
 
     def create(self, proc, oid: str, inner: tuple = ()) -> None:
         """`put`: a new owned object with one local ref; its value holds `inner` (refs the creator holds)."""
@@ -259,12 +291,36 @@ class RefOps:
             self.run(proc, table.on_sent(oid, owner_addr, dest_id))
             if dest not in self.truth.dead:
                 self.truth.hold(("wire", dest), oid)
+                self._senders.setdefault((dest, oid), []).append(_pid(proc))
 
-    def receive(self, proc, refs: list) -> None:
-        """A data message carrying `refs` arrived: each is pinned until the message is consumed."""
+    def _sender(self, proc, oid: str, refs: list, sender_addr: str | None) -> str:
+        """The process that sent `proc` the message carrying `refs` (see the module's docstring)."""
+        if sender_addr is None:
+            running = getattr(proc, "running", None)
+            if running is not None and running.refs is refs:
+                sender_addr = running.owner_addr
+        key = (_tid(proc), oid)
+        sent = self._senders.get(key)
+        if sender_addr is not None:
+            sender = proc_of_addr(sender_addr)
+            if sent and sender in sent:
+                sent.remove(sender)
+        elif sent:
+            sender = sent.pop()
+        elif self.lossy:
+            sender = owner_id_of(oid)  # a duplicate of a message already taken in: nothing left to confirm
+        else:
+            raise AssertionError(f"simulator bug: {_tid(proc)} received {oid} from nobody")
+        if sent is not None and not sent:
+            del self._senders[key]
+        return sender
+
+    def receive(self, proc, refs: list, sender_addr: str | None = None) -> None:
+        """A data message carrying `refs` arrived from `sender_addr` (None: found, see the module's
+        docstring): each is pinned until the message is consumed."""
         table, tid = self.table(proc), _tid(proc)
         for oid, owner_addr in refs:
-            table.on_received(oid, owner_addr)
+            self.run(proc, table.on_received(oid, owner_addr, self._sender(proc, oid, refs, sender_addr)))
             self.truth.release(("wire", tid), oid, strict=not self.lossy)
             self.truth.hold(tid, oid)
             self._used(proc, tid, oid)
@@ -274,8 +330,9 @@ class RefOps:
         for oid, _ in refs:
             self.unpin(proc, oid)
 
-    def adopt(self, proc, outer: str, refs: list) -> None:
-        """A value of `outer` holding `refs` arrived (a task's return): the refs live as long as it does."""
+    def adopt(self, proc, outer: str, refs: list, sender_addr: str | None = None) -> None:
+        """A value of `outer` holding `refs` arrived from `sender_addr` (a task's return; None: found, see the
+        module's docstring): the refs live as long as it does."""
         table, tid = self.table(proc), _tid(proc)
         if outer in table:
             self.truth.set_value(outer, tuple(oid for oid, _ in refs))
@@ -283,11 +340,12 @@ class RefOps:
                 self._used(proc, tid, oid)
         for oid, _ in refs:
             self.truth.release(("wire", tid), oid, strict=not self.lossy)
-        self.run(proc, table.adopt_contained(outer, [tuple(r) for r in refs]))
+        senders = [self._sender(proc, oid, refs, sender_addr) for oid, _ in refs]  # one message: one sender
+        self.run(proc, table.adopt_contained(outer, [tuple(r) for r in refs], senders[0] if senders else ""))
 
-    def discard(self, proc, refs: list) -> None:
+    def discard(self, proc, refs: list, sender_addr: str | None = None) -> None:
         """Refs arrived in a value nobody wants (a duplicate reply): settle their registrations at once."""
-        self.adopt(proc, f"{_pid(proc)}.discarded", refs)
+        self.adopt(proc, f"{_pid(proc)}.discarded", refs, sender_addr)
 
     def on_message(self, proc, src: str, msg) -> None:
         table, t = self.table(proc), type(msg)
@@ -297,9 +355,14 @@ class RefOps:
             self.run(proc, table.on_borrower_added(msg))
         elif t is RemoveBorrower:
             self.run(proc, table.on_remove_borrower(proc_of_addr(src), msg))
+        elif t is BorrowConfirmed:
+            self.run(proc, table.on_borrow_confirmed(proc_of_addr(src), msg))
 
     def died(self, proc) -> None:
         self.truth.process_died(_tid(proc))
+        tid = _tid(proc)
+        for key in [k for k in self._senders if k[0] == tid]:
+            del self._senders[key]
 
 
 def written_off(proc, holder: str) -> bool:

@@ -3,7 +3,10 @@
 A cluster of 3-4 processes, each with its own `ReferenceTable`, is driven the way the runtime drives it:
 refs are created and dropped, sent in task arguments, returned inside task results, put inside values and
 read back from their owners; every message (data or control) is in flight until a rule delivers it, in any
-order; a process may crash, losing what it holds and every message to or from it.
+order, but within `MAX_DELAY_NS` of virtual time (the grace period of the tables, `GRACE_MS`, outlasts two
+such delays: see refcount.py); a process may crash at any moment, losing what it holds and every message to
+it, while its messages already on the wire still arrive — until their receiver learns of the death (each
+live process does, at a moment of its own), after which it ignores them, as the runtime does.
 
 The checker keeps its own ground truth, independent of the tables: an object is *reachable* while a live
 process holds it — a local ref, an undelivered data message addressed to it, a received message not yet
@@ -13,15 +16,14 @@ reachable at all). After every step:
 - safety: no owner emits `Free` for a reachable object, and no borrower forgets an object it still holds;
 - no object is freed twice.
 
-At teardown every live process drops everything and all messages are delivered; then (liveness) every
-object whose owner lives has been freed and every live table is empty.
+At teardown every live process drops everything, all messages and death notices are delivered and every
+grace period runs out; then (liveness) every object whose owner lives has been freed and every live table
+is empty.
 
-The main model keeps clear of the known bugs, which the same model finds with the restriction lifted
-(strict xfails at the end; minimal transcripts in tests/unit/test_refcount.py):
-- crashes are *quiet* (`_quiet`): no borrower registration involving the victim is in flight, and refs it
-  owns are not about to be passed on; at most one crash a run, never all processes;
-- refs of a dead owner are not passed on;
-- no process sends a ref to itself (an actor calling its own method).
+Restrictions: refs of a dead owner are not passed on (they are lost anyway); at least two processes live;
+no process sends a ref to itself unless `self_sends` (an actor calling its own method). The checker must be
+able to fail: planted bugs at the end (an owner that ignores announcements, a forwarder that does not pin,
+a receiver that never confirms, no grace period) each fail from a fixed seed.
 
 Each run is replayed exactly from the seed it prints: `REFCOUNT_SEED=<n> pytest <this file>`.
 """
@@ -39,12 +41,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
-from p2pcompute.net.effects import Send
-from p2pcompute.ownership.messages import AddBorrower, BorrowerAdded, RemoveBorrower
+from p2pcompute.net.effects import Send, Timer
+from p2pcompute.ownership.messages import AddBorrower, BorrowConfirmed, BorrowerAdded, RemoveBorrower
 from p2pcompute.ownership.refcount import Free, ReferenceTable, owner_id_of
 
 
 WIRE = "<wire>"   # the holder of refs in undelivered data messages
+MS = 1_000_000
+MAX_DELAY_NS = 10 * MS   # every message is delivered (or ignored) within this of its sending
+GRACE_MS = 25            # the tables' grace period: more than two message delays
 
 
 def addr_of(proc_id: str) -> str:
@@ -64,7 +69,8 @@ class Msg:
     dst: str
     refs: tuple = ()           # ((object_id, owner_addr), ...)
     outer: str | None = None   # return / reply / get: the object whose value this is about
-    body: object = None        # control: AddBorrower | BorrowerAdded | RemoveBorrower
+    body: object = None        # control: AddBorrower | BorrowerAdded | RemoveBorrower | BorrowConfirmed
+    sent_ns: int = 0
 
     def __repr__(self) -> str:
         if self.kind == "control":
@@ -74,8 +80,8 @@ class Msg:
 
 
 class Proc:
-    def __init__(self, proc_id: str, table_cls: type):
-        self.table = table_cls(proc_id, addr_of(proc_id))
+    def __init__(self, proc_id: str, table_cls: type, grace_ms: int):
+        self.table = table_cls(proc_id, addr_of(proc_id), grace_ms)
         self.local: Counter = Counter()     # object id -> live ObjectRef instances
         self.pending: list[Msg] = []        # arrived data messages not yet consumed (their refs are pinned)
         # Values this process knows: its own objects' values (owner) and cached copies (reader); each maps
@@ -87,13 +93,16 @@ class Proc:
 
 class RefcountModel(RuleBasedStateMachine):
     table_cls: type = ReferenceTable
-    quiet_crashes = True      # False: crash at any moment, and pass on refs of dead owners (known bugs)
+    grace_ms = GRACE_MS
     self_sends = False        # True: task args may go to the sender itself (an actor calling its own method)
 
     @initialize(n=st.integers(3, 4))
     def setup(self, n):
-        self.procs = {f"p{i}": Proc(f"p{i}", self.table_cls) for i in range(n)}
+        self.procs = {f"p{i}": Proc(f"p{i}", self.table_cls, self.grace_ms) for i in range(n)}
         self.dead: set[str] = set()
+        self.now = 0
+        # (live process, dead process) -> when the death happened: deaths not yet learned
+        self.unnoticed: dict[tuple[str, str], int] = {}
         self.inflight: list[Msg] = []
         self.objects: set[str] = set()
         self.freed: set[str] = set()
@@ -109,8 +118,7 @@ class RefcountModel(RuleBasedStateMachine):
         return [p for p in self.live() if +self.procs[p].local]
 
     def sendable(self, p: str) -> list[str]:
-        return sorted(oid for oid, n in self.procs[p].local.items()
-                      if n > 0 and (not self.quiet_crashes or owner_id_of(oid) not in self.dead))
+        return sorted(oid for oid, n in self.procs[p].local.items() if n > 0 and owner_id_of(oid) not in self.dead)
 
     def borrowed(self, p: str) -> list[str]:
         return [oid for oid in self.sendable(p) if owner_id_of(oid) != p]
@@ -131,6 +139,7 @@ class RefcountModel(RuleBasedStateMachine):
 
     def post(self, msg: Msg) -> None:
         if msg.src not in self.dead and msg.dst not in self.dead:
+            msg.sent_ns = self.now
             self.inflight.append(msg)
 
     def apply(self, p: str, effects: list) -> None:
@@ -139,6 +148,8 @@ class RefcountModel(RuleBasedStateMachine):
                 self.post(Msg("control", p, proc_of(eff.to), body=eff.msg))
             elif isinstance(eff, Free):
                 self._frees.append((p, eff.object_id))
+            elif isinstance(eff, Timer):
+                pass   # the `advance` rule ticks every table
             else:
                 raise AssertionError(f"unknown effect {eff!r}")
 
@@ -280,11 +291,11 @@ class RefcountModel(RuleBasedStateMachine):
         table = dst.table
         if msg.kind == "args":
             for oid, owner_addr in msg.refs:
-                table.on_received(oid, owner_addr)
+                self.apply(msg.dst, table.on_received(oid, owner_addr, msg.src))
             dst.pending.append(msg)
         elif msg.kind in ("return", "reply"):
             alive = msg.outer in table
-            self.apply(msg.dst, table.adopt_contained(msg.outer, msg.refs))
+            self.apply(msg.dst, table.adopt_contained(msg.outer, msg.refs, msg.src))
             if alive:
                 dst.values[msg.outer] = msg.refs
             if msg.kind == "return":
@@ -304,6 +315,8 @@ class RefcountModel(RuleBasedStateMachine):
                 self.apply(msg.dst, table.on_borrower_added(body))
             elif isinstance(body, RemoveBorrower):
                 self.apply(msg.dst, table.on_remove_borrower(msg.src, body))
+            elif isinstance(body, BorrowConfirmed):
+                self.apply(msg.dst, table.on_borrow_confirmed(msg.src, body))
             else:
                 raise AssertionError(f"unknown message {body!r}")
         self.settle(f"deliver {msg!r}")
@@ -338,43 +351,84 @@ class RefcountModel(RuleBasedStateMachine):
                 self.apply(p, self.procs[p].table.unpin(oid))
         self.settle(f"{p} consumed {msg!r}")
 
-    def _quiet(self, p: str) -> bool:
-        """Crashing `p` now avoids the known crash bugs: no registration involving `p` is in flight, and no
-        live owner's value holds a ref owned by `p` (a reader of that value would be sent it)."""
-        for q in self.live():
-            if q != p and any(owner_id_of(inner) == p
-                              for oid, refs in self.procs[q].values.items() if owner_id_of(oid) == q
-                              for inner, _ in refs):
-                return False
-        for m in self.inflight:
-            if m.kind == "control" and isinstance(m.body, AddBorrower):
-                if p in (m.src, m.dst, m.body.borrower_id):
-                    return False
-            elif m.kind == "control" and isinstance(m.body, BorrowerAdded):
-                if m.src == p:
-                    return False
-            elif m.kind != "control" and m.src == p and any(owner_id_of(o) != p for o, _ in m.refs):
-                return False
-            elif m.kind == "return" and any(owner_id_of(o) == p for o, _ in m.refs):
-                return False   # it will become a live owner's value
-        return True
-
     def crashable(self) -> list[str]:
-        # One crash a run at most: more would leave too few processes for anything to race.
-        if self.dead or not self.inflight:   # a crash with nothing in flight races with nothing
-            return []
-        return [p for p in self.live() if not self.quiet_crashes or self._quiet(p)]
+        live = self.live()
+        return live if len(live) > 2 else []   # two processes at least are left to race
 
     @precondition(lambda self: self.crashable())
     @rule(data=st.data())
     def crash(self, data):
-        p = data.draw(st.sampled_from(self.crashable()), label="victim")
+        """`p` dies: messages to it are lost; its messages on the wire still arrive until their receiver
+        learns of the death (`notice`)."""
+        self.kill(data.draw(st.sampled_from(self.crashable()), label="victim"))
+
+    def forwarders(self) -> list[str]:
+        return sorted({m.src for m in self.inflight if isinstance(m.body, AddBorrower)} & set(self.crashable()))
+
+    @precondition(lambda self: self.forwarders())
+    @rule(data=st.data())
+    def crash_forwarder(self, data):
+        """A forwarder dies while its forward is in flight: the race the confirmations are for."""
+        self.kill(data.draw(st.sampled_from(self.forwarders()), label="victim"))
+
+    def kill(self, p: str) -> None:
         self.dead.add(p)
-        self.inflight = [m for m in self.inflight if p not in (m.src, m.dst)]
+        self.inflight = [m for m in self.inflight if m.dst != p]
         for q in self.live():
             self.procs[q].waiters = {oid: [r for r in rs if r != p] for oid, rs in self.procs[q].waiters.items()}
-            self.apply(q, self.procs[q].table.on_process_died(p))
+            self.unnoticed[(q, p)] = self.now
+        for key in [k for k in self.unnoticed if k[0] == p]:
+            del self.unnoticed[key]
         self.settle(f"{p} crashed")
+
+    @precondition(lambda self: self.unnoticed)
+    @rule(data=st.data())
+    def notice(self, data):
+        q, p = data.draw(st.sampled_from(sorted(self.unnoticed)), label="learns, dead")
+        self.learn(q, p)
+
+    def racing_notices(self) -> list[tuple[str, str]]:
+        return sorted({(m.dst, m.src) for m in self.inflight if (m.dst, m.src) in self.unnoticed})
+
+    @precondition(lambda self: self.racing_notices())
+    @rule(data=st.data())
+    def notice_overtaking(self, data):
+        """A death is learned while the dead process's messages to the learner are still on the wire: they
+        will be ignored. The other race the confirmations are for."""
+        self.learn(*data.draw(st.sampled_from(self.racing_notices()), label="learns, dead"))
+
+    def learn(self, q: str, p: str) -> None:
+        del self.unnoticed[(q, p)]
+        self.inflight = [m for m in self.inflight if not (m.src == p and m.dst == q)]   # ignored from now on
+        self.apply(q, self.procs[q].table.on_process_died(p, self.now))
+        self.settle(f"{q} learns that {p} died")
+
+    @rule(data=st.data(), dt_ms=st.integers(1, 2 * GRACE_MS))
+    def advance(self, data, dt_ms):
+        """Time passes; what falls due on the way — messages, death notices — happens first, in any order,
+        each at its latest time, and the tables are ticked as early as they can be."""
+        target = self.now + dt_ms * MS
+        while True:
+            due = [(m.sent_ns + MAX_DELAY_NS, "m", i) for i, m in enumerate(self.inflight)]
+            due += [(t + MAX_DELAY_NS, "n", key) for key, t in sorted(self.unnoticed.items())]
+            due = [d for d in due if d[0] <= target]
+            if not due:
+                break
+            at_ns, kind, what = data.draw(st.sampled_from(due), label="falls due")
+            if at_ns > self.now:
+                self.now = at_ns
+                self.tick_all()
+            if kind == "m":
+                self.deliver_one(self.inflight.pop(what))
+            else:
+                self.learn(*what)
+        self.now = target
+        self.tick_all()
+
+    def tick_all(self) -> None:
+        for p in self.live():
+            self.apply(p, self.procs[p].table.on_tick(self.now))
+        self.settle(f"time is {self.now // MS} ms")
 
     # ---- checks -------------------------------------------------------------------------------------
 
@@ -398,7 +452,14 @@ class RefcountModel(RuleBasedStateMachine):
             for p in self.live():
                 while self.procs[p].pending:
                     self.consumed(p, self.procs[p].pending.pop(0))
-            if not self.inflight:
+            if self.inflight:
+                continue
+            for q, p in sorted(self.unnoticed):
+                self.learn(q, p)
+            if any(self.procs[p].table.in_grace() for p in self.live()):
+                self.now += self.grace_ms * MS
+                self.tick_all()
+            if not self.inflight and not self.unnoticed:
                 break
         assert not self.violations, "safety (teardown): " + "; ".join(self.violations)
         leaked = sorted(o for o in self.objects if owner_id_of(o) not in self.dead and o not in self.freed)
@@ -426,7 +487,7 @@ def run_model(machine: type, seed_value: int, max_examples: int, fast: bool = Fa
 SEED = int(os.environ.get("REFCOUNT_SEED") or random.SystemRandom().randrange(2**32))
 
 
-def test_refcount_model_with_reordering_and_quiet_crashes():
+def test_refcount_model_with_reordering_and_crashes():
     run_model(RefcountModel, SEED, max_examples=120)
 
 
@@ -445,42 +506,33 @@ class ForwardWithoutPin(ReferenceTable):
     def on_sent(self, object_id, owner_addr, dest_id):
         if dest_id == self.self_id or self.is_owned(object_id):
             return super().on_sent(object_id, owner_addr, dest_id)
-        return [Send(owner_addr, AddBorrower(object_id, dest_id, self.self_addr))]
+        return [Send(owner_addr, AddBorrower(object_id, dest_id, self.self_addr, self.self_id))]
 
     def on_borrower_added(self, msg):
         return []
 
 
-# The runs that must fail use fixed seeds, so they are deterministic and short (each fails within a second
-# from its seed; most seeds find these within the 200 examples).
+class NeverConfirms(ReferenceTable):
+    """Planted bug: Ray's one-way protocol — a receiver does not confirm a forwarded ref."""
 
-@pytest.mark.parametrize("table_cls, seed_value", [(OwnerIgnoresAddBorrower, 0), (ForwardWithoutPin, 3)])
-def test_the_checker_catches_a_planted_bug(table_cls, seed_value):
-    machine = type(f"Broken{table_cls.__name__}", (RefcountModel,), {"table_cls": table_cls})
+    def on_received(self, object_id, owner_addr, sender_id):
+        return [e for e in super().on_received(object_id, owner_addr, sender_id)
+                if not (isinstance(e, Send) and isinstance(e.msg, BorrowConfirmed))]
+
+
+# The runs that must fail use fixed seeds, so they are deterministic and short (each fails within a second
+# from its seed).
+
+@pytest.mark.parametrize("table_cls, grace_ms, seed_value", [
+    (OwnerIgnoresAddBorrower, GRACE_MS, 5), (ForwardWithoutPin, GRACE_MS, 1), (NeverConfirms, GRACE_MS, 1),
+    (ReferenceTable, 0, 1)], ids=["owner_ignores_add_borrower", "forward_without_pin", "never_confirms",
+                                  "no_grace_period"])
+def test_the_checker_catches_a_planted_bug(table_cls, grace_ms, seed_value):
+    machine = type(f"Broken{table_cls.__name__}", (RefcountModel,), {"table_cls": table_cls, "grace_ms": grace_ms})
     with pytest.raises(AssertionError, match="freed .* while reachable"):
         run_model(machine, seed_value, max_examples=200, fast=True)
 
 
-# ---- known bugs: the same model, with the restrictions lifted -----------------------------------------
-
-class ForwarderQuietModel(RefcountModel):
-    """Crashes at any moment, except a forwarder's while its forward is in flight — the one window the
-    protocol does not cover (see test_refcount.py::test_crash_of_a_forwarder_*)."""
-
-    def _quiet(self, p: str) -> bool:
-        for m in self.inflight:
-            if m.kind == "control" and isinstance(m.body, AddBorrower) and m.src == p:
-                return False
-            if m.kind != "control" and m.src == p and any(owner_id_of(o) != p for o, _ in m.refs):
-                return False
-        return True
-
-
-@pytest.mark.parametrize("seed_value", [0, 1])
-def test_refcount_model_with_crashes_outside_a_forwarders_window(seed_value):
-    run_model(ForwarderQuietModel, seed_value, max_examples=150, fast=True)
-
-
 def test_refcount_model_with_self_sends():
     machine = type("SelfSendModel", (RefcountModel,), {"self_sends": True})
-    run_model(machine, 1, max_examples=200, fast=True)
+    run_model(machine, 1, max_examples=100, fast=True)
