@@ -9,6 +9,9 @@ test switches: each planted bug is a subclass here, which the simulator builds w
   process ends up with a ref to a freed object (`refs_safe`).
 - `MembershipSkippingRefutation` (tests/unit/test_membership.py) never outbids a suspicion of itself, so a
   slow peer is declared dead (and so fenced).
+- `RaftCommittingWithoutQuorum` and `RaftVotingWithoutLogCheck` (tests/property/test_table_props.py): a leader
+  that treats an entry as committed as soon as it is in its own log (acknowledging writes no majority
+  holds), and voters that skip the check that a candidate's log is at least as up to date as theirs.
 - `--break refcount` (and tests/property/test_refcount_props.py): `OwnerIgnoresAddBorrower`, an owner that
   acknowledges a forwarded registration without recording it. A borrower that forwards a ref to a third
   process then leaves the owner unaware of that process, and the owner frees the object while the third
@@ -22,6 +25,7 @@ from p2pcompute.net.effects import Send
 from p2pcompute.net.membership import Membership
 from p2pcompute.ownership.messages import BorrowerAdded
 from p2pcompute.ownership.refcount import ReferenceTable
+from p2pcompute.table.raft import TableReplica
 
 
 class LeaseCoreIgnoringCapacity(LeaseCore):
@@ -53,3 +57,24 @@ class OwnerIgnoresAddBorrower(ReferenceTable):
 
     def on_add_borrower(self, msg):
         return [Send(msg.reply_to, BorrowerAdded(msg.object_id))]
+
+    def on_borrow_confirmed(self, sender_id, msg):
+        return []  # nor from the receiver's confirmation, which would register it otherwise
+
+
+class RaftCommittingWithoutQuorum(TableReplica):
+    """Planted bug: an entry counts as committed as soon as it is in the leader's own log."""
+
+    def _majority_match(self) -> int:
+        return self.log.last_index()
+
+
+class RaftVotingWithoutLogCheck(TableReplica):
+    """Planted bug: a voter grants its vote whatever the candidate's log holds."""
+
+    def _log_up_to_date(self, last_term: int, last_index: int) -> bool:
+        return True
+
+
+BROKEN_RAFT = {"commit_without_quorum": RaftCommittingWithoutQuorum,
+               "vote_without_log_check": RaftVotingWithoutLogCheck}

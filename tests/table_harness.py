@@ -61,16 +61,16 @@ class Cluster:
                  bootstrap: str = "all", config: RaftConfig | None = None,
                  client_config: ClientConfig | None = None, loss: float = 0.0, duplicate: float = 0.0,
                  delay_ms: tuple[int, int] = (1, 5), membership_interval_ms: int | None = 200,
-                 unsafe: tuple[str, ...] = ()) -> None:
+                 replica_class: type[TableReplica] = TableReplica) -> None:
         """`bootstrap="all"` starts a table whose first replica set is `replica_ids`; `"first"` bootstraps
-        only the first of them, and the others (like the spares) wait to be added by the leader. `unsafe`
-        names test-only switches of `TableReplica` to turn on (deliberately broken variants)."""
+        only the first of them, and the others (like the spares) wait to be added by the leader.
+        `replica_class` may be a deliberately broken variant (sims/broken.py), to show the checks catch it."""
         self.rng = random.Random(seed)
         self.now_ns = 0
         self.config = config or RaftConfig()
         self.client_config = client_config or ClientConfig()
         self.loss, self.duplicate, self.delay_ms = loss, duplicate, delay_ms
-        self.unsafe = unsafe
+        self.replica_class = replica_class
         self._queue: list = []
         self._seq = 0
         self.groups: dict[str, int] = {}
@@ -91,7 +91,7 @@ class Cluster:
             boots = (bootstrap == "all" and node_id in first_set) or (bootstrap == "first" and node_id == replica_ids[0])
             peers = first_set if bootstrap == "all" else {}
             self.disks[node_id] = PersistentState()
-            self._start(node_id, TableReplica(node_id, addr_of(node_id), config=self.config,
+            self._start(node_id, self.replica_class(node_id, addr_of(node_id), config=self.config,
                                               rng=random.Random(self.rng.random()), now_ns=0,
                                               bootstrap=boots, peers=peers))
         if membership_interval_ms is not None:
@@ -131,9 +131,6 @@ class Cluster:
     # ---- replicas ----
 
     def _start(self, node_id: str, node: TableReplica) -> None:
-        for switch in self.unsafe:
-            assert switch.startswith("_unsafe_") and hasattr(node, switch), switch
-            setattr(node, switch, True)
         self.nodes[node_id] = node
         self._checked_commit[node_id] = node.commit_index
         self._replica_effects(node_id, node.on_tick(self.now_ns))
@@ -144,7 +141,7 @@ class Cluster:
     def restart(self, node_id: str) -> None:
         if self.nodes[node_id] is None:
             stored = PersistentState.from_plain(self.disks[node_id].to_plain())
-            self._start(node_id, TableReplica(node_id, addr_of(node_id), config=self.config,
+            self._start(node_id, self.replica_class(node_id, addr_of(node_id), config=self.config,
                                               rng=random.Random(self.rng.random()), now_ns=self.now_ns,
                                               persistent=stored))
 

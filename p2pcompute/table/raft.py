@@ -77,12 +77,6 @@ class TableReplica:
     (first, when present) must be durable before any `Send` of the same list leaves.
     """
 
-    # Test-only ways to break Raft, which the property tests must catch: a leader that treats an entry as
-    # committed as soon as it is in its own log (acknowledging writes no majority holds), and voters that
-    # skip the check that the candidate's log is at least as up to date as theirs.
-    _unsafe_commit_without_quorum = False
-    _unsafe_vote_without_log_check = False
-
     def __init__(self, node_id: str, addr: str, *, config: RaftConfig | None = None, rng: random.Random,
                  now_ns: int, bootstrap: bool = False, peers: dict[str, str] | None = None,
                  persistent: PersistentState | None = None) -> None:
@@ -244,9 +238,12 @@ class TableReplica:
                           last_log_term=self.log.last_term(), pre_vote=pre_vote)
         out += [Send(addr, ask) for peer, addr in sorted(self._replicas.items()) if peer != self.node_id]
 
+    def _log_up_to_date(self, last_term: int, last_index: int) -> bool:
+        """A candidate's log is at least as up to date as ours (Raft section 5.4.1)."""
+        return (last_term, last_index) >= (self.log.last_term(), self.log.last_index())
+
     def _on_request_vote(self, now_ns: int, sender: str, m: RequestVote, out: list) -> None:
-        log_ok = (m.last_log_term, m.last_log_index) >= (self.log.last_term(), self.log.last_index()) \
-            or self._unsafe_vote_without_log_check
+        log_ok = self._log_up_to_date(m.last_log_term, m.last_log_index)
         leader_alive = self.role == LEADER or (
             self._leader_contact_ns is not None
             and now_ns - self._leader_contact_ns < self.config.election_timeout_min_ms * MS)
@@ -414,15 +411,16 @@ class TableReplica:
         self._acked_seq[peer] = max(self._acked_seq[peer], min(seq, self._reads.seq))
         return True
 
+    def _majority_match(self) -> int:
+        """The highest log index a majority of the replica set holds."""
+        held = sorted((self.log.last_index() if peer == self.node_id else self._match.get(peer, 0)
+                       for peer in self._replicas), reverse=True)
+        return held[len(held) // 2] if held else 0
+
     def _advance_commit(self, now_ns: int, out: list) -> None:
         if self.role != LEADER:
             return
-        if self._unsafe_commit_without_quorum:
-            candidate = self.log.last_index()
-        else:
-            held = sorted((self.log.last_index() if peer == self.node_id else self._match.get(peer, 0)
-                           for peer in self._replicas), reverse=True)
-            candidate = held[len(held) // 2] if held else 0
+        candidate = self._majority_match()
         # Only an entry of our own term is committed by counting (Raft section 5.4.2).
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
             self.commit_index = candidate

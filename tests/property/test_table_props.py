@@ -6,7 +6,7 @@ reordering network, and a fault schedule (crashes, restarts, partitions, isolati
 the faults stop; every pending operation must complete, every replica of the final set must agree, and the
 recorded history must be linearizable.
 
-The same harness must catch a broken core: with `_unsafe_commit_without_quorum` the checker has to report a
+The same harness must catch a broken core: with `RaftCommittingWithoutQuorum` (sims/broken.py) the checker has to report a
 violation for some seed, so the tests above are known to be able to fail.
 """
 
@@ -25,6 +25,7 @@ from p2pcompute.table import messages as m
 from p2pcompute.table.client import ClientConfig, TableClient
 from p2pcompute.table.raft import MS, RaftConfig, TableReplica
 from p2pcompute.table.replicaset import next_replicas
+from sims.broken import BROKEN_RAFT
 from sims.linearizability import CheckResult, check
 from tests.table_harness import Cluster, Workload, addr_of
 
@@ -69,7 +70,7 @@ scenarios = st.builds(
 )
 
 
-def simulate(s: Scenario, *, unsafe: tuple[str, ...] = (), cached_reads: bool = False) -> Outcome:
+def simulate(s: Scenario, *, broken: str | None = None, cached_reads: bool = False) -> Outcome:
     ids = [f"r{i}" for i in range(s.replicas)]
     spares = tuple(f"s{i}" for i in range(s.spares))
     nodes = ids + list(spares)
@@ -77,7 +78,7 @@ def simulate(s: Scenario, *, unsafe: tuple[str, ...] = (), cached_reads: bool = 
                       # Small snapshots and batches so that compaction and InstallSnapshot happen often.
                       config=RaftConfig(snapshot_threshold_entries=20, max_entries_per_append=4),
                       client_config=ClientConfig(request_timeout_ms=300, give_up_after_ms=None),
-                      loss=s.loss, duplicate=s.duplicate, delay_ms=(1, s.delay_max_ms), unsafe=unsafe)
+                      loss=s.loss, duplicate=s.duplicate, delay_ms=(1, s.delay_max_ms), replica_class=BROKEN_RAFT[broken] if broken else TableReplica)
     rng = random.Random(s.seed)
     clients = [f"c{i}" for i in range(s.clients)]
     workload = Workload(cluster, random.Random(s.seed + 1), clients, cached_reads=cached_reads)
@@ -153,7 +154,7 @@ def test_table_is_linearizable_and_converges_under_faults(s: Scenario):
     assert_correct(s, simulate(s))
 
 
-@pytest.mark.parametrize("switch", ["_unsafe_commit_without_quorum", "_unsafe_vote_without_log_check"])
+@pytest.mark.parametrize("switch", sorted(BROKEN_RAFT))
 def test_a_broken_core_is_caught_by_the_checker(switch):
     """A leader acknowledging writes no majority holds, or one elected with a stale log, must show up as a
     linearizability violation for some seed: proof that the property above can fail. The faults favour
@@ -167,7 +168,7 @@ def test_a_broken_core_is_caught_by_the_checker(switch):
                        ("heal", 0, 0), ("crash_leader", 0, rng.choice([0, 300])), ("restart_all", 0, 1500)]
         s = Scenario(seed=rng.getrandbits(32), replicas=3, spares=0, bootstrap="all", clients=3, loss=0.02,
                      duplicate=0.0, delay_max_ms=10, faults=faults)
-        if simulate(s, unsafe=(switch,)).result.ok is False:
+        if simulate(s, broken=switch).result.ok is False:
             break
     else:
         pytest.fail(f"no seed exposed {switch}: the checks would miss a real bug")
