@@ -33,6 +33,15 @@ from p2pcompute.lease.messages import (CancelLeaseRequest, LeaseGranted, LeaseRe
 from p2pcompute.net.effects import Send, Timer
 
 
+@dataclass(frozen=True, slots=True)
+class TasksLost:
+    """Effect: these tasks were in flight on a lease whose worker (or its peer) died. The owner retries
+    each or fails it; `why` says what died, for the error."""
+
+    task_ids: tuple[str, ...]
+    why: str
+
+
 @dataclass(frozen=True)
 class SubmitterConfig:
     # An idle lease is kept this long in case more of its tasks come (a `get(f.remote())` loop submits its
@@ -325,7 +334,7 @@ class SubmitterCore:
         if isinstance(msg, LeaseRejected):
             return self.on_rejected(now_ns, msg)
         if isinstance(msg, LeaseRevoked):
-            return self.on_revoked(now_ns, msg.lease_id)[1]
+            return self.on_revoked(now_ns, msg.lease_id, f"its worker died ({msg.reason})")
         if isinstance(msg, LeaseWanted):
             return self.on_wanted(now_ns, msg.lease_id)
         return []
@@ -415,8 +424,12 @@ class SubmitterCore:
                 task.first_target = None
         return [Timer(state.retry_at_ns)]
 
-    def on_revoked(self, now_ns: int, lease_id: str) -> tuple[list[str], list]:
-        """The lease's worker died. Returns (tasks that were in flight on it, effects)."""
+    def on_revoked(self, now_ns: int, lease_id: str, why: str = "its worker died") -> list:
+        """The lease's worker died: the tasks in flight on it come back as one `TasksLost` (the last effect)."""
+        lost, effects = self._revoke(now_ns, lease_id)
+        return effects + [TasksLost(tuple(lost), why)] if lost else effects
+
+    def _revoke(self, now_ns: int, lease_id: str) -> tuple[list[str], list]:
         held = self._leases.pop(lease_id, None)
         if held is None:
             return [], []
@@ -429,17 +442,18 @@ class SubmitterCore:
         held.inflight.clear()
         return lost, (self._pump(now_ns, state) if state is not None else [])
 
-    def on_worker_died(self, now_ns: int, worker_id: str) -> tuple[list[str], list]:
+    def on_worker_died(self, now_ns: int, worker_id: str, why: str = "its worker process died") -> list:
         self._dead_workers[worker_id] = None
         if len(self._dead_workers) > _MAX_DEAD_WORKERS:
             del self._dead_workers[next(iter(self._dead_workers))]
         for held in list(self._leases.values()):
             if held.worker_id == worker_id:
-                return self.on_revoked(now_ns, held.lease_id)
-        return [], []
+                return self.on_revoked(now_ns, held.lease_id, why)
+        return []
 
-    def on_peer_died(self, now_ns: int, peer_id: str, peer_addr: str = "") -> tuple[list[str], list]:
-        """A peer died: its leases are gone, and requests waiting there are asked again at the local peer."""
+    def on_peer_died(self, now_ns: int, peer_id: str, peer_addr: str = "", why: str = "") -> list:
+        """A peer died: its leases are gone (their tasks in flight come back as one `TasksLost`, the last
+        effect), and requests waiting there are asked again at the local peer."""
         lost: list[str] = []
         effects: list = []
         if peer_addr and peer_addr != self.local_peer_addr:
@@ -448,7 +462,7 @@ class SubmitterCore:
                 del self._dead_peer_addrs[next(iter(self._dead_peer_addrs))]
         for held in list(self._leases.values()):
             if held.peer_id == peer_id:
-                l, e = self.on_revoked(now_ns, held.lease_id)
+                l, e = self._revoke(now_ns, held.lease_id)
                 lost += l
                 effects += e
         if peer_addr:
@@ -463,7 +477,9 @@ class SubmitterCore:
                             if task is not None and task.first_target == peer_addr:
                                 task.first_target = None
                         effects += self._request_more(now_ns, state)
-        return lost, effects
+        if lost:
+            effects.append(TasksLost(tuple(lost), why or f"its peer {peer_id} died"))
+        return effects
 
     def on_wanted(self, now_ns: int, lease_id: str) -> list:
         held = self._leases.get(lease_id)

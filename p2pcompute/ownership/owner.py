@@ -38,7 +38,8 @@ from p2pcompute import serialization
 from p2pcompute.errors import (ArgumentLostError, ObjectLostError, OwnerDiedError, PeerUnavailableError,
                                RemoteProtocolError, TaskCancelledError, WorkerCrashedError)
 from p2pcompute.lease import messages as lm
-from p2pcompute.lease.submitter import ActorPlaced, Held, Push, Steal, SubmitterConfig, SubmitterCore, TaskInfo
+from p2pcompute.lease.submitter import (ActorPlaced, Held, Push, Steal, SubmitterConfig, SubmitterCore, TaskInfo,
+                                        TasksLost)
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership import task_messages as tm
@@ -150,6 +151,8 @@ class OwnerCore(ObjectOwner):
                 self._out.append(eff)
             elif t is Push:
                 self._push(eff.task_id, eff.lease)
+            elif t is TasksLost:
+                self._lost_tasks(list(eff.task_ids), eff.why)
             elif t is Free:
                 self._on_free(eff.object_id)
             elif t is ActorPlaced:
@@ -585,16 +588,13 @@ class OwnerCore(ObjectOwner):
         if msg.kind == "peer":
             prefix = msg.proc_id + "-"
             self.apply(self.refs.on_peer_died(msg.proc_id, now))
-            lost, effects = self.submitter.on_peer_died(now, msg.proc_id, msg.addr)
-            why = f"its peer {msg.proc_id} died"
+            effects = self.submitter.on_peer_died(now, msg.proc_id, msg.addr, f"its peer {msg.proc_id} died")
             is_dead = lambda proc: proc.startswith(prefix)  # noqa: E731
         else:
             self.apply(self.refs.on_process_died(msg.proc_id, now))
-            lost, effects = self.submitter.on_worker_died(now, msg.proc_id)
-            why = f"its worker process died ({msg.reason})"
+            effects = self.submitter.on_worker_died(now, msg.proc_id, f"its worker process died ({msg.reason})")
             is_dead = msg.proc_id.__eq__
         self.apply(effects)
-        self._lost_tasks(lost, why)
         self.apply(self.actors.on_process_died(msg.reason, is_dead))
         # Objects owned by a dead process can never be produced now.
         for oid in self.refs.object_ids():
@@ -623,9 +623,7 @@ class OwnerCore(ObjectOwner):
         self.apply(effects)
         if handled:
             return
-        lost, effects = self.submitter.on_revoked(self._now, msg.lease_id)
-        self.apply(effects)
-        self._lost_tasks(lost, f"its worker died ({msg.reason})")
+        self.apply(self.submitter.on_revoked(self._now, msg.lease_id, f"its worker died ({msg.reason})"))
 
     def _on_tasks_bounced(self, sender: str, msg: tm.TasksBounced) -> None:
         self.apply(self.submitter.bounce(self._now, [tid for tid in msg.task_ids if isinstance(tid, str)],

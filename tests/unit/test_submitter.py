@@ -2,7 +2,7 @@
 
 from p2pcompute.lease.messages import (CancelLeaseRequest, LeaseGranted, LeaseRejected, LeaseRevoked,
                                        LeaseSpillback, LeaseWanted, RequestLease, ReturnLease)
-from p2pcompute.lease.submitter import Push, SubmitterConfig, SubmitterCore, TaskInfo
+from p2pcompute.lease.submitter import Push, SubmitterConfig, SubmitterCore, TaskInfo, TasksLost
 from p2pcompute.net.effects import Send
 
 MS = 1_000_000
@@ -119,7 +119,7 @@ def test_a_request_outstanding_at_a_peer_that_dies_is_asked_again_at_once():
     req = sends(c.submit(0, task(1)), RequestLease)[0]
     spilled = sends(c.on_message(1, "addr-peer", LeaseSpillback(req.msg.request_id, "p2", "addr-p2")), RequestLease)[0]
     assert spilled.to == "addr-p2"
-    _lost, effects = c.on_peer_died(5 * MS, "p2", "addr-p2")
+    effects = c.on_peer_died(5 * MS, "p2", "addr-p2")
     assert [r.to for r in sends(effects, RequestLease)] == ["addr-peer"]
 
 
@@ -156,9 +156,23 @@ def test_revoked_lease_reports_its_lost_tasks():
     req = sends(c.submit(0, task(1)), RequestLease)[0]
     c.submit(0, task(2))
     c.on_message(1, "addr-peer", grant(req))
-    lost, _ = c.on_revoked(2, "l1")
-    assert sorted(lost) == ["t1"]
-    assert c.on_revoked(3, "l1") == ([], [])  # reported once, never twice
+    effects = c.on_revoked(2, "l1", "its worker died (killed)")
+    assert effects[-1] == TasksLost(("t1",), "its worker died (killed)")  # the last effect: after the pump's
+    assert c.on_revoked(3, "l1") == []  # reported once, never twice
+
+
+def test_a_dead_peer_reports_the_tasks_of_all_its_leases_as_one_loss():
+    c = core()
+    keys = [((("CPU", 10000),), "f"), ((("CPU", 10000),), "g")]
+    for i, key in enumerate(keys, 1):
+        req = sends(c.submit(0, task(i, key)), RequestLease)[0]
+        granted = LeaseGranted(req.msg.request_id, f"l{i}", f"w{i}", f"task-w{i}", f"ctl-w{i}", "p2", "addr-p2")
+        assert pushes(c.on_message(1, "addr-peer", granted)) == [f"t{i}"]
+    effects = c.on_peer_died(2, "p2", "addr-p2")
+    lost = [e for e in effects if isinstance(e, TasksLost)]
+    assert len(lost) == 1 and sorted(lost[0].task_ids) == ["t1", "t2"] and lost[0].why == "its peer p2 died"
+    assert effects[-1] is lost[0]
+    assert c.on_peer_died(3, "p2", "addr-p2") == []
 
 
 def test_bounced_tasks_go_back_to_the_front_and_the_busy_lease_is_returned():
