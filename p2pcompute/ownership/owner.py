@@ -50,7 +50,7 @@ from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED, Objec
 from p2pcompute.ownership.refcount import Free, ReferenceTable
 from p2pcompute.ownership.task_record import TaskRecord
 from p2pcompute.ownership.wire_values import (ErrorResult, InlineResult, InlineSlot, Result, StoredResult, StoredSlot,
-                                              result_from_wire, results_from_wire, slot_to_wire)
+                                              contained_of, result_from_wire, results_from_wire, slot_to_wire)
 
 log = logging.getLogger("p2pcompute.owner")
 
@@ -443,13 +443,18 @@ class OwnerCore(ObjectOwner):
 
     def _discard_returns(self, msg: tm.TaskReply) -> None:
         """A late reply of an earlier attempt: free the copies it stored, unless one is the copy we use (both
-        attempts ran on the same peer, where the store keys copies by object id)."""
+        attempts ran on the same peer, where the store keys copies by object id). Refs inside its values
+        reached us all the same, and their senders registered us as a borrower: take each in and let it go
+        at once, so the registration is handed back instead of pinning those objects for good."""
         values = self.objects.values
         for i, entry in enumerate(msg.returns if type(msg.returns) is list else ()):
             try:
                 result = result_from_wire(entry)
             except RemoteProtocolError:
                 continue
+            for inner_id, inner_owner in contained_of(result):
+                self.apply(self.refs.on_received(inner_id, inner_owner, msg.worker_id))
+                self.apply(self.refs.unpin(inner_id))
             if type(result) is not StoredResult:
                 continue
             oid = f"{msg.task_id}.{i}"
@@ -538,6 +543,13 @@ class OwnerCore(ObjectOwner):
         self.apply(self.submitter.submit(self._now, self._task_info(rec)))
 
     def _restart_actor(self, actor_id: str, old: TaskRecord) -> None:
+        if not old.done and self.tasks.get(old.task_id) is old:
+            # The worker died before the constructor answered: that attempt is over, and the new creation
+            # task below takes its place (and its own hold on the arguments).
+            old.done = True
+            del self.tasks[old.task_id]
+            self.submitter.forget_task(old.task_id)
+            self._release_args(old)
         rec = TaskRecord(self.new_id(), "actor_create", old.name, old.code_id, old.code,
                          old.args, old.args_object, old.slot_refs, old.nested_refs, old.return_ids, old.shape,
                          old.options, 0, False, actor_id=old.actor_id)

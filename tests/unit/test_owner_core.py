@@ -235,3 +235,42 @@ def test_a_push_that_could_not_be_sent_leaves_its_environment_and_code_to_the_ne
     core.on_message(NOW, "w1", reply_inline(second, "w1", 1))
     (third,) = sent(core.submit(NOW, task(core, "f")), tm.PushTask)
     assert third.msg.job_env is None and third.msg.code is None
+
+
+def test_refs_inside_a_late_reply_are_taken_in_and_handed_back():
+    """The worker of a late attempt sent a value holding a ref it borrows: its owner counts us as a borrower
+    (the worker announced us, or we confirm). Dropping the reply without taking the ref in would leave that
+    registration for good, and the object would never be freed."""
+    core = owner()
+    rec = task(core, "f", max_retries=2)
+    grant(core, core.submit(NOW, rec), "P1-w1")
+    core.on_message(NOW, PEER, tm.ProcessDied("P1-w1", "worker", "lost", "", ""))
+    core.on_message(NOW, "w2", reply_inline(rec, "w2", "the retry's value"))
+    inner, inner_owner = "P9-d1.5", "tcp://p9:1"
+    blob = serialization.serialize("a late value").to_blob()
+    late = tm.TaskReply(rec.task_id, [result_to_wire(InlineResult(blob, [[inner, inner_owner]]))], 1000, "P3-w1",
+                        "P3", None)
+    effects = core.on_message(NOW, "P3-w1", late)
+    to_owner = [type(e.msg).__name__ for e in effects if type(e) is Send and e.to == inner_owner]
+    assert to_owner == ["BorrowConfirmed", "RemoveBorrower"], to_owner
+    assert inner not in core.refs
+
+
+def test_a_restart_before_the_constructor_answered_leaves_no_trace_of_the_lost_attempt():
+    """The actor's worker died before its constructor answered: the new creation task replaces the old one,
+    which must not stay among the owner's tasks (or keep its hold on the arguments) for good."""
+    core = owner()
+    actor_id, arg = core.new_id(), "P1-d1.99"
+    core.refs.add_local(arg, ME)
+    core.refs.add_local(actor_id, ME)
+    rec = TaskRecord(core.new_id(), "actor_create", "A", "code-A", b"code", b"args", None, [], [(arg, ME)],
+                     [actor_id], {"CPU": 0}, {}, 0, False, actor_id=actor_id)   # a ref nested in the arguments
+    effects = core.run(NOW, core.apply, core.actors.create(rec, max_restarts=2, detached=False))
+    (push,) = sent(grant(core, effects, "P1-w1"), tm.PushTask)
+    assert push.msg.task_id == rec.task_id
+    pins_before = core.refs.counts(arg)
+    core.on_message(NOW, PEER, tm.ProcessDied("P1-w1", "worker", "SIGKILL", "", ""))
+    creations = [r for r in core.tasks.values() if r.kind == "actor_create"]
+    assert [r.task_id for r in creations] != [rec.task_id] and len(creations) == 1 and rec.done
+    assert rec.task_id not in core.tasks
+    assert core.refs.counts(arg) == pins_before   # the new attempt's hold replaced the old one's
