@@ -126,7 +126,6 @@ class Executor:
         self._exit_pending = False       # exit_actor() ran on an actor thread; the main thread ends the actor
         # Actor calls that arrived before the constructor did; run once it has (see _actor_call).
         self.early_calls: list = []
-        self._parked: set[str] = set()  # their task ids: their refs were taken in when they arrived
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -163,6 +162,13 @@ class Executor:
                 if self._bounced:
                     with self._steal_lock:
                         self._bounced.pop(msg.task_id, None)
+                # The refs it carries are taken in now, not when it runs: a borrowed one is confirmed with its
+                # owner while the sender is surely alive (a task may wait here longer than the owner's grace
+                # for a dead forwarder). The message pins them until it runs or leaves (`_absorb_unrun`).
+                if msg.refs:
+                    submitter = _proc_of(msg)
+                    for ref in msg.refs:
+                        self.client.ops.append(("received", ref[0], ref[1], submitter))
                 self.queue.append(msg)
                 self.events.received(msg.task_id)
             elif type(msg) is rm.StopProcess:
@@ -220,7 +226,7 @@ class Executor:
                 if len(self._bounced) > _MAX_BOUNCED:
                     del self._bounced[next(iter(self._bounced))]
         for msg in dropped:
-            self._absorb(msg)
+            self._absorb_unrun(msg)
         # In place: the run loop holds this very deque.
         self.queue.clear()
         self.queue.extend(keep)
@@ -276,6 +282,12 @@ class Executor:
         self._bind_job(msg)
         if msg.code is not None and msg.code_id not in self.code:
             self._code_blobs[msg.code_id] = msg.code
+
+    def _absorb_unrun(self, msg: rm.PushTask) -> None:
+        """A push leaves without running here (stolen back, handed back): what it sent once is kept, and the
+        refs it pinned on arrival are let go."""
+        self._absorb(msg)
+        self._unpin_refs(msg)
 
     def _load_code(self, msg: rm.PushTask):
         obj = self.code.get(msg.code_id)
@@ -358,7 +370,7 @@ class Executor:
             gpus.read_assignment(self.gpu_dir, self.client.worker_id or "")
             self.gpu_dir = ""
         if msg.kind == "task" and not self._claim(msg.task_id):
-            self._absorb(msg)
+            self._absorb_unrun(msg)
             return  # stolen back by its submitter, which runs it elsewhere
         self.events.begin(msg)
         try:
@@ -368,13 +380,6 @@ class Executor:
                 self._finish(msg.task_id)
 
     def _execute_claimed(self, msg: rm.PushTask) -> None:
-        client = self.client
-        if msg.task_id in self._parked:
-            self._parked.discard(msg.task_id)  # a parked call run now: its refs were taken in on arrival
-        else:
-            submitter = _proc_of(msg)  # sent us the refs: if it only borrows one, we confirm with its owner
-            for ref in msg.refs:
-                client.ops.append(("received", ref[0], ref[1], submitter))
         deferred = False
         try:
             if msg.task_id in self.cancelled:
@@ -495,7 +500,6 @@ class Executor:
             # The owner publishes the actor's address as soon as it pushes the constructor, so a call from
             # another caller (another connection) can overtake the constructor: it waits for it here.
             self.early_calls.append(msg)
-            self._parked.add(msg.task_id)
             return True
         if self.actor is None or self._exit_pending or msg.actor_id != self.actor_id:
             error = ActorDiedError(f"actor {msg.actor_id} is not running here"
