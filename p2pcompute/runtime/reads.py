@@ -13,9 +13,10 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeoutError
 
 from p2pcompute import serialization
-from p2pcompute.errors import ObjectFreedError, ObjectLostError
+from p2pcompute.errors import GetTimeoutError, ObjectFreedError, ObjectLostError
 from p2pcompute.object_ref import ObjectRef
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.directory import ERROR, PENDING, STORED
@@ -31,16 +32,19 @@ _BLOCK_GRACE_S = 0.05  # a get shorter than this keeps the worker's CPU (see get
 class ValueReader:
     """Methods of `ClientRuntime` that run on user threads to read values (see the module's docstring)."""
 
-    def read_stored(self, object_id: str, v) -> memoryview:
+    def read_stored(self, object_id: str, v, deadline: float | None = None) -> memoryview:
         return self.read_object(object_id, v.size, v.locations, self.addr if self.refs.is_owned(object_id)
-                                else self._owner_addr(object_id))
+                                else self._owner_addr(object_id), deadline)
 
     def _owner_addr(self, object_id: str) -> str:
         return self.refs.owner_of(object_id) or ""
 
-    def read_object(self, object_id: str, size: int, locations: list, owner_addr: str) -> memoryview:
+    def read_object(self, object_id: str, size: int, locations: list, owner_addr: str,
+                    deadline: float | None = None) -> memoryview:
         """Map a stored object: from a store on this machine if any holds it, else pull a copy into ours
-        (through our peer, which shares one transfer among all local readers). Any thread but the I/O one."""
+        (through our peer, which shares one transfer among all local readers). Any thread but the I/O one.
+        A pull waits for its transfer (at least 60 s), but never past the caller's `deadline`
+        (`GetTimeoutError`)."""
         for _peer_id, _peer_addr, path in locations:
             if path == self.store.path or (os.path.isdir(path) and not _FORCE_TRANSFERS):
                 try:
@@ -53,8 +57,17 @@ class ValueReader:
         for peer_id, peer_addr, _path in locations:
             if peer_id == self.node_id:
                 continue
-            reply = self.peer_request(lambda rid: om.FetchObject(rid, object_id, size, peer_addr, owner_addr,
-                                                                 self.addr), timeout_s=max(60.0, size / 50e6))
+            wait_s = max(60.0, size / 50e6)
+            if deadline is not None:
+                wait_s = min(wait_s, max(0.0, deadline - time.monotonic()))
+            try:
+                reply = self.peer_request(lambda rid: om.FetchObject(rid, object_id, size, peer_addr, owner_addr,
+                                                                     self.addr), timeout_s=wait_s)
+            except (TimeoutError, FutureTimeoutError):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise GetTimeoutError(f"get timed out while pulling object {object_id} from "
+                                          f"{peer_addr}") from None
+                raise
             if reply.error is None:
                 return self.store.read(object_id)
             errors.append(reply.error)
@@ -151,7 +164,7 @@ class ValueReader:
             if v is None:
                 raise ObjectFreedError(f"object {oid} was freed while being read")
             try:
-                return load_value(v, oid, self.read_stored)
+                return load_value(v, oid, lambda object_id, value: self.read_stored(object_id, value, deadline))
             except ObjectLostError:
                 if v.state == STORED:
                     self.call(lambda: self._lost_on_read(oid), timeout_s=30)
