@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py                      # every framework that is installed
     python benchmarks/compare.py --only p2pcompute ray --repeat 3 --json out.json
+    python benchmarks/compare.py --only p2pcompute ray pyzmq    # with the bare pyzmq round trip as the floor
 
 Each framework runs in its own fresh process, one after another, so they never compete for the CPUs; with
 --repeat the frameworks alternate (p2p, ray, p2p, ray, ...) and the best run of each workload is kept,
@@ -221,8 +222,45 @@ def run_multiprocessing() -> dict:
     return out
 
 
-RUNNERS = {"p2pcompute": run_p2pcompute, "ray": run_ray, "dask": run_dask, "multiprocessing": run_multiprocessing}
-IMPORTS = {"p2pcompute": "p2pcompute", "ray": "ray", "dask": "distributed", "multiprocessing": "multiprocessing"}
+# ---- the floor: a bare pyzmq request/reply between two processes ------------------------------------------
+
+def _zmq_echo(address: str) -> None:
+    import zmq
+    sock = zmq.Context.instance().socket(zmq.REP)
+    sock.bind(address)
+    while True:
+        msg = sock.recv()
+        sock.send(msg)
+        if msg == b"stop":
+            return
+
+
+def run_pyzmq() -> dict:
+    """The round trip no task system on this machine can beat: one REQ/REP message each way over a Unix
+    socket, no serialization, no scheduling. Fills the two one-at-a-time rows, as their floor."""
+    import multiprocessing as mp
+    import tempfile
+    import zmq
+    address = f"ipc://{tempfile.mkdtemp(prefix='p2pzmq')}/echo"
+    server = mp.get_context("spawn").Process(target=_zmq_echo, args=(address,), daemon=True)
+    server.start()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(address)
+    for _ in range(200):  # warm up: connected, both sides scheduled
+        sock.send(b"x")
+        sock.recv()
+    n = 5 * N_SYNC
+    dt = _timeit(lambda: [(sock.send(b"x"), sock.recv()) for _ in range(n)])
+    sock.send(b"stop")
+    sock.recv()
+    server.join(5)
+    return {"sync_tasks": n / dt, "sync_actor": n / dt}
+
+
+RUNNERS = {"p2pcompute": run_p2pcompute, "ray": run_ray, "dask": run_dask, "multiprocessing": run_multiprocessing,
+           "pyzmq": run_pyzmq}
+IMPORTS = {"p2pcompute": "p2pcompute", "ray": "ray", "dask": "distributed", "multiprocessing": "multiprocessing",
+           "pyzmq": "zmq"}
 
 
 def _installed(name: str) -> bool:
@@ -278,7 +316,9 @@ def table(results: dict[str, dict]) -> str:
                 ratios.append(f"{b / a:.1f}x")
         lines.append(f"| {title} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     lines.append("")
-    lines.append("Ratios: how many times better p2pcompute is (higher throughput, or shorter time).")
+    lines.append("Ratios: how many times better p2pcompute is (higher throughput, or shorter time). Against pyzmq "
+                 "(a bare request/reply round trip: the floor of the one-at-a-time rows) the ratio is the share of "
+                 "that floor p2pcompute reaches.")
     return "\n".join(lines)
 
 
