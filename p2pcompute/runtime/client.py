@@ -34,10 +34,11 @@ from p2pcompute.net.transport import Transport, Waker
 from p2pcompute.object_ref import _OP_DEC, _OP_INC
 from p2pcompute.ownership import messages as om
 from p2pcompute.ownership.actors import ReleaseName
-from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED
+from p2pcompute.ownership.directory import INLINE, STORED
 from p2pcompute.ownership.owner import INLINE_MAX_BYTES, ForgetAddress, OwnerCore
 from p2pcompute.ownership.store import LocalStore
 from p2pcompute.ownership.task_record import TaskRecord  # noqa: F401 - re-exported for the API modules
+from p2pcompute.runtime import introspect
 from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.actors import ActorManager
 from p2pcompute.runtime.objects import ObjectTable
@@ -336,7 +337,7 @@ class ClientRuntime(ValueReader):
         elif t is rm.CancelTask:
             self._on_cancel_request(msg)
         elif t is rm.RefsRequest:
-            self._send(msg.reply_to, rm.RefsReply(msg.request_id, self.proc_id, self._refs_report()))
+            self._send(msg.reply_to, rm.RefsReply(msg.request_id, self.proc_id, introspect.refs_report(self)))
         elif t in self.handlers:
             self.handlers[t](msg)
         elif t is rm.KeeperAddress or t is rm.DetachedCreated or t is om.ObjectFetched:
@@ -446,30 +447,3 @@ class ClientRuntime(ValueReader):
     def table_async(self, op: tuple) -> None:
         """Fire and forget (the outcome is not needed, e.g. releasing a name of a dead actor)."""
         self.call_soon(lambda: self._send(self.peer_addr, rm.TableOp(self.new_id(), op, False, self.addr)))
-
-    def _refs_report(self, limit: int = 2000) -> list:
-        out = []
-        values = self.objects.values
-        names = {PENDING: "pending", INLINE: "inline", STORED: "stored", ERROR: "error"}
-        for oid in self.refs.object_ids()[:limit]:
-            c = self.refs.counts(oid)
-            if c is None:
-                continue
-            v = values.get(oid)
-            out.append([oid, c["owned"], c["local"], c["pins"] + c["acks"], c["borrowers"],
-                        names.get(v.state, "?") if v is not None else "unknown", v.size if v is not None else 0])
-        return out
-
-    def debug_state(self) -> dict:
-        """A snapshot of this process's scheduling state, for debugging (read racily, from any thread)."""
-        sub = self.submitter
-        return {
-            "proc": self.proc_id, "kind": self.kind,
-            "tasks": {tid: {"name": r.name, "kind": r.kind, "deps_left": r.deps_left, "scheduled": r.scheduled,
-                            "worker": r.held.worker_id if r.held else None} for tid, r in list(self.tasks.items())},
-            "leases": [{"lease": h.lease_id, "worker": h.worker_id, "inflight": list(h.inflight),
-                        "draining": h.draining, "wanted": h.wanted} for h in sub.held_leases()],
-            "queues": {str(k[0]): {"queue": list(st.queue), "requests": list(st.requests)}
-                       for k, st in list(sub.keys.items())},
-            "ops": len(self.ops),
-        }

@@ -765,7 +765,8 @@ def _user_traceback(exc: BaseException) -> str:
 
 def _dump_state(client: WorkerClient, executor: Executor) -> None:
     import json
-    state = client.debug_state()
+    from p2pcompute.runtime.introspect import debug_state
+    state = debug_state(client)
     state["running"] = executor.running
     state["queued"] = [m.task_id for m in executor.queue]
     sys.__stderr__.write("p2pcompute state: " + json.dumps(state, default=str) + "\n")
