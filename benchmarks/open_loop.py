@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from local_peers import start_peers, stop_peers
 
 
 def erlang_c(c: int, rho: float) -> float:
@@ -40,29 +39,6 @@ def erlang_c(c: int, rho: float) -> float:
 def mmc_mean(c: int, rho: float) -> float:
     """Mean time in system of M/M/c, in service times."""
     return 1 + erlang_c(c, rho) / (c * (1 - rho))
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_peers(n: int, cpus: int) -> tuple[list[str], str, int]:
-    base = tempfile.mkdtemp(prefix="p2p-openloop-", dir="/tmp")
-    homes, token_file, first_port = [], None, None
-    for i in range(n):
-        home, port = os.path.join(base, f"p{i}"), _free_port()
-        args = ["--home", home, "--host", "127.0.0.1", "--port", str(port), "--num-cpus", str(cpus)]
-        if i == 0:
-            subprocess.run([sys.executable, "-m", "p2pcompute", "start", *args], check=True, capture_output=True)
-            token_file, first_port = os.path.join(home, "token"), port
-        else:
-            subprocess.run([sys.executable, "-m", "p2pcompute", "join", f"127.0.0.1:{first_port}", *args,
-                            "--token-file", token_file], check=True, capture_output=True)
-        homes.append(home)
-    return homes, token_file, first_port
 
 
 def run_load(p2p, sleeper, load: float, slots: int, service_s: float, seconds: float, seed: int) -> dict:
@@ -117,11 +93,11 @@ def main() -> int:
         if not 0 < load < 1:
             parser.error(f"every load must be between 0 and 1 (exclusive), not {load}")
     import p2pcompute as p2p
-    homes, token_file, port = start_peers(args.peers, args.cpus)
+    homes, address, token = start_peers(args.peers, args.cpus, prefix="p2p-openloop-")
     slots = args.peers * args.cpus
     results = []
     try:
-        p2p.init(address=f"127.0.0.1:{port}", token=open(token_file).read().strip())
+        p2p.init(address=address, token=token)
         deadline = time.monotonic() + 30
         while sum(n["Alive"] for n in p2p.nodes()) < args.peers and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -139,8 +115,7 @@ def main() -> int:
                   flush=True)
         p2p.shutdown()
     finally:
-        for home in homes:
-            subprocess.run([sys.executable, "-m", "p2pcompute", "stop", "--home", home], capture_output=True)
+        stop_peers(homes)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peers": args.peers, "slots": slots, "service_ms": args.service_ms, "results": results}, f)

@@ -17,49 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+import local_peers
 import p2pcompute as p2p
 from p2pcompute.mlkit import rl
 
 
-def start_peers(n: int) -> tuple[list[str], str]:
-    base = tempfile.mkdtemp(prefix="p2p-rl-bench-", dir="/tmp")
-    homes, token_file, first_port = [], None, None
-    for i in range(n):
-        home = os.path.join(base, f"p{i}")
-        port = _free_port()
-        args = ["--home", home, "--host", "127.0.0.1", "--port", str(port), "--num-cpus", "1"]
-        if i == 0:
-            subprocess.run([sys.executable, "-m", "p2pcompute", "start", *args], check=True, capture_output=True)
-            token_file, first_port = os.path.join(home, "token"), port
-        else:
-            subprocess.run([sys.executable, "-m", "p2pcompute", "join", f"127.0.0.1:{first_port}", *args,
-                            "--token-file", token_file], check=True, capture_output=True)
-        homes.append(home)
-    p2p.init(address=f"127.0.0.1:{first_port}", token=open(token_file).read().strip())
+def start_peers(n: int) -> list[str]:
+    homes, address, token = local_peers.start_peers(n, cpus=1, prefix="p2p-rl-bench-")
+    p2p.init(address=address, token=token)
     deadline = time.monotonic() + 30
     while sum(node["Alive"] for node in p2p.nodes()) < n and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the joins to be seen, bounded
-    return homes, base
+    return homes
 
 
-def stop_peers(homes: list[str]) -> None:
-    for home in homes:
-        subprocess.run([sys.executable, "-m", "p2pcompute", "stop", "--home", home], capture_output=True)
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- PPO to 475 -----------------------------------------------------------------------------------------
@@ -193,7 +169,7 @@ def main() -> int:
     if args.peers == 1:
         p2p.init(num_cpus=3)
     else:
-        homes, _ = start_peers(args.peers)
+        homes = start_peers(args.peers)
     try:
         if "ppo" in parts:
             runs = []
@@ -225,7 +201,7 @@ def main() -> int:
             print(f"RLlib: {report['rllib']}", flush=True)
     finally:
         p2p.shutdown()
-        stop_peers(homes)
+        local_peers.stop_peers(homes)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

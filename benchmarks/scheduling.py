@@ -17,8 +17,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
+
+import local_peers
 
 N_ASYNC = 10_000
 N_SYNC = 1_000
@@ -77,23 +78,9 @@ def run_p2p(peers: int) -> dict:
             return workloads(p2p, 2)
         finally:
             p2p.shutdown()
-    base = tempfile.mkdtemp(prefix="p2p-bench-", dir="/tmp")
-    homes = []
+    homes, address, token = local_peers.start_peers(peers, cpus=1)
     try:
-        token_file = None
-        first_port = None
-        for i in range(peers):
-            home = os.path.join(base, f"p{i}")
-            port = _free_port()
-            args = ["--home", home, "--host", "127.0.0.1", "--port", str(port), "--num-cpus", "1"]
-            if i == 0:
-                subprocess.run([sys.executable, "-m", "p2pcompute", "start", *args], check=True, capture_output=True)
-                token_file, first_port = os.path.join(home, "token"), port
-            else:
-                subprocess.run([sys.executable, "-m", "p2pcompute", "join", f"127.0.0.1:{first_port}", *args,
-                                "--token-file", token_file], check=True, capture_output=True)
-            homes.append(home)
-        p2p.init(address=f"127.0.0.1:{first_port}", token=open(token_file).read().strip())
+        p2p.init(address=address, token=token)
         deadline = time.monotonic() + 30
         while sum(n["Alive"] for n in p2p.nodes()) < peers and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -102,8 +89,7 @@ def run_p2p(peers: int) -> dict:
         finally:
             p2p.shutdown()
     finally:
-        for home in homes:
-            subprocess.run([sys.executable, "-m", "p2pcompute", "stop", "--home", home], capture_output=True)
+        local_peers.stop_peers(homes)
 
 
 # ---- Ray ----------------------------------------------------------------------------------------------
@@ -130,13 +116,6 @@ def run_ray(peers: int) -> dict:
             ray.shutdown()
     finally:
         cluster.shutdown()
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 RUNNERS = {"p2pcompute": run_p2p, "ray": run_ray}

@@ -30,7 +30,7 @@ from p2pcompute.ownership.task_record import TaskRecord
 from p2pcompute.ownership.wire_values import InlineResult, result_to_wire
 from sims.owner_driver import OwnerDriver
 from sims.workloads.base import Workload
-from sims.workloads.core_refs import CoreRefOps
+from sims.workloads.core_refs import CoreRefHooks, CoreRefOps
 from sims.workloads.dag import core_classes, table_class
 from sims.workloads.refs import REF_MESSAGES, RefTruth
 
@@ -63,7 +63,7 @@ def submission_index(task_id: str) -> int:
     return int(task_id.rsplit(".", 1)[1], 16)
 
 
-class ActorsWorkload(Workload):
+class ActorsWorkload(CoreRefHooks, Workload):
     name = "actors"
     uses_refs = True
 
@@ -198,19 +198,6 @@ class ActorsWorkload(Workload):
         return rec
 
     # ---- the caller's and the owner's side ----
-
-    def on_push(self, driver, msg, to: str) -> None:
-        if msg.refs:
-            self.ops.pushed(driver, to, msg.refs)
-
-    def on_reply(self, driver, msg) -> None:
-        rec = driver.core.tasks.get(msg.task_id)
-        live = rec is not None and not rec.done and msg.system_error is None
-        return_ids = rec.return_ids if rec is not None else [f"{msg.task_id}.{i}" for i in range(len(msg.returns))]
-        self.ops.replied(driver, return_ids, msg.returns, live)
-
-    def on_free(self, driver, object_id: str) -> None:
-        self.ops.on_free(driver, object_id)
 
     def on_task_ending(self, driver, task_id: str) -> None:
         call = self.calls.get(task_id)

@@ -72,3 +72,21 @@ class CoreRefOps(RefOps):
                     self._used(proc, tid, r[0])
             for r in refs:
                 self.truth.release(("wire", tid), r[0], strict=not self.lossy)
+
+
+class CoreRefHooks:
+    """The owner-side hooks a workload on the owner core shares (`self.ops` is its `CoreRefOps`): what a push
+    carries, what a reply brings back, and the core's frees, all handed to the checks."""
+
+    def on_push(self, driver, msg, to: str) -> None:
+        if msg.refs:
+            self.ops.pushed(driver, to, msg.refs)
+
+    def on_reply(self, driver, msg) -> None:
+        rec = driver.core.tasks.get(msg.task_id)
+        live = rec is not None and not rec.done and msg.system_error is None
+        return_ids = rec.return_ids if rec is not None else [f"{msg.task_id}.{i}" for i in range(len(msg.returns))]
+        self.ops.replied(driver, return_ids, msg.returns, live)
+
+    def on_free(self, driver, object_id: str) -> None:
+        self.ops.on_free(driver, object_id)

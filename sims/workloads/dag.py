@@ -34,7 +34,7 @@ from p2pcompute.ownership.wire_values import InlineResult, StoredResult, result_
 from sims.owner_driver import MAX_RETRIES, OwnerDriver
 from sims.worker import argument_lost, unreadable_argument
 from sims.workloads.base import Workload
-from sims.workloads.core_refs import CoreRefOps
+from sims.workloads.core_refs import CoreRefHooks, CoreRefOps
 from sims.workloads.refs import REF_MESSAGES, RefTruth
 
 S = 1_000_000_000
@@ -58,7 +58,7 @@ class Job:
     done: bool = False
 
 
-class DagWorkload(Workload):
+class DagWorkload(CoreRefHooks, Workload):
     name = "dag"
     uses_refs = True
 
@@ -151,19 +151,6 @@ class DagWorkload(Workload):
         d.submit(rec, record)
 
     # ---- the owner's side ----
-
-    def on_push(self, driver, msg, to: str) -> None:
-        if msg.refs:
-            self.ops.pushed(driver, to, msg.refs)
-
-    def on_reply(self, driver, msg) -> None:
-        rec = driver.core.tasks.get(msg.task_id)
-        live = rec is not None and not rec.done and msg.system_error is None
-        return_ids = rec.return_ids if rec is not None else [f"{msg.task_id}.{i}" for i in range(len(msg.returns))]
-        self.ops.replied(driver, return_ids, msg.returns, live)
-
-    def on_free(self, driver, object_id: str) -> None:
-        self.ops.on_free(driver, object_id)
 
     def on_task_ending(self, driver, task_id: str) -> None:
         args = self.args_of.pop(task_id, None)
