@@ -74,20 +74,23 @@ class GpuAssigner:
         taken: list[tuple[str, int]] = []
         if units < resources.UNIT:
             # A fraction: best fit (the fullest GPU it still fits on), so fractions pack onto few GPUs and
-            # whole GPUs stay free; if it fits nowhere (a worker still exiting), the least used one.
+            # whole GPUs stay free; if it fits nowhere, the least used one.
             fits = [g for g in self.ids if self.used[g] + units <= resources.UNIT]
             gpu = max(fits, key=lambda g: self.used[g]) if fits else min(self.ids, key=lambda g: self.used[g])
             taken.append((gpu, units))
         else:
             whole = math.ceil(units / resources.UNIT)
             free = [g for g in self.ids if self.used[g] == 0]
-            # The core never grants more than exist; a GPU of a worker still exiting may be counted here.
             rest = sorted((g for g in self.ids if g not in free), key=lambda g: self.used[g])
             taken = [(g, resources.UNIT) for g in (free + rest)[:whole]]
         for gpu, amount in taken:
             self.used[gpu] += amount
         self.by_worker[worker_id] = taken
         return [gpu for gpu, _ in taken]
+
+    def _release(self, worker_id: str) -> None:
+        for gpu, amount in self.by_worker.pop(worker_id, []):
+            self.used[gpu] = max(0, self.used[gpu] - amount)
 
     # ---- events from the peer -----------------------------------------------------------------------
 
@@ -112,12 +115,16 @@ class GpuAssigner:
         os.replace(tmp, path)
 
     def on_lease_returned(self, lease_id: str) -> str | None:
-        """The worker to stop now that its GPU lease is over (None if the lease had no GPU)."""
-        return self.gpu_leases.pop(lease_id, None)
+        """The worker to stop now that its GPU lease is over (None if the lease had no GPU). Its ids are free
+        from now on, as its units are in the core: it runs nothing more, and placing the next lease as if it
+        still held them (while it exits) put two halves that should share a GPU on different ones."""
+        worker_id = self.gpu_leases.pop(lease_id, None)
+        if worker_id is not None:
+            self._release(worker_id)
+        return worker_id
 
     def on_worker_exit(self, worker_id: str) -> None:
-        for gpu, amount in self.by_worker.pop(worker_id, []):
-            self.used[gpu] = max(0, self.used[gpu] - amount)
+        self._release(worker_id)
         for lease_id in [l for l, w in self.gpu_leases.items() if w == worker_id]:
             del self.gpu_leases[lease_id]
         try:

@@ -54,6 +54,22 @@ def test_a_pool_worker_gets_its_ids_by_file_before_the_grant(tmp_path):
     assert g.on_lease_returned("l2") is None
 
 
+def test_ids_are_free_when_the_lease_ends_not_when_its_worker_has_exited(tmp_path):
+    """The core frees a lease's units when it ends; the ids follow. Two whole-GPU leases end, their workers
+    still exiting; two halves that come next pack onto one GPU (they went to one each, when the exiting
+    workers still counted)."""
+    g = gpus.GpuAssigner(2 * U, str(tmp_path))
+    g.on_granted("l1", "w1", {"GPU": U})
+    g.on_granted("l2", "w2", {"GPU": U})
+    assert g.on_lease_returned("l1") == "w1" and g.on_lease_returned("l2") == "w2"   # stopping, not yet gone
+    g.on_granted("l3", "w3", {"GPU": U // 2})
+    g.on_granted("l4", "w4", {"GPU": U // 2})
+    assert g.by_worker["w3"][0][0] == g.by_worker["w4"][0][0]
+    g.on_worker_exit("w1")  # the exit that follows frees nothing twice
+    g.on_worker_exit("w2")
+    assert sorted(g.used.values()) == [0, U]
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.sampled_from([U, 2 * U, 3 * U]), min_size=1, max_size=12), st.integers(0, 2 ** 16))
 def test_whole_gpus_are_never_shared(requests, seed):
