@@ -230,8 +230,9 @@ class ClientRuntime(ValueReader):
             self._stopped.set()
 
     def _poll_timeout_ms(self) -> float:
-        if self.ops:
-            return 0
+        # Operations that need the loop soon wake it (`call_soon`, `submit`); the rest — a ref made or
+        # dropped, a borrow to confirm — wait for the next pass or tick: an extra pass for each of them
+        # was two of every sync task's four passes.
         delta = (self._deadline_ns - now_ns()) / 1e6
         return max(0.0, min(delta, 100.0))
 

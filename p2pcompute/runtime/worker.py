@@ -687,6 +687,7 @@ class Executor:
                 store.write(oid, ser)
                 self.client.ops.append(("send", self.client.peer_addr,
                                         _om().ObjectSealed(oid, size, msg.owner_addr)))
+                self.client.waker.wake()
                 out.append(result_to_wire(StoredResult(size, refs, store.path, self.node_id, self.client.peer_addr)))
         return out
 
