@@ -173,21 +173,32 @@ def _stop_ray(fabric: Fabric, namespaces: list[int]) -> None:
 _DAEMONS = ("p2pcompute.runtime.daemon", "raylet")  # the processes that move objects between nodes
 
 
-def _daemon_cpu_s(fabric: Fabric, namespaces: list[int]) -> float:
-    """CPU seconds (user + system, all threads) used so far by the node daemons in these namespaces."""
-    total = 0.0
+def _daemon_cpu_s(fabric: Fabric, namespaces: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the node daemons in these namespaces: "all" their threads,
+    and each of the threads that encrypt for ZeroMQ ("io <ns> <tid>": libzmq's I/O threads)."""
+    out = {"all": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
     for ns in namespaces:
         for pid in fabric.pids(fabric.namespaces[ns]):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmdline = f.read().decode(errors="replace")
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    if not any(name in f.read().decode(errors="replace") for name in _DAEMONS):
+                        continue
+                tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
                 continue
-            if any(name in cmdline for name in _DAEMONS):
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                        comm, rest = f.read().split("(", 1)[1].rsplit(")", 1)
+                except OSError:
+                    continue
+                fields = rest.split()
+                cpu_s = (int(fields[11]) + int(fields[12])) / tick
+                out["all"] += cpu_s
+                if comm.startswith("ZMQbg/IO"):
+                    out[f"io {ns} {tid}"] = cpu_s
+    return out
 
 
 def main() -> int:
@@ -245,11 +256,15 @@ def main() -> int:
         best: dict[str, dict] = {}
         for _ in range(args.rounds):
             for name, ns, argv in runs:
-                cpu_s = _daemon_cpu_s(fabric, [ns, ns + 1])
+                before = _daemon_cpu_s(fabric, [ns, ns + 1])
                 out = _result(fabric.run(ns, argv, timeout_s=600))
-                cpu_s = _daemon_cpu_s(fabric, [ns, ns + 1]) - cpu_s
-                mine = best.setdefault(name, {"pull": {}, "sync_task_us": out["sync_task_us"], "cpu_s": []})
-                mine["cpu_s"].append(cpu_s)
+                after = _daemon_cpu_s(fabric, [ns, ns + 1])
+                mine = best.setdefault(name, {"pull": {}, "sync_task_us": out["sync_task_us"], "cpu_s": [],
+                                              "io_s": []})
+                mine["cpu_s"].append(after["all"] - before["all"])
+                io = [[after[k] - before.get(k, 0.0) for k in after if k.startswith(f"io {side} ")]
+                      for side in (ns + 1, ns)]  # the holder's I/O threads, the reader's
+                mine["io_s"].append(tuple((sum(threads), max(threads, default=0.0)) for threads in io))
                 mine["sync_task_us"] = min(mine["sync_task_us"], out["sync_task_us"])
                 for mb, secs in out["pull"].items():
                     mine["pull"][mb] = min(mine["pull"].get(mb, secs), secs)
@@ -261,6 +276,12 @@ def main() -> int:
             pulled_mb = args.repeat * sum(args.sizes_mb)
             print(f"  CPU of both node daemons per run ({pulled_mb} MB pulled, 201 tasks): "
                   f"{min(out['cpu_s']):.2f} s at least, {sorted(out['cpu_s'])[len(out['cpu_s']) // 2]:.2f} s median")
+            if name.startswith("p2p"):
+                (holder_s, holder_max_s), (reader_s, reader_max_s) = min(out["io_s"], key=lambda x: x[0][0] + x[1][0])
+                per_100mb_ms = 100 * 1000 / pulled_mb
+                print(f"  CPU of libzmq's I/O threads (they encrypt, CURVE) per 100 MB pulled: holder "
+                      f"{holder_s * per_100mb_ms:.0f} ms (busiest thread {holder_max_s * per_100mb_ms:.0f}), reader "
+                      f"{reader_s * per_100mb_ms:.0f} ms (busiest {reader_max_s * per_100mb_ms:.0f})")
             for mb, secs in out["pull"].items():
                 print(f"  pull of {mb} MB: {secs * 1000:.1f} ms = {int(mb) / 1024 / secs:.2f} GiB/s "
                       f"= {int(mb) * 1.048576 / 1000 / secs:.2f} GB/s")
