@@ -14,8 +14,9 @@ The wiring follows the runtime:
   of the others into the lease core, both at most every `--view-interval-ms` (the runtime: 100 ms); the
   lease core's copy is brought up to date when it is about to use it (a request arrives, or a tick), and
   incrementally (see `_refresh_views`);
-- a lease tick is scheduled only while the lease core has something to do on a tick (requests waiting,
-  idle workers to reap): skipped ticks would have done nothing.
+- a lease tick is scheduled only while the lease core has something to do on a tick: every requeue interval
+  while requests wait, else at the first tick on that grid when an idle worker's TTL has run out (reaping
+  is all a tick does then): skipped ticks would have done nothing.
 
 Timers: each core's `Timer(at)` requests are kept as one pending event per core (the earliest); a later
 request supersedes nothing, an earlier one schedules another event, and a stale event is ignored.
@@ -118,13 +119,11 @@ class SimPeer:
 
     # ---- starting -----------------------------------------------------------------------------------
 
-    def boot(self, snapshot) -> None:
-        """Pre-joined start: drop the Join, then take the full state as if a seed had answered."""
-        effects = self.membership.start(self.local(), ["fake-seed"])
-        self._mem([e for e in effects if type(e) is not Send])
-        self._mem([e for e in self.membership.on_message(self.local(), "fake-seed", snapshot)
-                   if type(e) is not MemberChanged])
-        self._views_dirty.update(dict.fromkeys(rec[0] for rec in snapshot.views))
+    def boot(self, shared) -> None:
+        """Pre-joined start: as if a seed had answered the Join with the full state (`SharedStart`)."""
+        self._mem(self.membership.start_shared(self.local(), shared))
+        if self.lease is not None:
+            self._views_dirty.update(dict.fromkeys(shared.ids))
         self._start_workers()
 
     def join(self, seeds: list[str]) -> None:
@@ -171,7 +170,8 @@ class SimPeer:
 
     def _member_changed(self, e: MemberChanged) -> None:
         cluster = self.cluster
-        self._views_dirty[e.peer_id] = None
+        if self.lease is not None:  # only a lease core reads views (and empties this)
+            self._views_dirty[e.peer_id] = None
         if e.peer_id == self.peer_id:
             return
         if e.state in ("dead", "left"):
@@ -277,10 +277,26 @@ class SimPeer:
 
     def _lease_arm(self) -> None:
         lease = self.lease
-        if self._lease_at == NEVER and (lease.waiting or len(lease.workers) > lease.pool_size):
+        if lease.waiting:
             at = self.engine.now + lease.config.requeue_interval_ms * _MS
+        elif len(lease.workers) > lease.pool_size:
+            # Only idle workers to reap: a tick does nothing before the oldest idle one's TTL runs out.
+            at = self._next_reap_ns(lease)
+        else:
+            return
+        if at < self._lease_at:
             self._lease_at = at
             self.engine.at(at, self._lease_tick, at)
+
+    def _next_reap_ns(self, lease) -> int:
+        """The first tick (on the requeue grid) at which `_reap_idle_workers` could stop a worker."""
+        step_ns = lease.config.requeue_interval_ms * _MS
+        oldest = min((w.idle_since_ns for w in lease.workers.values() if w.state == "idle" and w.lease_id is None),
+                     default=None)
+        if oldest is None:
+            return self.engine.now + step_ns  # none idle yet: look again as the cores act (each effect re-arms)
+        wait_ns = self.to_global(oldest + lease.config.idle_worker_ttl_ms * _MS) - self.engine.now
+        return self.engine.now + max(1, -(-wait_ns // step_ns)) * step_ns
 
     def _lease_tick(self, at: int, _=None) -> None:
         if not self.up:

@@ -37,7 +37,9 @@ and its processes' work is lost and redone, as after a crash.
 Dissemination. Each accepted change becomes a rumour in a transmit-limited queue and rides on pings, acks
 and gossip (to `gossip_fanout` random members every `gossip_interval_ms`), about
 `retransmit_mult * log10(N + 1)` times. Resource views spread the same way, each stamped with its
-owner's (incarnation, view_version): an older stamp never overwrites a newer one. Both queues send the
+owner's (incarnation, view_version): an older stamp never overwrites a newer one. Views are best effort and
+churn with every task, so a gossip round that would carry only views goes to `view_gossip_fanout` members
+and runs at most every `view_gossip_interval_ms` (probes and acks carry views whenever they go). Both queues send the
 entries sent fewest times first, newest first among those, and a message carries at most
 `max_updates_per_msg` and `max_views_per_msg` entries, so messages stay small at any cluster size.
 
@@ -88,11 +90,12 @@ from p2pcompute.net.rumours import RumourQueue
 if TYPE_CHECKING:
     from random import Random
 
-__all__ = ["MembershipConfig", "Member", "MemberChanged", "Fenced", "Membership", "suspicion_timeout_ms",
+__all__ = ["MembershipConfig", "Member", "SharedStart", "MemberChanged", "Fenced", "Membership", "suspicion_timeout_ms",
            "detection_bound_ms", "likely_detection_bound_ms"]
 
 _MS = 1_000_000
 _NEVER = 1 << 62  # "no deadline": later than any real now_ns
+_ABSENT = object()  # "no entry", where None means something
 _MAX_FORWARDS = 1024  # relayed indirect probes remembered at once; caps what a flood of PingReqs can cost
 
 
@@ -101,22 +104,81 @@ def id_hash(peer_id: str) -> int:
     return (int.from_bytes(hashlib.blake2b(peer_id.encode(), digest_size=8).digest(), "little") >> 1) or 1
 
 
-@dataclass(slots=True, eq=False)
 class Member:
-    """What this peer knows about one member. Owned by the core: read it, never change it."""
+    """What this peer knows about one member. Owned by the core: read it, never change it.
 
-    peer_id: str
-    addr: str
-    state: str  # 'alive' | 'suspect' | 'dead' | 'left'
-    incarnation: int
-    meta: dict  # static per incarnation: the peer's process addresses, host, version, ...
-    view: dict = field(default_factory=dict)  # the peer's latest resource view we know
-    view_version: int = 0
-    view_incarnation: int = -1  # the view's stamp is (view_incarnation, view_version); -1: no view yet
-    last_heard_ns: int = 0  # when a message from this peer last arrived (0: never directly)
-    state_since_ns: int = 0
-    state_code: int = ALIVE  # `state` as its wire code, for the merge rules
-    told_ns: int = -_NEVER  # last time we told this member we hold it suspect or dead; limits how often
+    Compact, because a core holds one per member and the simulator runs thousands of cores: the member's
+    record and its view record are the very tuples that came over the wire (shared by every core that
+    accepted them, never copied), and the other fields are read through them.
+    """
+
+    __slots__ = ("rec", "view_rec", "last_heard_ns", "state_since_ns", "told_ns")
+
+    def __init__(self, rec: tuple, view_rec: tuple | None = None, last_heard_ns: int = 0, state_since_ns: int = 0,
+                 told_ns: int = -_NEVER) -> None:
+        self.rec = rec  # (peer_id, addr, state code, incarnation, meta): the claim we hold
+        # (peer_id, view_incarnation, view_version, view): the latest view we know; incarnation -1: none yet
+        self.view_rec = view_rec if view_rec is not None else (rec[0], -1, 0, _NO_VIEW)
+        self.last_heard_ns = last_heard_ns  # when a message from this peer last arrived (0: never directly)
+        self.state_since_ns = state_since_ns
+        self.told_ns = told_ns  # last time we told this member we hold it suspect or dead; limits how often
+
+    peer_id = property(lambda self: self.rec[0])
+    addr = property(lambda self: self.rec[1])
+    state_code = property(lambda self: self.rec[2])  # `state` as its wire code, for the merge rules
+    state = property(lambda self: STATE_NAMES[self.rec[2]])  # 'alive' | 'suspect' | 'dead' | 'left'
+    incarnation = property(lambda self: self.rec[3])
+    meta = property(lambda self: self.rec[4])  # static per incarnation: the process addresses, host, version, ...
+    view_incarnation = property(lambda self: self.view_rec[1])
+    view_version = property(lambda self: self.view_rec[2])
+    view = property(lambda self: self.view_rec[3])  # the peer's latest resource view we know
+
+    def __repr__(self) -> str:
+        return (f"Member({self.peer_id!r}, {self.addr!r}, {self.state!r}, incarnation={self.incarnation}, "
+                f"view_version={self.view_version})")
+
+
+class _SharedMember(Member):
+    """A member of a `SharedStart`: one object read by every core started from it, so it must never change.
+    A core copies it (`Membership._own`) before its first change; a change made by mistake raises."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a shared member record is read-only ({name}); copy it first")
+
+
+_NO_VIEW: dict = {}  # the view of a member whose view we have not heard yet (shared: never change it)
+
+
+class SharedStart:
+    """The state a whole cluster starts from, for many cores in one process: the simulator's pre-joined start.
+
+    `Membership.start_shared` takes it as if a seed had answered the core's Join with it, but every core
+    reads the same member objects until it changes one (copy on write), so a thousand cores hold one copy of
+    the members they agree on rather than a thousand. Only alive members; views are optional.
+    """
+
+    __slots__ = ("members", "ids", "digest")
+
+    def __init__(self, records: tuple, views: tuple = ()) -> None:
+        view_of = {}
+        for v in views:
+            if type(v) is not tuple or len(v) != 4 or type(v[3]) is not dict:
+                raise InvalidArgumentError(f"not a view record: {v!r}")
+            view_of[v[0]] = v
+        self.members: dict[str, Member] = {}
+        self.digest = 0
+        for rec in records:
+            if parse_member(rec) is None or rec[2] != ALIVE:
+                raise InvalidArgumentError(f"a shared start holds well-formed alive members only, not {rec!r}")
+            m = object.__new__(_SharedMember)
+            for name, value in (("rec", rec), ("view_rec", view_of.get(rec[0], (rec[0], -1, 0, _NO_VIEW))),
+                                ("last_heard_ns", 0), ("state_since_ns", 0), ("told_ns", -_NEVER)):
+                object.__setattr__(m, name, value)
+            self.members[rec[0]] = m
+            self.digest ^= id_hash(rec[0])
+        self.ids = list(self.members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,12 +232,16 @@ class Membership:
         self._rng = rng
         self.self_id = self_id
         self.self_addr = self_addr
-        self._self = Member(self_id, self_addr, "alive", incarnation, dict(meta or {}), view_incarnation=incarnation,
-                            last_heard_ns=now_ns, state_since_ns=now_ns)
-        self._members: dict[str, Member] = {self_id: self._self}
+        self._self = Member((self_id, self_addr, ALIVE, incarnation, dict(meta or {})),
+                            (self_id, incarnation, 0, _NO_VIEW), last_heard_ns=now_ns, state_since_ns=now_ns)
+        # Members by id: the ones this core made or changed. None: forgotten (a member of `_base`, which we
+        # must not see through to). `_base` is a `SharedStart`'s members, read-only and shared with other
+        # cores (empty unless `start_shared`): a member found only there is one we have not changed since.
+        self._members: dict[str, Member | None] = {self_id: self._self}
+        self._base: dict[str, Member] = {}
         # Other members that are alive or suspect, as a list for O(1) random picks (gossip, probes, sync).
+        # Removing one is O(N) (a death: rare), which spares a position index of N entries per core.
         self._alive_ids: list[str] = []
-        self._alive_pos: dict[str, int] = {}
         # XOR of `id_hash` over ourselves and `_alive_ids`: equal digests, (almost surely) equal live sets.
         self._digest = id_hash(self_id)
         self._next_digest_sync_ns = 0
@@ -184,9 +250,11 @@ class Membership:
         self._dead_ids: dict[str, None] = {}
         self._probe_order: list[str] = []
         self._probe_pos = 0
-        # Members still ahead in this cycle. No member is queued twice in one cycle, so a cycle is never
-        # longer than the membership, which `detection_bound_ms` relies on.
-        self._probe_pending: dict[str, None] = {}
+        # Members that stopped being live during this cycle (cleared when a cycle starts), dropped when their
+        # entry comes up. One that comes back while still listed is not queued again: no member is queued
+        # twice in one cycle, so a cycle is never longer than the membership, which `detection_bound_ms`
+        # relies on. (Live members are never queued twice: `_add_alive` queues only members that were not.)
+        self._probe_gone: dict[str, None] = {}
         self._probe_target: str | None = None
         self._probe_seq = 0
         self._probe_incarnation = 0  # the target's incarnation when probed: a refutation since then wins
@@ -214,6 +282,7 @@ class Membership:
         self._join_backoff_ms = 0
         self._join_retry_ns = _NEVER
         self._next_probe_ns = self._next_gossip_ns = self._next_sync_ns = _NEVER
+        self._next_view_gossip_ns = 0  # a round that carries only views waits for this (view_gossip_interval_ms)
         self._pull_ns = _NEVER  # one state pull soon after joining
         self._next_reconnect_ns = 0
         self.counters = {"malformed": 0, "unexpected": 0, "refutations": 0, "digest_syncs": 0}
@@ -262,19 +331,41 @@ class Membership:
         out.append(Timer(self.next_deadline_ns()))
         return out
 
+    def start_shared(self, now_ns: int, shared: SharedStart) -> list[Effect]:
+        """Start as if a seed had answered our Join with `shared` (the whole cluster), like `start` followed
+        by that Snapshot, but reading `shared`'s member objects instead of copying them: every core started
+        from the same `SharedStart` holds one copy of what they agree on, and copies a member only to change
+        it. For many cores in one process (the simulator); the MemberChanged effects of the Snapshot are not
+        returned (every member is news, and nobody needs told)."""
+        if self._started or self._fenced:
+            raise InvalidArgumentError("start_shared must be the core's first start")
+        effects = self.start(now_ns, [])
+        self._base = shared.members
+        ids = list(shared.ids)
+        if self.self_id in shared.members:
+            ids.remove(self.self_id)
+            self._digest = shared.digest
+        else:
+            self._digest = shared.digest ^ id_hash(self.self_id)
+        self._alive_ids = ids  # the probe order is drawn from these when the first cycle starts
+        # What merging a Snapshot that answers a Join does (see `_on_snapshot`).
+        self._pull_ns = now_ns + 2 * self.config.probe_interval_ms * _MS
+        self._next_sync_ns = now_ns + self._sync_interval_ns()
+        return [e for e in effects if type(e) is not Timer] + [Timer(self.next_deadline_ns())]
+
     def leave(self, now_ns: int) -> list[Effect]:
         """Leave gracefully: tell several members directly, then keep gossiping until the news is out."""
         if self._left or self._fenced or not self._started:
             return []
         self._left = True
         me = self._self
-        me.state, me.state_code, me.state_since_ns = "left", LEFT, now_ns
-        rec = self._record(me)
+        me.rec, me.state_since_ns = (me.peer_id, me.addr, LEFT, me.incarnation, me.meta), now_ns
+        rec = me.rec
         self._updates.put(self.self_id, rec)
         out: list[Effect] = []
         n = min(len(self._alive_ids), self.config.leave_fanout)
         for pid in self._rng.sample(self._alive_ids, n):
-            out.append(Send(self._members[pid].addr, Gossip(self.self_id, (rec,), ())))
+            out.append(Send(self._get(pid).addr, Gossip(self.self_id, (rec,), ())))
         out.append(Timer(self.next_deadline_ns()))
         return out
 
@@ -294,14 +385,15 @@ class Membership:
             return [e for e in out if type(e) is Fenced]
         if idle and (len(self._updates) or len(self._views)):
             out.append(Timer(self.next_deadline_ns()))  # gossip rounds start again: they idle while nothing is new
-        m = self._members.get(msg.src_id)
+        m = self._get(msg.src_id)
         if m is not None and m is not self._self:
+            m = self._own(m)
             m.last_heard_ns = now_ns
             # A member we hold suspect or dead is talking to us: tell it, so that it refutes, or sends us the
             # refutation we missed. Rumours reach everyone only with high probability; this closes the gap.
-            if SUSPECT <= m.state_code <= DEAD and now_ns - m.told_ns >= self.config.probe_interval_ms * _MS:
+            if SUSPECT <= m.rec[2] <= DEAD and now_ns - m.told_ns >= self.config.probe_interval_ms * _MS:
                 m.told_ns = now_ns
-                out.append(Send(sender_addr, Gossip(self.self_id, (self._record(m),), ())))
+                out.append(Send(sender_addr, Gossip(self.self_id, (m.rec,), ())))
         return out
 
     def on_tick(self, now_ns: int) -> list[Effect]:
@@ -342,17 +434,16 @@ class Membership:
         if not isinstance(view, dict):
             raise InvalidArgumentError(f"a resource view must be a dict of plain data, not {type(view).__name__}")
         me = self._self
-        me.view = dict(view)
-        me.view_version += 1
-        self._views.put(self.self_id, self._view_record(me))
+        me.view_rec = (self.self_id, me.view_rec[1], me.view_rec[2] + 1, dict(view))
+        self._views.put(self.self_id, me.view_rec)
 
     def members(self) -> dict[str, Member]:
         """Every member we know, by peer id, this peer and remembered dead/left ones included."""
-        return dict(self._members)
+        return {m.rec[0]: m for m in self._all_members()}
 
     def member(self, peer_id: str) -> Member | None:
         """One member by id, without copying the whole table as `members()` does."""
-        return self._members.get(peer_id)
+        return self._get(peer_id)
 
     def alive_count(self) -> int:
         """len(alive()), without building the list."""
@@ -360,7 +451,8 @@ class Membership:
 
     def alive(self) -> list[Member]:
         """This peer and every member that is alive or suspect (a suspect is still usable)."""
-        return [self._self] + [self._members[pid] for pid in self._alive_ids]
+        get = self._get
+        return [self._self] + [get(pid) for pid in self._alive_ids]
 
     def next_deadline_ns(self) -> int:
         """The earliest `now_ns` at which `on_tick` has work to do."""
@@ -368,7 +460,12 @@ class Membership:
             return _NEVER
         # Gossip rounds only run while there is something to spread: most of the time there is not, and a
         # thousand simulated peers should not wake up every 100 ms for nothing.
-        gossip_ns = self._next_gossip_ns if len(self._updates) or len(self._views) else _NEVER
+        if len(self._updates):
+            gossip_ns = self._next_gossip_ns
+        elif len(self._views):
+            gossip_ns = max(self._next_gossip_ns, self._next_view_gossip_ns)
+        else:
+            gossip_ns = _NEVER
         if self._left:
             return gossip_ns if len(self._updates) else _NEVER
         t = min(self._next_probe_ns, gossip_ns, self._next_sync_ns, self._join_retry_ns, self._pull_ns)
@@ -449,14 +546,16 @@ class Membership:
     # ---- merging what others say ------------------------------------------------------------------------
 
     def _absorb(self, now_ns: int, sender: str, updates: tuple, views: tuple, out: list) -> None:
-        members, me = self._members, self._self
+        get, me = self._get, self._self
         for rec in updates:
             # Fast path, the common case: a rumour we already hold. Nothing in it is used, so it need not be
             # checked; all else is checked in full before it can change anything.
             if type(rec) is tuple and len(rec) == 5 and type(rec[0]) is str:
-                m = members.get(rec[0])
-                if m is not None and m is not me and m.incarnation == rec[3] and m.state_code == rec[2]:
-                    continue
+                m = get(rec[0])
+                if m is not None and m is not me:
+                    held = m.rec
+                    if held is rec or (held[3] == rec[3] and held[2] == rec[2]):
+                        continue
             if parse_member(rec) is None:
                 self.counters["malformed"] += 1
             else:
@@ -470,12 +569,11 @@ class Membership:
         if pid == self.self_id:
             self._merge_about_self(rec, sender, out)
             return
-        m = self._members.get(pid)
+        m = self._get(pid)
         if m is None:
             if st == SUSPECT:  # learn members from their own alive, never from a rumour of their failure
                 return
-            m = self._members[pid] = Member(pid, addr, STATE_NAMES[st], inc, meta, state_since_ns=now_ns,
-                                            state_code=st)
+            m = self._members[pid] = Member(rec, state_since_ns=now_ns)
             previous, was_live, identity_changed = None, False, False
         else:
             cur = m.state_code
@@ -496,9 +594,10 @@ class Membership:
                 return
             previous, was_live = m.state, cur <= SUSPECT
             identity_changed = m.addr != addr or (m.meta is not meta and m.meta != meta)
-            m.addr, m.meta, m.incarnation = addr, meta, inc
+            m = self._own(m)
+            m.rec = rec
             if st != cur:
-                m.state, m.state_code, m.state_since_ns = STATE_NAMES[st], st, now_ns
+                m.state_since_ns = now_ns
         is_live = st <= SUSPECT
         if is_live and not was_live:
             self._add_alive(pid)
@@ -556,9 +655,11 @@ class Membership:
     def _refute(self, claimed_incarnation: int, sender: str | None, out: list) -> None:
         """Outbid a claim about us with a higher incarnation, spread it, and answer the claimant at once."""
         me = self._self
-        me.incarnation = me.view_incarnation = max(me.incarnation, claimed_incarnation) + 1
+        inc = max(me.incarnation, claimed_incarnation) + 1
+        me.rec = (self.self_id, me.addr, me.state_code, inc, me.meta)
+        me.view_rec = (self.self_id, inc, me.view_version, me.view)
         self.counters["refutations"] += 1
-        rec, view = self._record(me), self._view_record(me)
+        rec, view = me.rec, me.view_rec
         self._updates.put(self.self_id, rec)
         self._views.put(self.self_id, view)
         if sender is not None:
@@ -573,10 +674,11 @@ class Membership:
         if type(pid) is not str or type(inc) is not int or type(version) is not int or type(view) is not dict:
             self.counters["malformed"] += 1
             return
-        m = self._members.get(pid)
-        if m is None or m.state_code > SUSPECT:
+        m = self._get(pid)
+        if m is None or m.rec[2] > SUSPECT:
             return
-        if inc < m.view_incarnation or (inc == m.view_incarnation and version <= m.view_version):
+        held = m.view_rec
+        if inc < held[1] or (inc == held[1] and version <= held[2]):
             return
         if m is self._self:
             # A view of ours stamped newer than ours is from an earlier process with our id. Jump past it,
@@ -584,10 +686,10 @@ class Membership:
             if inc > m.incarnation:
                 self._refute(inc, None, out)
             else:
-                m.view_version = version + 1
-                self._views.put(pid, self._view_record(m))
+                m.view_rec = (pid, held[1], version + 1, held[3])
+                self._views.put(pid, m.view_rec)
             return
-        m.view, m.view_incarnation, m.view_version = view, inc, version
+        self._own(m).view_rec = rec
         if self._spreading:
             self._views.put(pid, rec)
 
@@ -603,12 +705,12 @@ class Membership:
             del self._forwards[seq]
         if self._dead_ids and now_ns >= self._next_reconnect_ns:
             self._next_reconnect_ns = now_ns + self.config.reconnect_interval_ms * _MS
-            m = self._members[self._rng.choice(list(self._dead_ids))]
+            m = self._own(self._get(self._rng.choice(list(self._dead_ids))))
             m.told_ns = now_ns
-            out.append(Send(m.addr, Gossip(self.self_id, (self._record(m),), ())))
+            out.append(Send(m.addr, Gossip(self.self_id, (m.rec,), ())))
         pid = self._next_probe_target()
         if pid is not None:
-            m = self._members[pid]
+            m = self._get(pid)
             self._seq += 1
             self._probe_target, self._probe_seq, self._probe_incarnation = pid, self._seq, m.incarnation
             self._probe_acked = self._probe_indirect_sent = False
@@ -622,49 +724,56 @@ class Membership:
     def _next_probe_target(self) -> str | None:
         for _ in range(2):
             order = self._probe_order
+            gone = self._probe_gone
             while self._probe_pos < len(order):
                 pid = order[self._probe_pos]
                 self._probe_pos += 1
-                self._probe_pending.pop(pid, None)
-                if pid in self._alive_pos:
+                if gone and pid in gone:
+                    del gone[pid]
+                    continue
+                m = self._get(pid)
+                if m is not None and m.rec[2] <= SUSPECT:
                     return pid
             if not self._alive_ids:
                 return None
             # A cycle is over: a fresh random order, so every member is probed within two cycles.
             self._probe_order = list(self._alive_ids)
             self._rng.shuffle(self._probe_order)
-            self._probe_pending = dict.fromkeys(self._probe_order)
+            self._probe_gone = {}
             self._probe_pos = 0
         return None
 
     def _send_ping_reqs(self, out: list) -> None:
         self._probe_indirect_sent = True
-        target = self._members.get(self._probe_target)
+        target = self._get(self._probe_target)
         if target is None:
             return
         k = self.config.indirect_checks
         helpers = self._rng.sample(self._alive_ids, min(len(self._alive_ids), k + 1))
         for pid in [h for h in helpers if h != target.peer_id][:k]:
             ups, views = self._piggyback()
-            out.append(Send(self._members[pid].addr,
+            out.append(Send(self._get(pid).addr,
                             PingReq(self._probe_seq, self.self_id, target.peer_id, target.addr, ups, views)))
 
     def _probe_failed(self, now_ns: int, out: list) -> None:
-        m = self._members.get(self._probe_target)
+        m = self._get(self._probe_target)
         if m is not None and m.state_code == ALIVE and m.incarnation == self._probe_incarnation:
             self._merge(now_ns, (m.peer_id, m.addr, SUSPECT, m.incarnation, m.meta), None, out)
 
     def _suspicion_expired(self, now_ns: int, entry: tuple[int, str, int], out: list) -> None:
         _, pid, inc = entry
-        m = self._members.get(pid)
+        m = self._get(pid)
         if m is not None and m.state_code == SUSPECT and m.incarnation == inc:
             self._merge(now_ns, (pid, m.addr, DEAD, inc, m.meta), None, out)
 
     def _forget(self, entry: tuple[int, str, int]) -> None:
         _, pid, since_ns = entry
-        m = self._members.get(pid)
+        m = self._get(pid)
         if m is not None and m.state_code >= DEAD and m.state_since_ns == since_ns:
-            del self._members[pid]
+            if pid in self._base:
+                self._members[pid] = None  # forgotten: do not see through to the shared record
+            else:
+                del self._members[pid]
             self._dead_ids.pop(pid, None)
             self._updates.discard(pid)
             self._views.discard(pid)
@@ -672,17 +781,25 @@ class Membership:
     # ---- gossip, sync, join -----------------------------------------------------------------------------
 
     def _gossip(self, now_ns: int, out: list) -> None:
-        self._next_gossip_ns = now_ns + self.config.gossip_interval_ms * _MS
-        if not (len(self._updates) or len(self._views)) or not self._alive_ids:
+        cfg = self.config
+        self._next_gossip_ns = now_ns + cfg.gossip_interval_ms * _MS
+        if not self._alive_ids:
             return
         # Membership changes are urgent and must reach everyone; views are best effort, and while resources
-        # churn there is always a new one, so view-only rounds go to fewer members to bound their cost.
-        fanout = self.config.gossip_fanout if len(self._updates) else self.config.view_gossip_fanout
+        # churn there is always a new one, so view-only rounds go to fewer members, and less often, to bound
+        # their cost (at 1,000 busy peers they were most of the membership's work).
+        if len(self._updates):
+            fanout = cfg.gossip_fanout
+        elif len(self._views) and now_ns >= self._next_view_gossip_ns:
+            fanout = cfg.view_gossip_fanout
+        else:
+            return
+        self._next_view_gossip_ns = now_ns + cfg.view_gossip_interval_ms * _MS
         for pid in self._pick_others(fanout):
             ups, views = self._piggyback()
             if not ups and not views:
                 break
-            out.append(Send(self._members[pid].addr, Gossip(self.self_id, ups, views)))
+            out.append(Send(self._get(pid).addr, Gossip(self.self_id, ups, views)))
 
     def _compare_digest(self, now_ns: int, sender: str, digest: int, out: list) -> None:
         """The sender's live set differs from ours: one of us missed a rumour. Sync with it now (see Repair)."""
@@ -697,7 +814,7 @@ class Membership:
     def _push_pull(self, now_ns: int, out: list) -> None:
         self._next_sync_ns = now_ns + self._sync_interval_ns()
         if self._alive_ids:
-            addr = self._members[self._rng.choice(self._alive_ids)].addr
+            addr = self._get(self._rng.choice(self._alive_ids)).addr
             for snap in self._snapshots(want_reply=True):
                 out.append(Send(addr, snap))
 
@@ -706,8 +823,8 @@ class Membership:
         self._pull_ns = _NEVER
         if self._alive_ids:
             me = self._self
-            out.append(Send(self._members[self._rng.choice(self._alive_ids)].addr,
-                            Snapshot(self.self_id, (self._record(me),), (self._view_record(me),), True)))
+            out.append(Send(self._get(self._rng.choice(self._alive_ids)).addr,
+                            Snapshot(self.self_id, (me.rec,), (me.view_rec,), True)))
 
     def _send_joins(self, now_ns: int, out: list) -> None:
         if self._joined:
@@ -723,12 +840,12 @@ class Membership:
     def _snapshots(self, want_reply: bool) -> Iterator[Snapshot]:
         """Our full state cut into Snapshot messages; only the first asks for a reply, so a push-pull
         costs one state each way."""
-        members = list(self._members.values())
+        members = list(self._all_members())
         step = self.config.max_snapshot_members
         for i in range(0, len(members), step):
             part = members[i:i + step]
-            views = tuple(self._view_record(m) for m in part if m.state_code <= SUSPECT and m.view_incarnation >= 0)
-            yield Snapshot(self.self_id, tuple(self._record(m) for m in part), views, want_reply and i == 0)
+            views = tuple(m.view_rec for m in part if m.rec[2] <= SUSPECT and m.view_rec[1] >= 0)
+            yield Snapshot(self.self_id, tuple(m.rec for m in part), views, want_reply and i == 0)
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
 
@@ -776,32 +893,56 @@ class Membership:
         return picked
 
     def _add_alive(self, pid: str) -> None:
-        self._alive_pos[pid] = len(self._alive_ids)
         self._alive_ids.append(pid)
         self._digest ^= id_hash(pid)
         self._dead_ids.pop(pid, None)
-        if pid not in self._probe_pending:
-            # At a random place in what is left of this cycle: probed soon, but not by everyone at once.
-            order = self._probe_order
-            order.insert(self._probe_pos + int(self._rng.random() * (len(order) - self._probe_pos + 1)), pid)
-            self._probe_pending[pid] = None
+        order = self._probe_order
+        if self._probe_gone.pop(pid, _ABSENT) is not _ABSENT and pid in order[self._probe_pos:]:
+            return  # back before its entry in this cycle came up: it keeps that place (O(N), but rare)
+        # At a random place in what is left of this cycle: probed soon, but not by everyone at once.
+        order.insert(self._probe_pos + int(self._rng.random() * (len(order) - self._probe_pos + 1)), pid)
 
     def _remove_alive(self, pid: str) -> None:
         self._digest ^= id_hash(pid)
-        i = self._alive_pos.pop(pid)
-        last = self._alive_ids.pop()
+        ids = self._alive_ids
+        i = ids.index(pid)
+        last = ids.pop()
         if last != pid:
-            self._alive_ids[i] = last
-            self._alive_pos[last] = i
+            ids[i] = last
+        if self._probe_pos < len(self._probe_order):
+            self._probe_gone[pid] = None  # its entry may still be ahead in this cycle: skip it there
         self._views.discard(pid)
+
+    def _get(self, pid: str) -> Member | None:
+        """The member we hold for `pid`, ours or (not changed by us yet) the shared start's; None if none."""
+        m = self._members.get(pid, _ABSENT)
+        if m is _ABSENT:
+            return self._base.get(pid)
+        return m
+
+    def _own(self, m: Member) -> Member:
+        """`m` ready to be changed: a shared start's member is copied into ours first (copy on write)."""
+        if type(m) is _SharedMember:
+            m = Member(m.rec, m.view_rec, m.last_heard_ns, m.state_since_ns, m.told_ns)
+            self._members[m.rec[0]] = m
+        return m
+
+    def _all_members(self) -> Iterator[Member]:
+        own = self._members
+        for m in own.values():
+            if m is not None:
+                yield m
+        for pid, m in self._base.items():
+            if pid not in own:
+                yield m
 
     @staticmethod
     def _record(m: Member) -> tuple:
-        return (m.peer_id, m.addr, m.state_code, m.incarnation, m.meta)
+        return m.rec
 
     @staticmethod
     def _view_record(m: Member) -> tuple:
-        return (m.peer_id, m.view_incarnation, m.view_version, m.view)
+        return m.view_rec
 
 
 _HANDLERS = {Ping: Membership._on_ping, Ack: Membership._on_ack, PingReq: Membership._on_ping_req,

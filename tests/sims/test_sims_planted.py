@@ -23,7 +23,7 @@ CASES = [
      ["--peers", "8", "--seconds", "20", "--workload", "membership", "--faults", "pause=0.02,pause_for=const:8s"]),
     ("refcount", "refs_safe", ["--peers", "12", "--seconds", "10", "--workload", "actors"]),
     ("lineage", "refs_safe",
-     ["--peers", "12", "--seconds", "8", "--seed", "2", "--workload", "dag", "--faults", "crash=0.05,restart=0.5"]),
+     ["--peers", "12", "--seconds", "8", "--seed", "3", "--workload", "dag", "--faults", "crash=0.05,restart=0.5"]),
     ("actor-calls", "tasks_finish",
      ["--peers", "12", "--seconds", "8", "--seed", "2", "--workload", "actors", "--faults", "kill=0.05"]),
 ]

@@ -16,8 +16,8 @@ from p2pcompute.errors import InvalidArgumentError
 from p2pcompute.net import codec
 from p2pcompute.net.effects import Send, Timer
 from p2pcompute.net.membership import (
-    Fenced, MemberChanged, Membership, MembershipConfig, detection_bound_ms, id_hash, likely_detection_bound_ms,
-    suspicion_timeout_ms,
+    Fenced, MemberChanged, Membership, MembershipConfig, SharedStart, detection_bound_ms, id_hash,
+    likely_detection_bound_ms, suspicion_timeout_ms,
 )
 from p2pcompute.net.membership_messages import (
     ALIVE, DEAD, LEFT, SUSPECT, Ack, Gossip, Join, Ping, PingReq, Snapshot,
@@ -186,6 +186,77 @@ def test_views_spread_and_the_latest_version_wins():
         for owner in cores:
             m = observer.members()[owner.self_id]
             assert (m.view_version, m.view) == (3, {"CPU": 10_000 * cores.index(owner), "round": 2})
+
+
+def test_view_only_gossip_rounds_wait_for_the_view_interval():
+    view_rounds: list[tuple[int, str]] = []  # (time, sender) of each Gossip that carries only views
+
+    class Recording(Net):
+        def _carry_out(self, src, effects):
+            for e in effects:
+                if isinstance(e, Send) and isinstance(e.msg, Gossip) and not e.msg.updates:
+                    view_rounds.append((self.now, src))
+            super()._carry_out(src, effects)
+
+    net = Recording(2, config=MembershipConfig(view_gossip_interval_ms=300))
+    cores = net.cluster(4)
+    view_rounds.clear()
+    for step in range(60):  # 3 s of views that change every 50 ms
+        for core in cores:
+            core.set_view({"CPU": step})
+        net.run_for(50)
+    for core in cores:
+        times = [t for t, src in view_rounds if src == core.self_addr]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert len(times) >= 3_000 // 300 - 2, times
+        assert min(gaps) >= 300 * MS, gaps
+    net.run_for(3 * 2 * CFG.probe_interval_ms)  # two probe cycles: the last views reach everyone, by probes at least
+    assert all(m.view == {"CPU": 59} for core in cores for m in core.members().values())
+
+
+def _shared_cluster(n: int) -> tuple[SharedStart, list[tuple]]:
+    records = [(f"p{i}", f"tcp://p{i}:1", ALIVE, 0, {"gen": 0}) for i in range(n)]
+    views = [(f"p{i}", 0, 1, {"CPU": i}) for i in range(n)]
+    return SharedStart(tuple(records), tuple(views)), records
+
+
+def test_a_shared_start_is_the_same_as_merging_the_snapshot():
+    shared, records = _shared_cluster(6)
+    views = tuple(m.view_rec for m in shared.members.values())
+    a = Membership("p2", "tcp://p2:1", config=CFG, rng=Random(1), now_ns=0, meta={"gen": 0})
+    a.start_shared(0, shared)
+    b = Membership("p2", "tcp://p2:1", config=CFG, rng=Random(1), now_ns=0, meta={"gen": 0})
+    b.start(0, ["tcp://seed:1"])
+    b.on_message(0, "tcp://seed:1", Snapshot("seed", tuple(records), views, False))
+    assert a.joined and b.joined
+    assert a._digest == b._digest
+    def seen(core):
+        return {pid: (m.state, m.incarnation, m.addr, m.meta, m.view_version, m.view) if pid != "p2" else m.state
+                for pid, m in core.members().items()}
+    assert seen(a) == seen(b)
+    assert sorted(m.peer_id for m in a.alive()) == sorted(m.peer_id for m in b.alive())
+
+
+def test_cores_from_one_shared_start_change_only_their_own_copies():
+    shared, _ = _shared_cluster(5)
+    first, second = (Membership(pid, f"tcp://{pid}:1", config=CFG, rng=Random(pid), now_ns=0, meta={"gen": 0})
+                     for pid in ("p0", "p1"))
+    for core in (first, second):
+        core.start_shared(0, shared)
+    first.on_message(1, "tcp://p3:1", Gossip("p3", (("p4", "tcp://p4:1", SUSPECT, 0, {"gen": 0}),),
+                                                 (("p3", 0, 7, {"CPU": 99}),)))
+    assert first.member("p4").state == "suspect" and first.member("p3").view == {"CPU": 99}
+    assert second.member("p4").state == "alive" and second.member("p3").view == {"CPU": 3}
+    assert shared.members["p4"].state == "alive" and shared.members["p3"].view_version == 1
+    with pytest.raises(AttributeError):
+        shared.members["p4"].told_ns = 5  # a shared record cannot be changed by mistake
+    # A member forgotten after its death stays forgotten: the shared record does not show through.
+    now = 1
+    while first.member("p4") is not None and now < 400_000 * MS:
+        now = max(now + 1, first.next_deadline_ns())
+        first.on_tick(now)
+    assert first.member("p4") is None and "p4" not in first.members()
+    assert second.member("p4").state == "alive"
 
 
 def _gossip_view(core: Membership, peer_id: str, incarnation: int, version: int, view: dict) -> None:
