@@ -170,7 +170,7 @@ def _stop_ray(fabric: Fabric, namespaces: list[int]) -> None:
                 pass
 
 
-_DAEMONS = ("p2pcompute.runtime.daemon", "raylet")  # the processes that move objects between nodes
+_DAEMONS = ("p2pcompute.runtime.daemon", "/raylet/raylet")  # the processes that move objects between nodes
 
 
 def _daemon_cpu_s(fabric: Fabric, namespaces: list[int]) -> dict[str, float]:
@@ -182,8 +182,9 @@ def _daemon_cpu_s(fabric: Fabric, namespaces: list[int]) -> dict[str, float]:
         for pid in fabric.pids(fabric.namespaces[ns]):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if not any(name in f.read().decode(errors="replace") for name in _DAEMONS):
-                        continue
+                    cmdline = f.read().decode(errors="replace")
+                if not any(name in cmdline for name in _DAEMONS):
+                    continue
                 tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
                 continue
