@@ -9,6 +9,8 @@ Ray's cross-node transfer is measured in the same run, the same way: a Ray head 
 node in a fourth, a task pinned to the worker node (a custom resource) makes the object, and the driver, next
 to the head, times the first `ray.get` of it (after `ray.wait(..., fetch_local=False)`, so nothing was pulled
 before the clock starts; a fresh object each time). Ray's object manager sends plain gRPC: no encryption.
+With --ray-tls, a second Ray cluster runs with RAY_USE_TLS=1 (its gRPC channels over TLS, with a CA and a
+certificate made for the run): an encrypted transfer against our encrypted one.
 The systems take turns, round after round, so a machine busy with other work slows them alike.
 
     sudo python benchmarks/netns_transfer.py                 # needs root (network namespaces)
@@ -144,13 +146,33 @@ def _result(proc: subprocess.CompletedProcess) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def _start_ray(fabric: Fabric, base: str, head_ns: int, worker_ns: int) -> str:
+def _tls_env(fabric: Fabric, base: str) -> list[str]:
+    """Ray's TLS settings (RAY_USE_TLS: every gRPC channel, the object manager's too, over TLS) with a CA and
+    one certificate, made here, valid for every host of the fabric."""
+    d = os.path.join(base, "tls")
+    os.makedirs(d)
+    sans = ",".join(f"IP:{h}" for h in fabric.hosts) + ",IP:127.0.0.1,DNS:localhost"
+
+    def ssl(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=d)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=bench-ca")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write(f"subjectAltName={sans}\n")
+    ssl("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "node.crt", "-days", "2", "-extfile", "ext.cnf")
+    return ["RAY_USE_TLS=1", f"RAY_TLS_SERVER_CERT={d}/node.crt", f"RAY_TLS_SERVER_KEY={d}/node.key",
+            f"RAY_TLS_CA_CERT={d}/ca.crt"]
+
+
+def _start_ray(fabric: Fabric, base: str, head_ns: int, worker_ns: int, env: list[str]) -> str:
     """A Ray head in one namespace and a worker node with the resource "there" in another; its address."""
     head = f"{fabric.hosts[head_ns]}:{RAY_PORT}"
     common = ["--num-cpus", "1", "--object-store-memory", str(1 << 30), "--disable-usage-stats"]
     for ns, extra in ((head_ns, ["--head", "--port", str(RAY_PORT), "--include-dashboard=false"]),
                       (worker_ns, ["--address", head, "--resources", '{"there": 1}'])):
-        proc = fabric.run(ns, [*RAY_ENV, RAY, "start", *extra, *common,
+        proc = fabric.run(ns, [*env, RAY, "start", *extra, *common,
                                "--node-ip-address", fabric.hosts[ns], "--temp-dir", os.path.join(base, f"ray{ns}")],
                           timeout_s=120)
         if proc.returncode != 0:
@@ -209,6 +231,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="rounds, each running every system once in turn")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--no-ray", action="store_true", help="skip Ray's cross-node transfer")
+    ap.add_argument("--ray-tls", action="store_true", help="also run Ray with TLS between its nodes (RAY_USE_TLS)")
     ap.add_argument("--compare", metavar="TREE", action="append", default=[],
                     help="also run peers from this checkout (e.g. a git worktree of the previous commit), side by "
                          "side; may be repeated")
@@ -219,7 +242,8 @@ def main() -> int:
         return 2
     base = tempfile.mkdtemp(prefix="p2p-netns-bench-")
     systems = [("p2pcompute", None)] + [(f"p2pcompute at {tree}", os.path.abspath(tree)) for tree in args.compare]
-    n_ns = 2 * len(systems) + (0 if args.no_ray else 2)
+    rays = [] if args.no_ray else [("Ray (no encryption)", False)] + ([("Ray with TLS", True)] if args.ray_tls else [])
+    n_ns = 2 * len(systems) + 2 * len(rays)
     fabric = Fabric(f"p2pb{os.getpid()}", "A" * n_ns)
     peers: list[NsPeer] = []
     ray_ns: list[int] = []
@@ -246,14 +270,16 @@ def main() -> int:
             env = ["env", "P2P_FORCE_TRANSFERS=1"] + ([f"PYTHONPATH={tree}"] if tree else [])
             runs.append((name, first, [*env, sys.executable, script, f"{pair[0].host}:{PEER_PORT}", token,
                                        pair[1].peer_id, json.dumps(args.sizes_mb), str(args.repeat)]))
-        if not args.no_ray:
-            ray_ns = [n_ns - 2, n_ns - 1]
-            head = _start_ray(fabric, base, *ray_ns)
-            ray_script = os.path.join(base, "ray_driver.py")
-            with open(ray_script, "w") as f:
-                f.write(textwrap.dedent(RAY_DRIVER))
-            runs.append(("Ray (no encryption)", ray_ns[0], [*RAY_ENV, sys.executable, ray_script, head,
-                                                            json.dumps(args.sizes_mb), str(args.repeat)]))
+        ray_script = os.path.join(base, "ray_driver.py")
+        with open(ray_script, "w") as f:
+            f.write(textwrap.dedent(RAY_DRIVER))
+        for k, (name, tls) in enumerate(rays):
+            pair = [2 * len(systems) + 2 * k, 2 * len(systems) + 2 * k + 1]
+            ray_ns += pair
+            env = RAY_ENV + (_tls_env(fabric, base) if tls else [])
+            head = _start_ray(fabric, base, *pair, env)
+            runs.append((name, pair[0], [*env, sys.executable, ray_script, head, json.dumps(args.sizes_mb),
+                                         str(args.repeat)]))
         best: dict[str, dict] = {}
         for _ in range(args.rounds):
             for name, ns, argv in runs:
@@ -286,12 +312,12 @@ def main() -> int:
             for mb, secs in out["pull"].items():
                 print(f"  pull of {mb} MB: {secs * 1000:.1f} ms = {int(mb) / 1024 / secs:.2f} GiB/s "
                       f"= {int(mb) * 1.048576 / 1000 / secs:.2f} GB/s")
-        if "Ray (no encryption)" in best:
-            ray = best["Ray (no encryption)"]["pull"]
+        for ray_name, _tls in rays:
+            ray = best[ray_name]["pull"]
             for name, out in best.items():
                 if name.startswith("p2p"):
                     ratios = ", ".join(f"{mb} MB {ray[mb] / secs:.2f}x" for mb, secs in out["pull"].items())
-                    print(f"{name} vs Ray (speed ratio, >1 = faster than Ray): {ratios}")
+                    print(f"{name} vs {ray_name} (speed ratio, >1 = faster than Ray): {ratios}")
         return 0
     finally:
         _stop_ray(fabric, ray_ns)
