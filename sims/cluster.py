@@ -149,24 +149,34 @@ class Cluster:
     def agreement(self, observers: list[SimPeer] | None = None) -> tuple[float, list[str]]:
         """Share of `observers` (default: every up peer) whose alive members are exactly the up peers,
         and a description of the first few disagreements."""
+        share, _, problems = self._judge(observers)
+        return share, problems
+
+    def _judge(self, observers: list[SimPeer] | None) -> tuple[float, float, list[str]]:
+        """(share agreeing exactly, mean accuracy, first problems): one look at each observer's members."""
         truth = {pid for pid, p in self.up.items() if not p.leaving}
         observers = [p for p in (observers if observers is not None else self.up.values())
                      if not p.leaving and not p.paused]
         if not observers:
-            return 1.0, []
-        good, problems = 0, []
+            return 1.0, 1.0, []
+        good, acc, problems = 0, 0.0, []
         for p in observers:
             members = p.membership.alive()  # alive and suspect: a suspect is not yet agreed on
             seen = {m.peer_id for m in members}
-            if seen == truth and all(m.state == "alive" for m in members):
-                good += 1
-            elif len(problems) < 5:
+            if seen == truth:
+                acc += 1.0
+                if all(m.state_code == ALIVE for m in members):
+                    good += 1
+                    continue
+            else:
+                acc += len(seen & truth) / len(seen | truth)
+            if len(problems) < 5:
                 missing, extra = sorted(truth - seen), sorted(seen - truth)
                 suspects = sorted(m.peer_id for m in members if m.state != "alive")
                 problems.append(f"{p.peer_id} does not see {missing[:5]}{'...' if len(missing) > 5 else ''} "
                                 f"alive and wrongly sees {extra[:5]}{'...' if len(extra) > 5 else ''} alive "
                                 f"(missing {len(missing)}, extra {len(extra)}, suspect {suspects[:5]})")
-        return good / len(observers), problems
+        return good / len(observers), acc / len(observers), problems
 
     def agreement_sample(self, k: int = 32) -> tuple[float, float]:
         """(share of sampled observers agreeing exactly with the truth, their mean accuracy): accuracy is
@@ -176,12 +186,8 @@ class Cluster:
             ups = self.rng_obs.sample(ups, k)
         if not ups:
             return 1.0, 1.0
-        truth = {pid for pid, p in self.up.items() if not p.leaving}
-        acc = 0.0
-        for p in ups:
-            seen = {m.peer_id for m in p.membership.alive()}
-            acc += len(seen & truth) / len(seen | truth)
-        return self.agreement(ups)[0], acc / len(ups)
+        share, acc, _ = self._judge(ups)
+        return share, acc
 
     # ---- faults -------------------------------------------------------------------------------------
 

@@ -451,8 +451,10 @@ class Membership:
 
     def alive(self) -> list[Member]:
         """This peer and every member that is alive or suspect (a suspect is still usable)."""
-        get = self._get
-        return [self._self] + [get(pid) for pid in self._alive_ids]
+        own, base = self._members, self._base
+        if not base:
+            return [self._self] + [own[pid] for pid in self._alive_ids]
+        return [self._self] + [own.get(pid) or base[pid] for pid in self._alive_ids]  # a live one is no tombstone
 
     def next_deadline_ns(self) -> int:
         """The earliest `now_ns` at which `on_tick` has work to do."""
@@ -546,12 +548,14 @@ class Membership:
     # ---- merging what others say ------------------------------------------------------------------------
 
     def _absorb(self, now_ns: int, sender: str, updates: tuple, views: tuple, out: list) -> None:
-        get, me = self._get, self._self
+        members, base, me = self._members, self._base, self._self
         for rec in updates:
             # Fast path, the common case: a rumour we already hold. Nothing in it is used, so it need not be
             # checked; all else is checked in full before it can change anything.
             if type(rec) is tuple and len(rec) == 5 and type(rec[0]) is str:
-                m = get(rec[0])
+                m = members.get(rec[0], _ABSENT)
+                if m is _ABSENT:
+                    m = base.get(rec[0])
                 if m is not None and m is not me:
                     held = m.rec
                     if held is rec or (held[3] == rec[3] and held[2] == rec[2]):
@@ -561,6 +565,20 @@ class Membership:
             else:
                 self._merge(now_ns, rec, sender, out)
         for rec in views:
+            # Fast path, most view records: one we hold (the very tuple, where cores share a process) or one
+            # stamped no newer, from a well-formed record, which would change nothing. Hot: several a message.
+            if type(rec) is tuple and len(rec) == 4 and type(rec[0]) is str:
+                m = members.get(rec[0], _ABSENT)
+                if m is _ABSENT:
+                    m = base.get(rec[0])
+                if m is not None and m is not me:
+                    held = m.view_rec
+                    if held is rec:
+                        continue
+                    inc, version = rec[1], rec[2]
+                    if (type(inc) is int and type(version) is int and type(rec[3]) is dict
+                            and (inc < held[1] or (inc == held[1] and version <= held[2]))):
+                        continue
             self._merge_view(rec, out)
 
     def _merge(self, now_ns: int, rec: tuple, sender: str | None, out: list) -> None:

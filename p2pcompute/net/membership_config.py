@@ -40,7 +40,7 @@ class MembershipConfig:
     view_gossip_fanout: int = 1  # ...and while only resource views are: they are best effort, and churn
     # Least time between gossip rounds that carry only resource views. Views churn with every task, so view
     # rounds would otherwise run every gossip interval for ever; probes and acks carry views too.
-    view_gossip_interval_ms: int = 300
+    view_gossip_interval_ms: int = 200
     max_updates_per_msg: int = 8
     max_views_per_msg: int = 8
     dead_retention_ms: int = 120_000  # longer than any rumour lives, so none can revive a dead member
