@@ -161,18 +161,18 @@ class Cluster:
             return 1.0, 1.0, []
         good, acc, problems = 0, 0.0, []
         for p in observers:
-            members = p.membership.alive()  # alive and suspect: a suspect is not yet agreed on
-            seen = {m.peer_id for m in members}
+            seen = set(p.membership.alive_ids())  # alive and suspect: a suspect is not yet agreed on
+            suspects = p.membership.suspect_ids()
             if seen == truth:
                 acc += 1.0
-                if all(m.state_code == ALIVE for m in members):
+                if not suspects:
                     good += 1
                     continue
             else:
                 acc += len(seen & truth) / len(seen | truth)
             if len(problems) < 5:
                 missing, extra = sorted(truth - seen), sorted(seen - truth)
-                suspects = sorted(m.peer_id for m in members if m.state != "alive")
+                suspects = sorted(suspects)
                 problems.append(f"{p.peer_id} does not see {missing[:5]}{'...' if len(missing) > 5 else ''} "
                                 f"alive and wrongly sees {extra[:5]}{'...' if len(extra) > 5 else ''} alive "
                                 f"(missing {len(missing)}, extra {len(extra)}, suspect {suspects[:5]})")

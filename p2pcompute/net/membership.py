@@ -336,7 +336,7 @@ class Membership:
         by that Snapshot, but reading `shared`'s member objects instead of copying them: every core started
         from the same `SharedStart` holds one copy of what they agree on, and copies a member only to change
         it. For many cores in one process (the simulator); the MemberChanged effects of the Snapshot are not
-        returned (every member is news, and nobody needs told)."""
+        returned (every member is news, and nobody needs told), and no state pull follows (see below)."""
         if self._started or self._fenced:
             raise InvalidArgumentError("start_shared must be the core's first start")
         effects = self.start(now_ns, [])
@@ -348,8 +348,8 @@ class Membership:
         else:
             self._digest = shared.digest ^ id_hash(self.self_id)
         self._alive_ids = ids  # the probe order is drawn from these when the first cycle starts
-        # What merging a Snapshot that answers a Join does (see `_on_snapshot`).
-        self._pull_ns = now_ns + 2 * self.config.probe_interval_ms * _MS
+        # What merging a Snapshot that answers a Join does (see `_on_snapshot`), but the pull: that is for
+        # peers that joined at the same time through others, and a shared start holds the whole cluster.
         self._next_sync_ns = now_ns + self._sync_interval_ns()
         return [e for e in effects if type(e) is not Timer] + [Timer(self.next_deadline_ns())]
 
@@ -448,6 +448,15 @@ class Membership:
     def alive_count(self) -> int:
         """len(alive()), without building the list."""
         return len(self._alive_ids) + 1
+
+    def alive_ids(self) -> list[str]:
+        """The ids of `alive()`, without looking members up: cheap enough to compare every peer's."""
+        return [self.self_id] + self._alive_ids
+
+    def suspect_ids(self) -> list[str]:
+        """The members we hold suspect."""
+        # A shared start's members are all alive: a suspect is always one of ours.
+        return [pid for pid, m in self._members.items() if m is not None and m.rec[2] == SUSPECT]
 
     def alive(self) -> list[Member]:
         """This peer and every member that is alive or suspect (a suspect is still usable)."""

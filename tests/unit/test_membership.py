@@ -246,6 +246,8 @@ def test_cores_from_one_shared_start_change_only_their_own_copies():
     first.on_message(1, "tcp://p3:1", Gossip("p3", (("p4", "tcp://p4:1", SUSPECT, 0, {"gen": 0}),),
                                                  (("p3", 0, 7, {"CPU": 99}),)))
     assert first.member("p4").state == "suspect" and first.member("p3").view == {"CPU": 99}
+    assert first.suspect_ids() == ["p4"] and second.suspect_ids() == []
+    assert first.alive_ids() == [m.peer_id for m in first.alive()] and len(first.alive_ids()) == 5
     assert second.member("p4").state == "alive" and second.member("p3").view == {"CPU": 3}
     assert shared.members["p4"].state == "alive" and shared.members["p3"].view_version == 1
     with pytest.raises(AttributeError):
