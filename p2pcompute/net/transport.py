@@ -193,6 +193,11 @@ class Waker:
             pass
         self._armed = False
 
+    def rearm(self) -> None:
+        """Forget that a wake is pending. Safe at any time (at worst the next wake writes once more), and it
+        heals a wake() interrupted between its flag and its write (Ctrl-C), which would skip every later one."""
+        self._armed = False
+
     def close(self) -> None:
         try:
             os.close(self.fd)

@@ -17,6 +17,10 @@ from p2pcompute.ownership.directory import ERROR, INLINE, PENDING, STORED, Objec
 class ObjectTable(directory.ObjectTable):
     """The directory, with the user threads' side of the hand-off."""
 
+    # How a user thread waits for a waiter's lock: `block(lock, timeout_s) -> released?`. A driver's runtime
+    # sets its own, which runs the loop on the waiting thread (ClientRuntime._block).
+    block = None
+
     def when_ready(self, object_id: str, callback, on_missing) -> None:
         """Call `callback()` once the object is not PENDING (now, if it is already). It runs on the thread
         that resolves the object, under the directory's lock: it must only hand the news on. A wake-up for
@@ -85,7 +89,11 @@ class ObjectTable(directory.ObjectTable):
                 asked = True
                 on_missing(pending)  # borrowed objects we know nothing of yet: the I/O thread asks their owners
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            woke = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
+            block = self.block
+            if block is None:
+                woke = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
+            else:
+                woke = block(waiter.lock, timeout)
             with self.lock:
                 self._unregister(counts, waiter)
                 flags = self._flags(object_ids)

@@ -182,7 +182,10 @@ class ValueReader:
 
     def request_fetch(self, ids: list[str]) -> None:
         self.ops.append(("fetch", ids))
-        self.waker.wake()
+        is_owned = self.refs.is_owned
+        if not all(is_owned(oid) for oid in ids):
+            self.kick()
+        # else nothing to ask anyone now: the next pass (or tick) checks that none of them was freed already
 
     # Workers override these to lend their CPU back while they wait.
     def on_blocked(self) -> bool:
