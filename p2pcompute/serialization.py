@@ -94,10 +94,17 @@ def _simple(value: Any, depth: int = 0) -> bool:
     t = type(value)
     if t in _SIMPLE or (t is bytes and len(value) < 4096):
         return True
+    # Loops, not all() over generators: this runs on every call's arguments.
     if depth < 3 and (t is tuple or t is list) and len(value) <= 32:
-        return all(_simple(v, depth + 1) for v in value)
+        for v in value:
+            if type(v) not in _SIMPLE and not _simple(v, depth + 1):
+                return False
+        return True
     if depth < 3 and t is dict and len(value) <= 32:
-        return all(type(k) is str and _simple(v, depth + 1) for k, v in value.items())
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in _SIMPLE and not _simple(v, depth + 1)):
+                return False
+        return True
     return False
 
 

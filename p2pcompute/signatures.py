@@ -141,14 +141,38 @@ def to_plain(shape: CallShape | None) -> list | None:
 
 
 def from_plain(plain: Any) -> CallShape | None:
+    """The call shape a method's plain signature describes. Asked on every actor method call (the handle
+    looks its methods up by name), so shapes are kept by signature: building one costs ~50 us."""
     if not isinstance(plain, list):
         return None
+    seen = _BY_LIST.get(id(plain))
+    if seen is not None and seen[0] is plain:  # the same list as last time (a handle's own method table)
+        return seen[1]
     try:
-        params = [inspect.Parameter(name, _KINDS[kind], default=_Default() if has_default
-                                    else inspect.Parameter.empty) for name, kind, has_default in plain]
-        return shape_of(inspect.Signature(params))
-    except (TypeError, ValueError, IndexError):
+        key = tuple((name, kind, bool(has_default)) for name, kind, has_default in plain)
+        hash(key)
+    except (TypeError, ValueError):
         return None  # from a newer or older version: skip the check rather than refuse the call
+    shape = _SHAPES.get(key, _MISSING)
+    if shape is _MISSING:
+        try:
+            params = [inspect.Parameter(name, _KINDS[kind], default=_Default() if has_default
+                                        else inspect.Parameter.empty) for name, kind, has_default in key]
+            shape = shape_of(inspect.Signature(params))
+        except (TypeError, ValueError, IndexError):
+            shape = None  # from a newer or older version: skip the check rather than refuse the call
+        if len(_SHAPES) >= 4096:
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    if len(_BY_LIST) >= 4096:
+        _BY_LIST.clear()
+    _BY_LIST[id(plain)] = (plain, shape)  # holds the list, so its id is not reused while it is here
+    return shape
+
+
+_SHAPES: dict = {}
+_BY_LIST: dict = {}
+_MISSING = object()
 
 
 class _Default:
