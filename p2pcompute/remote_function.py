@@ -88,6 +88,7 @@ class RemoteFunction:
         self._fn = fn
         self._options = opt.check(options, opt.TASK_OPTIONS, f"remote function {_name(fn)}")
         self._call_shape = signatures.of_function(fn)
+        self._label = _name(fn)  # for messages about a call (named once: .remote() checks every call)
         # What the worker runs: the function itself, or for `async def` a wrapper that runs the coroutine.
         self._runs = _RunCoroutine(fn) if inspect.iscoroutinefunction(fn) else fn
         self._code: tuple[str, bytes] | None = None
@@ -120,7 +121,7 @@ class RemoteFunction:
 
     def remote(self, *args, **kwargs):
         if self._call_shape is not None:
-            self._call_shape.check(args, kwargs, f"{_name(self._fn)}")
+            self._call_shape.check(args, kwargs, self._label)
         rt = _runtime()
         o = self._options
         if self._shape is None:
