@@ -302,11 +302,13 @@ class ClientRuntime(ValueReader):
     # A sync call through the I/O thread crosses two extra threads each way (user -> I/O thread -> libzmq,
     # and back), and on a busy machine each crossing waits for a time slice. So a driver's user thread that
     # is about to block on a value runs the loop itself: it takes `_loop_lock`, sends what is queued and
-    # polls the sockets until its value is ready; a task submitted meanwhile is sent at once by the
-    # submitting thread. The I/O thread, asked to, parks (it waits on the waker only) and takes the loop back
-    # when an operation needs it (anything queued with `call_soon`), or when no user thread has driven the
-    # loop for _PARK_IDLE_S. The main thread may drive only while Ctrl-C is deferred past a pass (see
-    # _on_sigint): a KeyboardInterrupt raised in the middle of the core's work would leave it half-done.
+    # polls the sockets until its value is ready. While the I/O thread is parked, a task submitted is sent
+    # by the next pass: the submitting thread's own `get` (the usual `get(f.remote())`), a thread driving the
+    # loop now (woken), or the I/O thread when it takes the loop back; other operations (`call_soon`) are
+    # carried out at once by the calling thread. The I/O thread, asked to, parks (it waits on the waker only)
+    # and takes the loop back when an operation needs it, or when no user thread has driven the loop for
+    # _PARK_IDLE_S. The main thread may drive only while Ctrl-C is deferred past a pass (see _on_sigint): a
+    # KeyboardInterrupt raised in the middle of the core's work would leave it half-done.
 
     def _may_drive(self) -> bool:
         if not self._direct:
@@ -532,8 +534,8 @@ class ClientRuntime(ValueReader):
         and sends it: the next `get` on this thread does, first thing, or the I/O thread once it takes the
         loop back (at most _PARK_IDLE_S later). So a burst of submissions still goes out in batches."""
         self.ops.append(("submit", rec))
-        if not (self._parked and self._may_drive()):
-            self.waker.wake()
+        if not (self._parked and self._driver is None and self._may_drive()):
+            self.waker.wake()  # the I/O thread, or another thread driving the loop now (its poll wakes)
 
     def _submit(self, rec: TaskRecord) -> None:
         self._run(self.core.submit(now_ns(), rec))
