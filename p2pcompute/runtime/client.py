@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import _signal
+import _thread
 import select
 import signal
 import sys
@@ -645,8 +646,46 @@ def _on_sigint(signum, frame):
             rt._interrupt_pending = True
             rt.waker.wake()  # a pass polling for a long task returns at once
             return
+        if _in_finalizer(frame):
+            # Python drops an exception raised in __del__ ("Exception ignored in ..."): the interrupt would be
+            # lost (and the ref's release with it). Deliver it again a moment later, from another thread (from
+            # this one the handler would run again at once, still inside the finalizer).
+            global _redelivering
+            if not _redelivering:
+                _redelivering = True
+                threading.Thread(target=_redeliver, args=(signum,), daemon=True).start()
+            return
         rt._interrupt_pending = False  # raised now: not a second time later
     signal.default_int_handler(signum, frame)
+
+
+_FINALIZERS: frozenset = frozenset()
+_redelivering = False
+
+
+def _in_finalizer(frame) -> bool:
+    codes = _finalizers()
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver(signum: int) -> None:
+    global _redelivering
+    time.sleep(0.002)  # the main thread leaves the finalizer (if not, the handler defers again)
+    _redelivering = False
+    _thread.interrupt_main(signum)
+
+
+def _finalizers() -> frozenset:
+    global _FINALIZERS
+    if not _FINALIZERS:
+        from p2pcompute.actor import ActorHandle
+        from p2pcompute.object_ref import ObjectRef
+        _FINALIZERS = frozenset((ObjectRef.__del__.__code__, ActorHandle.__del__.__code__))
+    return _FINALIZERS
 
 
 def _install_sigint(rt: ClientRuntime) -> None:
