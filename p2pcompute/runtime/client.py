@@ -13,11 +13,10 @@ Flow of a task: `submit` (user thread) -> the core schedules it once its ref arg
 submitter asks for a lease -> `PushTask` straight to the leased worker -> `TaskReply` -> values are
 resolved, waiters woken, the lease reused or returned.
 
-A driver's threads may run the loop themselves (see "Driving the loop from a user thread"): a thread about
-to block in `get` takes the loop lock, sends what is queued and polls the sockets itself until its values
-are ready, so a one-at-a-time call costs no hand-off to the I/O thread and back. The I/O thread parks while
-user threads drive, and takes the loop back when they stop. Whoever runs a pass holds `_loop_lock`: the core
-and the sockets are only ever touched under it, by one thread at a time.
+A driver's threads may run the loop themselves (`runtime/driving.py`): a thread about to block in `get`
+takes the loop lock, sends what is queued and polls the sockets itself until its values are ready, so a
+one-at-a-time call costs no hand-off to the I/O thread and back. Whoever runs a pass holds `_loop_lock`: the
+core and the sockets are only ever touched under it, by one thread at a time.
 """
 
 from __future__ import annotations
@@ -25,10 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import _signal
-import _thread
-import select
-import signal
 import sys
 import threading
 import time
@@ -53,22 +48,19 @@ from p2pcompute.runtime import messages as rm
 from p2pcompute.runtime.actors import ActorManager
 from p2pcompute.runtime.objects import ObjectTable
 from p2pcompute.runtime.output import OutputBuffer
+from p2pcompute.runtime.driving import LoopDriving, install_sigint, uninstall_sigint
 from p2pcompute.runtime.reads import ValueReader
 
 log = logging.getLogger("p2pcompute.client")
 
 _TICK_NS = 100_000_000
-# A parked I/O thread takes the loop back once no user thread has driven it for this long (seconds); it
-# looks that often while nobody drives, and every _PARK_BUSY_MS while a user thread drives.
-_PARK_IDLE_S = 0.002
-_PARK_BUSY_MS = 20
 
 
 def now_ns() -> int:
     return time.monotonic_ns()
 
 
-class ClientRuntime(ValueReader):
+class ClientRuntime(ValueReader, LoopDriving):
     def __init__(self, ctx, *, proc_id: str, kind: str, job_id: str, job_env: dict, peer_addr: str,
                  sock_dir: str, tcp_host: str | None = None, advertise_host: str | None = None,
                  worker_id: str | None = None, register_timeout_s: float = 30.0,
@@ -103,16 +95,8 @@ class ClientRuntime(ValueReader):
         self._rpcs: dict[str, Future] = {}
         self._running = False
         self._thread: threading.Thread | None = None
-        # Driving the loop from user threads (drivers only; P2P_DIRECT_CALLS=0 turns it off).
-        self._loop_lock = threading.Lock()
-        self._direct = kind == "driver" and os.environ.get("P2P_DIRECT_CALLS", "1") != "0"
-        self._parked = False           # the I/O thread has handed the loop to user threads
-        self._park_wanted = False      # a user thread asked it to
-        self._driver: int | None = None  # the thread id of the user thread running passes now
-        self._last_drive = 0.0
-        self._interrupt_pending = False  # Ctrl-C while the main thread was in a pass (see _on_sigint)
-        self._defer_main = False  # the main thread holds, or is taking, the loop lock: Ctrl-C waits
-        self._main_ident = threading.main_thread().ident
+        # User threads of a driver run the loop themselves (runtime/driving.py); P2P_DIRECT_CALLS=0 turns it off.
+        self._init_driving(kind, os.environ.get("P2P_DIRECT_CALLS", "1") != "0")
         self._stopped = threading.Event()
         self.peer_info: dict = {}
         self.store: LocalStore | None = None
@@ -180,7 +164,7 @@ class ClientRuntime(ValueReader):
         self._running = True
         if self._direct:
             self.objects.block = self._block
-            _install_sigint(self)
+            install_sigint(self)
         self._thread = threading.Thread(target=self._loop, name=f"p2p-io-{self.kind}", daemon=True)
         self._thread.start()
 
@@ -205,7 +189,7 @@ class ClientRuntime(ValueReader):
             self._loop_lock.acquire()  # no user thread is in a pass when the sockets close
         try:
             self._direct = False
-            _uninstall_sigint(self)
+            uninstall_sigint(self)
             self.transport.close()
             self.waker.close()
         finally:
@@ -217,31 +201,6 @@ class ClientRuntime(ValueReader):
     def call_soon(self, fn) -> None:
         self.ops.append(fn)
         self.kick()
-
-    def kick(self) -> None:
-        """Operations were queued: wake the I/O thread — or, while it is parked, carry them out now on this
-        thread (see "Driving the loop from a user thread")."""
-        if self._parked and self._may_drive():
-            me = threading.get_ident()
-            main = me == self._main_ident
-            if main:
-                self._defer_main = True  # from before the lock is taken until after it is given back
-            try:
-                if self._loop_lock.acquire(blocking=False):
-                    try:
-                        self._driver = me
-                        try:
-                            self._send_queued()
-                        finally:
-                            self._driver = None
-                    finally:
-                        self._loop_lock.release()
-                    return
-            finally:
-                if main:
-                    self._defer_main = False
-                    self._after_drive()
-        self.waker.wake()
 
     def call(self, fn, timeout_s: float | None = None):
         """Run `fn` on the I/O thread and wait for its result (for rare operations)."""
@@ -298,112 +257,6 @@ class ClientRuntime(ValueReader):
         if now >= self._deadline_ns:
             self._tick(now)
         self.transport.flush()
-
-    # ---- driving the loop from a user thread --------------------------------------------------------
-    # A sync call through the I/O thread crosses two extra threads each way (user -> I/O thread -> libzmq,
-    # and back), and on a busy machine each crossing waits for a time slice. So a driver's user thread that
-    # is about to block on a value runs the loop itself: it takes `_loop_lock`, sends what is queued and
-    # polls the sockets until its value is ready. While the I/O thread is parked, a task submitted is sent
-    # by the next pass: the submitting thread's own `get` (the usual `get(f.remote())`), a thread driving the
-    # loop now (woken), or the I/O thread when it takes the loop back; other operations (`call_soon`) are
-    # carried out at once by the calling thread. The I/O thread, asked to, parks (it waits on the waker only)
-    # and takes the loop back when an operation needs it, or when no user thread has driven the loop for
-    # _PARK_IDLE_S. The main thread may drive only while Ctrl-C is deferred past a pass (see _on_sigint): a
-    # KeyboardInterrupt raised in the middle of the core's work would leave it half-done.
-
-    def _may_drive(self) -> bool:
-        if not self._direct:
-            return False
-        if threading.get_ident() == self._main_ident:
-            return _getsignal(_SIGINT) is _on_sigint
-        return True
-
-    def _park(self) -> None:
-        """I/O thread: leave the loop to user threads until an operation needs it or they stop driving."""
-        poller = select.poll()
-        poller.register(self.waker.fd, select.POLLIN)
-        self._parked = True
-        try:
-            while self._running and self._park_wanted:
-                if poller.poll(_PARK_BUSY_MS if self._driver is not None else _PARK_IDLE_S * 1000):
-                    return  # an operation was queued for the loop
-                if self._driver is None and time.monotonic() - self._last_drive > _PARK_IDLE_S:
-                    return
-        finally:
-            self._parked = False
-            self._park_wanted = False
-
-    def _block(self, waiter_lock, timeout: float | None) -> bool:
-        """User thread: wait until `waiter_lock` is released (an object it waits for is ready) or `timeout`
-        seconds pass; drive the loop meanwhile if this thread may. Returns whether it was released."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._may_drive():
-            if self._parked or self._park_wanted:
-                self._park_wanted = False
-                self.waker.wake()  # someone must poll for this thread: the I/O thread
-            return waiter_lock.acquire(timeout=-1 if timeout is None else timeout)
-        lock = self._loop_lock
-        main = threading.get_ident() == self._main_ident
-        asked = False
-        while True:
-            if main:
-                self._defer_main = True  # from before the lock is taken until after it is given back
-            try:
-                if lock.acquire(blocking=False) or (asked and lock.acquire(timeout=0.002)):
-                    try:
-                        return self._drive(waiter_lock, deadline)
-                    finally:
-                        lock.release()
-            finally:
-                if main:
-                    self._defer_main = False
-                    self._after_drive()
-            # The I/O thread has the loop: ask it to park, and wait for the value or the loop meanwhile.
-            asked = True
-            self._park_wanted = True
-            self.waker.wake()
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return waiter_lock.acquire(blocking=False)
-            if waiter_lock.acquire(timeout=0.002 if left is None else min(0.002, left)):
-                return True
-
-    def _drive(self, waiter_lock, deadline: float | None) -> bool:
-        """Run passes until `waiter_lock` is released or the deadline passes (under `_loop_lock`)."""
-        self._driver = threading.get_ident()
-        try:
-            self._send_queued()
-            while True:
-                if waiter_lock.acquire(blocking=False):
-                    return True
-                if not self._running or self._interrupt_pending:
-                    return False
-                timeout_ms = self._poll_timeout_ms()
-                if deadline is not None:
-                    left_ms = (deadline - time.monotonic()) * 1000
-                    if left_ms <= 0:
-                        return False
-                    timeout_ms = min(timeout_ms, left_ms)
-                self._pass(timeout_ms)
-        except Exception:
-            log.exception("p2pcompute loop failed on a user thread")
-            self.core.fail_everything("the p2pcompute loop failed; see the log above")
-            raise
-        finally:
-            self._driver = None
-            self._last_drive = time.monotonic()
-
-    def _send_queued(self) -> None:
-        """Carry out what user threads queued, and send it (under `_loop_lock`)."""
-        self.transport.hold()
-        self._drain_ops()
-        self.transport.flush()
-
-    def _after_drive(self) -> None:
-        """Main thread, out of the loop: raise the Ctrl-C that came while it was in (see _on_sigint)."""
-        if self._interrupt_pending:
-            self._interrupt_pending = False
-            raise KeyboardInterrupt
 
     def _poll_timeout_ms(self) -> float:
         # Operations that need the loop soon wake it (`call_soon`, `submit`); the rest — a ref made or
@@ -628,80 +481,3 @@ class ClientRuntime(ValueReader):
     def table_async(self, op: tuple) -> None:
         """Fire and forget (the outcome is not needed, e.g. releasing a name of a dead actor)."""
         self.call_soon(lambda: self._send(self.peer_addr, rm.TableOp(self.new_id(), op, False, self.addr)))
-
-
-# ---- Ctrl-C while the main thread runs the loop ---------------------------------------------------------
-
-_sigint_runtime: ClientRuntime | None = None
-_getsignal = _signal.getsignal  # signal.getsignal makes an enum of the handler: 20 us a call, measured
-_SIGINT = int(signal.SIGINT)
-
-
-def _on_sigint(signum, frame):
-    """SIGINT handler of a driver: as Python's own (KeyboardInterrupt), except while the main thread is in a
-    pass of the loop, where the interrupt is raised as soon as the pass ends (see ClientRuntime._block)."""
-    rt = _sigint_runtime
-    if rt is not None:
-        if rt._defer_main:
-            rt._interrupt_pending = True
-            rt.waker.wake()  # a pass polling for a long task returns at once
-            return
-        if _in_finalizer(frame):
-            # Python drops an exception raised in __del__ ("Exception ignored in ..."): the interrupt would be
-            # lost (and the ref's release with it). Deliver it again a moment later, from another thread (from
-            # this one the handler would run again at once, still inside the finalizer).
-            global _redelivering
-            if not _redelivering:
-                _redelivering = True
-                threading.Thread(target=_redeliver, args=(signum,), daemon=True).start()
-            return
-        rt._interrupt_pending = False  # raised now: not a second time later
-    signal.default_int_handler(signum, frame)
-
-
-_FINALIZERS: frozenset = frozenset()
-_redelivering = False
-
-
-def _in_finalizer(frame) -> bool:
-    codes = _finalizers()
-    while frame is not None:
-        if frame.f_code in codes:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _redeliver(signum: int) -> None:
-    global _redelivering
-    time.sleep(0.002)  # the main thread leaves the finalizer (if not, the handler defers again)
-    _redelivering = False
-    _thread.interrupt_main(signum)
-
-
-def _finalizers() -> frozenset:
-    global _FINALIZERS
-    if not _FINALIZERS:
-        from p2pcompute.actor import ActorHandle
-        from p2pcompute.object_ref import ObjectRef
-        _FINALIZERS = frozenset((ObjectRef.__del__.__code__, ActorHandle.__del__.__code__))
-    return _FINALIZERS
-
-
-def _install_sigint(rt: ClientRuntime) -> None:
-    """Defer Ctrl-C past the loop's passes, if the program left SIGINT to Python (else the main thread does
-    not drive the loop: its own handler might raise anywhere)."""
-    global _sigint_runtime
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        _sigint_runtime = rt
-        signal.signal(signal.SIGINT, _on_sigint)
-
-
-def _uninstall_sigint(rt: ClientRuntime) -> None:
-    global _sigint_runtime
-    if _sigint_runtime is rt:
-        _sigint_runtime = None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
