@@ -56,8 +56,9 @@ class LoopDriving:
     def kick(self) -> None:
         """Operations were queued: wake the I/O thread — or, while it is parked, carry them out now on this
         thread (see the module's docstring)."""
-        if self._parked and self._may_drive():
-            me = threading.get_ident()
+        me = threading.get_ident()
+        if self._parked and self._driver != me and self._may_drive():
+            # (A thread already in a pass — an operation queueing another — only wakes its own next poll.)
             main = me == self._main_ident
             if main:
                 self._defer_main = True  # from before the lock is taken until after it is given back
