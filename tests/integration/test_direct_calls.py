@@ -17,7 +17,7 @@ import pytest
 import p2pcompute as p2p
 import p2pcompute.api
 
-from itest_util import wait_until
+from itest_util import run_driver, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -202,9 +202,5 @@ _OWN_HANDLER_DRIVER = textwrap.dedent("""
 
 @pytest.mark.timeout(60)
 def test_a_program_with_its_own_sigint_handler_keeps_it_and_calls_go_through_the_io_thread(tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(_OWN_HANDLER_DRIVER)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=50,
-                         cwd=str(tmp_path))
-    assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr
+    out = run_driver(_OWN_HANDLER_DRIVER, tmp_path, timeout_s=50)
+    assert "ok" in out.stdout, out.stdout + out.stderr
