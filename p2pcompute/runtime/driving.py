@@ -181,7 +181,7 @@ _SIGINT = int(signal.SIGINT)
 
 def _on_sigint(signum, frame):
     """SIGINT handler of a driver: as Python's own (KeyboardInterrupt), except while the main thread is in a
-    pass of the loop, where the interrupt is raised as soon as the pass ends (see ClientRuntime._block)."""
+    pass of the loop, where the interrupt is raised as soon as the pass ends (see `LoopDriving._block`)."""
     rt = _sigint_runtime
     if rt is not None:
         if rt._defer_main:

@@ -18,7 +18,7 @@ class ObjectTable(directory.ObjectTable):
     """The directory, with the user threads' side of the hand-off."""
 
     # How a user thread waits for a waiter's lock: `block(lock, timeout_s) -> released?`. A driver's runtime
-    # sets its own, which runs the loop on the waiting thread (ClientRuntime._block).
+    # sets its own, which runs the loop on the waiting thread (`runtime/driving.py`, `LoopDriving._block`).
     block = None
 
     def when_ready(self, object_id: str, callback, on_missing) -> None:

@@ -1,6 +1,6 @@
-"""A driver's user threads drive the loop themselves (runtime/client.py, "Driving the loop from a user
-thread"): the I/O thread parks during one-at-a-time calls and takes the loop back when they stop; Ctrl-C
-during a pass is deferred to its end, so the core is never left half-way through a message."""
+"""A driver's user threads drive the loop themselves (runtime/driving.py): the I/O thread parks during
+one-at-a-time calls and takes the loop back when they stop; Ctrl-C during a pass is deferred to its end, so
+the core is never left half-way through a message."""
 
 from __future__ import annotations
 
